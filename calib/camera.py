@@ -1,0 +1,316 @@
+"""The stereo camera model: one place that knows K, D, R, P of both cameras, f and B.
+
+Rectified stereo geometry follows ROS ``sensor_msgs/CameraInfo``: ``P_R[0, 3] = -fx * B`` and
+the left camera's projection has ``P_L[0, 3] = 0``. Everything downstream (synthesis,
+evaluation, the ROS node) turns disparity into depth and points through :class:`StereoCamera`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from calib import geometry
+from calib.camera_info_io import format_camera_info_yaml, read_camera_info_yaml, write_text_atomic
+from calib.errors import CalibrationError
+
+_SUPPORTED_DISTORTION = ("plumb_bob", "rational_polynomial", "equidistant")
+
+
+def _as_matrix(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64).reshape(shape)
+    except (TypeError, ValueError):
+        size = np.size(value) if value is not None else 0
+        raise CalibrationError(f"{name} must have {int(np.prod(shape))} values {shape}, got {size}") from None
+    if not np.all(np.isfinite(array)):
+        raise CalibrationError(f"{name} contains NaN or inf")
+    return array
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """One camera of the pair, as in ``sensor_msgs/CameraInfo``.
+
+    K: 3x3 intrinsics of the raw image; D: distortion coefficients; R: 3x3 rectification
+    rotation; P: 3x4 projection of the rectified image. Sizes in pixels.
+    """
+
+    width: int
+    height: int
+    K: np.ndarray
+    D: np.ndarray
+    R: np.ndarray
+    P: np.ndarray
+    distortion_model: str = "plumb_bob"
+    camera_name: str = ""
+
+    def __post_init__(self) -> None:
+        if int(self.width) <= 0 or int(self.height) <= 0:
+            raise CalibrationError(f"camera '{self.camera_name}': image size must be positive, got {self.width}x{self.height}")
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))
+        object.__setattr__(self, "K", _as_matrix("K", self.K, (3, 3)))
+        object.__setattr__(self, "D", _as_matrix("D", self.D, (-1,)))
+        object.__setattr__(self, "R", _as_matrix("R", self.R, (3, 3)))
+        object.__setattr__(self, "P", _as_matrix("P", self.P, (3, 4)))
+        if self.distortion_model not in _SUPPORTED_DISTORTION:
+            raise CalibrationError(
+                f"camera '{self.camera_name}': distortion model '{self.distortion_model}' is not supported; "
+                f"use one of {', '.join(_SUPPORTED_DISTORTION)}"
+            )
+        if self.P[0, 0] <= 0 or self.P[1, 1] <= 0:
+            raise CalibrationError(
+                f"camera '{self.camera_name}': projection focal lengths must be positive, "
+                f"got fx={self.P[0, 0]} fy={self.P[1, 1]} (is P all zeros, i.e. an uncalibrated camera?)"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CameraInfo):
+            return NotImplemented
+        return (
+            (self.width, self.height, self.distortion_model, self.camera_name)
+            == (other.width, other.height, other.distortion_model, other.camera_name)
+            and all(np.array_equal(getattr(self, k), getattr(other, k)) for k in "KDRP")
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable numpy payload
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) in pixels, OpenCV's order."""
+        return (self.width, self.height)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> CameraInfo:
+        """Read a ``camera_calibration_parsers`` YAML file."""
+        return cls(**read_camera_info_yaml(path))
+
+    def to_yaml_text(self) -> str:
+        return format_camera_info_yaml(
+            width=self.width, height=self.height, camera_name=self.camera_name,
+            distortion_model=self.distortion_model, K=self.K, D=self.D, R=self.R, P=self.P,
+        )
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        """Write a ``camera_calibration_parsers`` YAML file (atomically)."""
+        write_text_atomic(path, self.to_yaml_text())
+
+    @classmethod
+    def from_msg(cls, msg: Any) -> CameraInfo:
+        """From a ``sensor_msgs/CameraInfo`` (ROS 2 lower-case ``k d r p`` or ROS 1 ``K D R P``)."""
+
+        def field(name: str) -> Any:
+            for attr in (name.lower(), name.upper()):
+                if hasattr(msg, attr):
+                    return getattr(msg, attr)
+            raise CalibrationError(f"camera_info message has no field '{name.lower()}'")
+
+        frame = getattr(getattr(msg, "header", None), "frame_id", "")
+        return cls(
+            width=field("width"), height=field("height"), K=field("k"), D=field("d"),
+            R=field("r"), P=field("p"), distortion_model=field("distortion_model") or "plumb_bob",
+            camera_name=frame,
+        )
+
+    def msg_fields(self) -> dict[str, Any]:
+        """Field values for a ROS 2 ``sensor_msgs/CameraInfo`` (``msg.k = fields['k']`` ...)."""
+        return {
+            "width": self.width, "height": self.height, "distortion_model": self.distortion_model,
+            "d": [float(x) for x in self.D], "k": [float(x) for x in self.K.ravel()],
+            "r": [float(x) for x in self.R.ravel()], "p": [float(x) for x in self.P.ravel()],
+        }
+
+    def rectification_maps(self, map_type: int = cv2.CV_32FC1) -> tuple[np.ndarray, np.ndarray]:
+        """``cv2.initUndistortRectifyMap`` maps from raw to rectified pixels of this camera."""
+        size = self.image_size
+        if self.distortion_model == "equidistant":
+            return cv2.fisheye.initUndistortRectifyMap(self.K, self.D[:4], self.R, self.P, size, map_type)
+        return cv2.initUndistortRectifyMap(self.K, self.D, self.R, self.P, size, map_type)
+
+    def scaled(self, width: int, height: int) -> CameraInfo:
+        """The same camera for an image resized to ``width`` x ``height`` (K and P rows scaled)."""
+        sx, sy = width / self.width, height / self.height
+        scale = np.diag([sx, sy, 1.0])
+        return CameraInfo(width, height, scale @ self.K, self.D, self.R, scale @ self.P,
+                          self.distortion_model, self.camera_name)
+
+
+@dataclass(frozen=True)
+class StereoCamera:
+    """A rectified, horizontal stereo pair. Left camera is the reference.
+
+    Derived quantities: ``fx, fy, cx, cy`` from ``P_L``; focal ``f = P_R[0,0]`` and baseline
+    ``B = -P_R[0,3] / P_R[0,0]`` from the right projection (> 0 for a left/right pair);
+    ``doffs = cx_R - cx_L`` (0 with ``CALIB_ZERO_DISPARITY``).
+    """
+
+    left: CameraInfo
+    right: CameraInfo
+
+    # Rectified cameras share rows; differences above this relative tolerance mean the
+    # camera_info describes raw (unrectified) images or two unrelated cameras.
+    _REL_TOL = 1e-3
+
+    def __post_init__(self) -> None:
+        l, r = self.left, self.right
+        if l.image_size != r.image_size:
+            raise CalibrationError(
+                f"left and right image sizes differ: {l.width}x{l.height} vs {r.width}x{r.height}"
+            )
+        for name, a, b in (("fx", l.P[0, 0], r.P[0, 0]), ("fy", l.P[1, 1], r.P[1, 1]), ("cy", l.P[1, 2], r.P[1, 2])):
+            if abs(a - b) > self._REL_TOL * max(abs(a), abs(b), 1.0):
+                raise CalibrationError(
+                    f"left and right rectified projections disagree on {name} ({a:.6g} vs {b:.6g}): "
+                    "the camera_info must describe a rectified pair (P from stereoRectify)"
+                )
+        if abs(r.P[1, 3]) > self._REL_TOL * abs(r.P[0, 0]):
+            raise CalibrationError(
+                f"right projection has P[1,3]={r.P[1, 3]:.6g}: vertical stereo is not supported"
+            )
+        if abs(l.P[0, 3]) > self._REL_TOL * abs(l.P[0, 0]):
+            raise CalibrationError(
+                f"left projection has P[0,3]={l.P[0, 3]:.6g}; the left camera must be the reference (P_L[0,3] = 0)"
+            )
+        if not r.P[0, 3] < 0:
+            raise CalibrationError(
+                f"baseline must be positive, but P_R[0,3] = {r.P[0, 3]:.6g} gives "
+                f"B = {-r.P[0, 3] / r.P[0, 0]:.6g} m (are left and right swapped?)"
+            )
+
+    # -- derived geometry -------------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.left.image_size
+
+    @property
+    def fx(self) -> float:
+        return float(self.left.P[0, 0])
+
+    @property
+    def fy(self) -> float:
+        return float(self.left.P[1, 1])
+
+    @property
+    def cx(self) -> float:
+        return float(self.left.P[0, 2])
+
+    @property
+    def cy(self) -> float:
+        return float(self.left.P[1, 2])
+
+    @property
+    def focal_px(self) -> float:
+        """f of ``Z = f B / d``, from the right projection."""
+        return float(self.right.P[0, 0])
+
+    @property
+    def baseline_m(self) -> float:
+        return float(-self.right.P[0, 3] / self.right.P[0, 0])
+
+    @property
+    def doffs(self) -> float:
+        return float(self.right.P[0, 2] - self.left.P[0, 2])
+
+    @property
+    def q_matrix(self) -> np.ndarray:
+        return geometry.q_matrix(self.focal_px, self.cx, self.cy, self.baseline_m, self.doffs)
+
+    def disparity_to_depth(self, disparity: np.ndarray, min_depth: float | None = None,
+                           max_depth: float | None = None) -> np.ndarray:
+        """HxW float32 depth (m), NaN where invalid; see :func:`calib.geometry.disparity_to_depth`."""
+        self._check_size(disparity)
+        return geometry.disparity_to_depth(disparity, self.focal_px, self.baseline_m, self.doffs, min_depth, max_depth)
+
+    def depth_to_disparity(self, depth: np.ndarray) -> np.ndarray:
+        self._check_size(depth)
+        return geometry.depth_to_disparity(depth, self.focal_px, self.baseline_m, self.doffs)
+
+    def disparity_to_points(self, disparity: np.ndarray, colors: np.ndarray | None = None, *,
+                            organized: bool = True, stride: int = 1, min_depth: float | None = None,
+                            max_depth: float | None = None) -> geometry.PointCloud:
+        """Points in the left rectified optical frame; see :func:`calib.geometry.disparity_to_points`."""
+        self._check_size(disparity)
+        return geometry.disparity_to_points(
+            disparity, fx=self.focal_px, fy=self.fy, cx=self.cx, cy=self.cy, baseline_m=self.baseline_m,
+            doffs=self.doffs, colors=colors, organized=organized, stride=stride,
+            min_depth=min_depth, max_depth=max_depth,
+        )
+
+    def _check_size(self, image: np.ndarray) -> None:
+        h, w = np.shape(image)[:2]
+        if (w, h) != self.image_size:
+            raise CalibrationError(
+                f"image is {w}x{h} but the camera model is {self.image_size[0]}x{self.image_size[1]}; "
+                "use StereoCamera.scaled() for resized images"
+            )
+
+    def scaled(self, width: int, height: int) -> StereoCamera:
+        """The same pair for images resized to ``width`` x ``height``; disparities scale with width."""
+        return StereoCamera(self.left.scaled(width, height), self.right.scaled(width, height))
+
+    # -- construction / serialisation ---------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, left: str | os.PathLike, right: str | os.PathLike) -> StereoCamera:
+        return cls(CameraInfo.from_yaml(left), CameraInfo.from_yaml(right))
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike) -> StereoCamera:
+        """Read ``left.yaml`` and ``right.yaml`` from a calibration directory (as ``m2s-calib stereo`` writes)."""
+        directory = Path(directory)
+        missing = [n for n in ("left.yaml", "right.yaml") if not (directory / n).is_file()]
+        if missing:
+            raise CalibrationError(f"calibration directory {directory} lacks {', '.join(missing)}")
+        return cls.from_yaml(directory / "left.yaml", directory / "right.yaml")
+
+    def to_dir(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        self.left.to_yaml(directory / "left.yaml")
+        self.right.to_yaml(directory / "right.yaml")
+
+    @classmethod
+    def from_msgs(cls, left_msg: Any, right_msg: Any) -> StereoCamera:
+        """From two ``sensor_msgs/CameraInfo`` messages (or objects with the same fields)."""
+        return cls(CameraInfo.from_msg(left_msg), CameraInfo.from_msg(right_msg))
+
+    @classmethod
+    def from_opencv(
+        cls,
+        image_size: tuple[int, int],
+        K1: np.ndarray, D1: np.ndarray, R1: np.ndarray, P1: np.ndarray,
+        K2: np.ndarray, D2: np.ndarray, R2: np.ndarray, P2: np.ndarray,
+        distortion_model: str | None = None,
+        names: tuple[str, str] = ("left", "right"),
+    ) -> StereoCamera:
+        """From ``cv2.stereoCalibrate`` (K, D) + ``cv2.stereoRectify`` (R, P) results; size is (w, h)."""
+        w, h = image_size
+
+        def model(d: np.ndarray) -> str:
+            if distortion_model is not None:
+                return distortion_model
+            return "rational_polynomial" if np.size(d) >= 8 else "plumb_bob"
+
+        return cls(
+            CameraInfo(w, h, K1, np.ravel(D1), R1, P1, model(D1), names[0]),
+            CameraInfo(w, h, K2, np.ravel(D2), R2, P2, model(D2), names[1]),
+        )
+
+    @classmethod
+    def ideal(cls, width: int, height: int, focal_px: float, baseline_m: float,
+              cx: float | None = None, cy: float | None = None) -> StereoCamera:
+        """An already-rectified, distortion-free pair (synthetic data, tests, datasets given as f and B)."""
+        cx = (width - 1) / 2.0 if cx is None else cx
+        cy = (height - 1) / 2.0 if cy is None else cy
+        k = np.array([[focal_px, 0, cx], [0, focal_px, cy], [0, 0, 1]], dtype=np.float64)
+        p_left = np.hstack([k, np.zeros((3, 1))])
+        p_right = p_left.copy()
+        p_right[0, 3] = -focal_px * baseline_m
+        return cls(
+            CameraInfo(width, height, k, np.zeros(5), np.eye(3), p_left, "plumb_bob", "left"),
+            CameraInfo(width, height, k, np.zeros(5), np.eye(3), p_right, "plumb_bob", "right"),
+        )

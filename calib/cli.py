@@ -1,0 +1,109 @@
+"""``m2s-calib``: stereo calibration from chessboard pairs, rectification, calibration info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from calib.camera import StereoCamera
+from calib.camera_info_io import write_text_atomic
+from calib.console import add_common_flags, run_command
+from calib.errors import CalibrationError
+from calib.image_io import read_rgb, write_rgb
+from calib.stereo_calibration import Board, Rectifier, calibrate_stereo, pair_image_files
+
+log = logging.getLogger("m2s-calib")
+
+
+def _stereo(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CalibrationError(f"--alpha must be in [0, 1], got {args.alpha}")
+    board = Board.parse(args.board, args.square)
+    camera, report = calibrate_stereo(args.left, args.right, board, alpha=args.alpha, progress=not args.quiet)
+    out = Path(args.out)
+    camera.to_dir(out)
+    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    summary = {
+        "pairs_used": report.pairs_used,
+        "skipped": len(report.skipped),
+        "rms_px": round(report.rms_px, 4),
+        "epipolar_mean_px": round(report.epipolar_mean_px, 4),
+        "focal_px": round(report.focal_px, 3),
+        "baseline_m": round(report.baseline_m, 5),
+        "out": str(out),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+def _rectify(args: argparse.Namespace) -> int:
+    camera = StereoCamera.from_dir(args.calib)
+    rectifier = Rectifier(camera)
+    pairs, unpaired = pair_image_files(args.left, args.right)
+    for path in unpaired:
+        log.warning("skipping %s: no matching file on the other side", path)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for lp, rp in pairs:
+        left, right = rectifier(read_rgb(lp), read_rgb(rp))
+        write_rgb(out / f"rect_{lp.stem}.png", left)
+        write_rgb(out / f"rect_{rp.stem}.png", right)
+    print(json.dumps({"pairs": len(pairs), "out": str(out)}))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    camera = StereoCamera.from_dir(args.calib)
+    w, h = camera.image_size
+    print(json.dumps({
+        "image_size": [w, h], "focal_px": camera.focal_px, "baseline_m": camera.baseline_m,
+        "cx": camera.cx, "cy": camera.cy, "doffs": camera.doffs, "Q": camera.q_matrix.tolist(),
+    }, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m2s-calib", description="Stereo calibration and the camera model.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stereo", help="calibrate a stereo pair from chessboard images",
+                       description="Find the chessboard in left/right pairs, calibrate, rectify, and write "
+                                   "left.yaml, right.yaml (ROS camera_info) and report.json to --out. "
+                                   "Left/right files are paired by what the glob wildcards match "
+                                   "(left07.jpg <-> right07.jpg); pairs without a visible board are skipped.")
+    p.add_argument("--left", required=True, help="glob of left images, quoted, e.g. 'data/left*.jpg'")
+    p.add_argument("--right", required=True, help="glob of right images, quoted, e.g. 'data/right*.jpg'")
+    p.add_argument("--board", default="9x6", help="inner corners per row x per column (default: 9x6)")
+    p.add_argument("--square", type=float, default=0.025, help="chessboard square size in metres (default: 0.025)")
+    p.add_argument("--alpha", type=float, default=0.0,
+                   help="rectification free scaling in [0, 1]: 0 crops to valid pixels, 1 keeps all (default: 0)")
+    p.add_argument("--out", required=True, help="output directory for left.yaml, right.yaml, report.json")
+    add_common_flags(p)
+    p.set_defaults(handler=_stereo)
+
+    p = sub.add_parser("rectify", help="rectify image pairs with a calibration",
+                       description="Apply a calibration (left.yaml/right.yaml) to raw image pairs; writes PNGs.")
+    p.add_argument("--calib", required=True, help="directory with left.yaml and right.yaml")
+    p.add_argument("--left", required=True, help="glob of raw left images, quoted")
+    p.add_argument("--right", required=True, help="glob of raw right images, quoted")
+    p.add_argument("--out", required=True, help="output directory for rect_*.png")
+    add_common_flags(p)
+    p.set_defaults(handler=_rectify)
+
+    p = sub.add_parser("info", help="print focal length, baseline and Q of a calibration")
+    p.add_argument("--calib", required=True, help="directory with left.yaml and right.yaml")
+    add_common_flags(p)
+    p.set_defaults(handler=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(args.handler, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Locate or fetch the real example data of Debian's ``opencv-doc`` package.
+
+We do not commit third-party files. The data (Middlebury Aloe with GT disparity, 13 real
+chessboard stereo pairs, ordinary photos) comes from, in order:
+
+1. ``$M2S_OPENCV_DATA`` (a directory holding ``aloeL.jpg`` ...);
+2. an installed ``opencv-doc`` (``/usr/share/doc/opencv-doc/examples/data``);
+3. the cache ``$M2S_CACHE_DIR/opencv-doc`` (default ``~/.cache/mono2stereo/opencv-doc``), filled by
+   :func:`fetch_opencv_examples`: ``apt-get download opencv-doc`` + extraction of the data folder only.
+
+Run ``python -m calib.example_data fetch`` to fill the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from calib.errors import DataError
+
+DEB_DATA_DIR = "usr/share/doc/opencv-doc/examples/data"
+SYSTEM_DIR = Path("/") / DEB_DATA_DIR
+# Files whose presence marks a usable data directory.
+MARKERS = ("aloeL.jpg", "aloeR.jpg", "aloeGT.png", "left01.jpg", "right01.jpg")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("M2S_CACHE_DIR") or Path.home() / ".cache" / "mono2stereo"
+    return Path(root) / "opencv-doc"
+
+
+def _usable(directory: Path) -> bool:
+    return all((directory / m).is_file() for m in MARKERS)
+
+
+def find_opencv_examples() -> Path | None:
+    """The example data directory, or None where it cannot be found (nothing is downloaded)."""
+    env = os.environ.get("M2S_OPENCV_DATA")
+    candidates = ([Path(env)] if env else []) + [SYSTEM_DIR, cache_dir() / DEB_DATA_DIR]
+    for directory in candidates:
+        if _usable(directory):
+            return directory
+    return None
+
+
+def require_opencv_examples() -> Path:
+    """The example data directory, or a :class:`DataError` that says how to get it."""
+    found = find_opencv_examples()
+    if found is None:
+        raise DataError(
+            "Debian opencv-doc example data not found; run 'python -m calib.example_data fetch' "
+            "(needs apt-get), 'apt-get install opencv-doc', or set M2S_OPENCV_DATA to a folder with aloeL.jpg"
+        )
+    return found
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def fetch_opencv_examples(apt_update: bool = False) -> Path:
+    """Download ``opencv-doc`` with apt and extract its ``examples/data`` into the cache.
+
+    The extraction goes to a temporary directory that is renamed into place, so an
+    interrupted fetch never leaves a half-filled cache. ``apt_update`` runs ``apt-get update``
+    once if the first download fails (needs root).
+    """
+    found = find_opencv_examples()
+    if found is not None:
+        return found
+    for tool in ("apt-get", "dpkg-deb", "tar"):
+        if shutil.which(tool) is None:
+            raise DataError(f"cannot fetch opencv-doc: '{tool}' is not available (Debian/Ubuntu only)")
+    target = cache_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".opencv-doc-") as tmp:
+        work = Path(tmp)
+        result = _run(["apt-get", "download", "opencv-doc"], work)
+        if result.returncode != 0 and apt_update:
+            _run(["apt-get", "update"], work)
+            result = _run(["apt-get", "download", "opencv-doc"], work)
+        debs = sorted(work.glob("opencv-doc_*.deb"))
+        if result.returncode != 0 or not debs:
+            raise DataError(f"'apt-get download opencv-doc' failed: {result.stderr.strip()[-500:]}")
+        extract = work / "extract"
+        extract.mkdir()
+        deb = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE)
+        tar = _run_tar(deb, extract)
+        if deb.wait() != 0 or tar.returncode != 0:
+            raise DataError(f"extracting {debs[0].name} failed: {tar.stderr.strip()[-500:]}")
+        if not _usable(extract / DEB_DATA_DIR):
+            raise DataError(f"{debs[0].name} does not contain the expected files {', '.join(MARKERS)}")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(extract, target)
+    return target / DEB_DATA_DIR
+
+
+def _run_tar(deb: subprocess.Popen, extract: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["tar", "-x", "-C", str(extract), "--wildcards", f"./{DEB_DATA_DIR}/*"],
+        stdin=deb.stdout, capture_output=True, text=True, check=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calib.example_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="find the data, downloading opencv-doc into the cache if needed")
+    fetch.add_argument("--apt-update", action="store_true", help="run 'apt-get update' if the download fails")
+    fetch.add_argument("--optional", action="store_true", help="exit 0 with a warning when it cannot be had")
+    sub.add_parser("where", help="print the data directory, or exit 1 if absent")
+    args = parser.parse_args(argv)
+    if args.command == "where":
+        found = find_opencv_examples()
+        if found is None:
+            print("opencv-doc example data not found", file=sys.stderr)
+            return 1
+        print(found)
+        return 0
+    try:
+        print(fetch_opencv_examples(apt_update=args.apt_update))
+    except DataError as exc:
+        print(f"{'warning' if args.optional else 'error'}: {exc}", file=sys.stderr)
+        return 0 if args.optional else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Disparity <-> depth <-> 3-D points for a rectified stereo pair.
+
+Conventions (DESIGN.md §4):
+- disparity in pixels, left image reference, positive: x_R = x_L - d;
+- depth in metres along the optical axis (REP 103 optical frame: x right, y down, z forward);
+- pixel (u, v) = (column, row) with integer coordinates at pixel centres (OpenCV);
+- ``Z = fx * B / (d + doffs)`` where ``doffs = cx_R - cx_L`` (0 for a pair rectified with
+  ``CALIB_ZERO_DISPARITY``), fx and B from the right camera's projection matrix;
+- invalid is NaN in float outputs: disparity <= 0 (or d + doffs <= 0), NaN/inf input and
+  depths outside [min_depth, max_depth]. No epsilon in a denominator: unknown never
+  becomes "very far".
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from calib.errors import ShapeError
+
+__all__ = [
+    "PointCloud",
+    "depth_to_disparity",
+    "disparity_to_depth",
+    "disparity_to_points",
+    "q_matrix",
+]
+
+
+def _check_image_2d(name: str, array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ShapeError(f"{name} must be a 2-D HxW array, got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ShapeError(f"{name} must be numeric, got dtype {array.dtype}")
+    return array
+
+
+def _check_positive(name: str, value: float) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value <= 0.0:
+        raise ShapeError(f"{name} must be a finite positive number, got {value}")
+    return value
+
+
+def _apply_depth_range(depth: np.ndarray, min_depth: float | None, max_depth: float | None) -> None:
+    """Set depths outside [min_depth, max_depth] to NaN, in place."""
+    if min_depth is not None and max_depth is not None and min_depth > max_depth:
+        raise ShapeError(f"min_depth ({min_depth}) must not exceed max_depth ({max_depth})")
+    with np.errstate(invalid="ignore"):
+        if min_depth is not None:
+            depth[depth < min_depth] = np.nan
+        if max_depth is not None:
+            depth[depth > max_depth] = np.nan
+
+
+def disparity_to_depth(
+    disparity: np.ndarray,
+    focal_px: float,
+    baseline_m: float,
+    doffs: float = 0.0,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+) -> np.ndarray:
+    """Depth from disparity: ``Z = f * B / (d + doffs)``.
+
+    Args:
+        disparity: HxW disparity in pixels (any float or integer dtype).
+        focal_px: rectified focal length fx in pixels (``P_R[0, 0]``).
+        baseline_m: baseline in metres (``-P_R[0, 3] / P_R[0, 0]``), > 0.
+        doffs: ``cx_R - cx_L`` of the rectified projections, pixels.
+        min_depth, max_depth: optional range in metres; depths outside become NaN.
+
+    Returns:
+        HxW float32 depth in metres, NaN where invalid (``np.isfinite`` is the valid mask).
+    """
+    disparity = _check_image_2d("disparity", disparity)
+    focal_px = _check_positive("focal_px", focal_px)
+    baseline_m = _check_positive("baseline_m", baseline_m)
+    shifted = disparity.astype(np.float64) + float(doffs)
+    depth = np.full(disparity.shape, np.nan, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = (disparity > 0) & (shifted > 0) & np.isfinite(shifted)
+    np.divide(focal_px * baseline_m, shifted, out=depth, where=valid)
+    _apply_depth_range(depth, min_depth, max_depth)
+    return depth.astype(np.float32)
+
+
+def depth_to_disparity(
+    depth: np.ndarray,
+    focal_px: float,
+    baseline_m: float,
+    doffs: float = 0.0,
+) -> np.ndarray:
+    """Disparity from depth: ``d = f * B / Z - doffs``; the inverse of :func:`disparity_to_depth`.
+
+    Args:
+        depth: HxW depth in metres; Z <= 0, NaN and inf are invalid.
+        focal_px, baseline_m, doffs: as in :func:`disparity_to_depth`.
+
+    Returns:
+        HxW float32 disparity in pixels, NaN where the depth is invalid or the disparity
+        would not be positive.
+    """
+    depth = _check_image_2d("depth", depth)
+    focal_px = _check_positive("focal_px", focal_px)
+    baseline_m = _check_positive("baseline_m", baseline_m)
+    depth64 = depth.astype(np.float64)
+    disparity = np.full(depth.shape, np.nan, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = (depth64 > 0) & np.isfinite(depth64)
+    np.divide(focal_px * baseline_m, depth64, out=disparity, where=valid)
+    disparity -= float(doffs)
+    with np.errstate(invalid="ignore"):
+        disparity[~(disparity > 0)] = np.nan
+    return disparity.astype(np.float32)
+
+
+def q_matrix(focal_px: float, cx: float, cy: float, baseline_m: float, doffs: float = 0.0) -> np.ndarray:
+    """The 4x4 disparity-to-depth matrix of ``cv2.stereoRectify``.
+
+    ``[X Y Z W]^T = Q [u v d 1]^T`` gives the point ``(X/W, Y/W, Z/W)`` in the left rectified
+    optical frame, metres. Same numbers as OpenCV's Q (with ``Tx = -baseline``), so it can be
+    fed to ``cv2.reprojectImageTo3D``.
+    """
+    focal_px = _check_positive("focal_px", focal_px)
+    baseline_m = _check_positive("baseline_m", baseline_m)
+    q = np.zeros((4, 4), dtype=np.float64)
+    q[0, 0] = q[1, 1] = 1.0
+    q[0, 3] = -float(cx)
+    q[1, 3] = -float(cy)
+    q[2, 3] = focal_px
+    q[3, 2] = 1.0 / baseline_m
+    q[3, 3] = float(doffs) / baseline_m
+    return q
+
+
+class PointCloud(NamedTuple):
+    """Points in the left rectified optical frame (metres) and optional colours.
+
+    Organised: ``points`` HxWx3 float32 with NaN rows where invalid, ``colors`` HxWx3 uint8.
+    Valid-only: ``points`` Nx3 float32, ``colors`` Nx3 uint8. ``colors`` is None when none given.
+    """
+
+    points: np.ndarray
+    colors: np.ndarray | None
+
+
+def disparity_to_points(
+    disparity: np.ndarray,
+    *,
+    fx: float,
+    fy: float,
+    cx: float,
+    cy: float,
+    baseline_m: float,
+    doffs: float = 0.0,
+    colors: np.ndarray | None = None,
+    organized: bool = True,
+    stride: int = 1,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+) -> PointCloud:
+    """Back-project a disparity map to 3-D points in the left rectified optical frame.
+
+    ``Z = fx * B / (d + doffs)``, ``X = (u - cx) * Z / fx``, ``Y = (v - cy) * Z / fy``.
+
+    Args:
+        disparity: HxW disparity in pixels (left reference).
+        fx, fy, cx, cy: left rectified intrinsics (``P_L``), pixels.
+        baseline_m, doffs: as in :func:`disparity_to_depth`.
+        colors: optional HxWx3 (RGB) or HxW (mono) uint8 image aligned with ``disparity``.
+        organized: True for HxWx3 output with NaN for invalid pixels, False for Nx3 valid points.
+        stride: keep every ``stride``-th row and column (decimation), >= 1.
+        min_depth, max_depth: optional depth range in metres; outside is invalid.
+
+    Returns:
+        :class:`PointCloud`.
+    """
+    disparity = _check_image_2d("disparity", disparity)
+    if int(stride) != stride or stride < 1:
+        raise ShapeError(f"stride must be an integer >= 1, got {stride}")
+    fy = _check_positive("fy", fy)
+    if colors is not None:
+        colors = np.asarray(colors)
+        if colors.shape[:2] != disparity.shape or colors.ndim not in (2, 3) or (
+            colors.ndim == 3 and colors.shape[2] != 3
+        ):
+            raise ShapeError(
+                f"colors must be HxWx3 or HxW matching disparity {disparity.shape}, got {colors.shape}"
+            )
+        if colors.dtype != np.uint8:
+            raise ShapeError(f"colors must be uint8, got {colors.dtype}")
+        if colors.ndim == 2:
+            colors = np.repeat(colors[:, :, None], 3, axis=2)
+    if stride > 1:
+        disparity = disparity[::stride, ::stride]
+        if colors is not None:
+            colors = colors[::stride, ::stride]
+    depth = disparity_to_depth(disparity, fx, baseline_m, doffs, min_depth, max_depth)
+    h, w = depth.shape
+    u = np.arange(w, dtype=np.float32) * stride
+    v = np.arange(h, dtype=np.float32) * stride
+    points = np.empty((h, w, 3), dtype=np.float32)
+    # NaN depth propagates into X and Y, so invalid pixels are NaN in all three coordinates.
+    np.multiply(depth, ((u - np.float32(cx)) / np.float32(fx))[None, :], out=points[:, :, 0])
+    np.multiply(depth, ((v - np.float32(cy)) / np.float32(fy))[:, None], out=points[:, :, 1])
+    points[:, :, 2] = depth
+    if organized:
+        return PointCloud(points, None if colors is None else np.ascontiguousarray(colors))
+    valid = np.isfinite(depth)
+    return PointCloud(points[valid], None if colors is None else colors[valid])

@@ -1,0 +1,1 @@
+"""Mono2Stereo training: synthesis, datasets, models, losses, trainer, metrics (``m2s-train``)."""
