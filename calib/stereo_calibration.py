@@ -107,7 +107,9 @@ def find_corners(gray: np.ndarray, board: Board) -> np.ndarray | None:
     )
     if not found:
         return None
-    return cv2.cornerSubPix(gray, corners, (11, 11), (-1, -1), _SUBPIX_CRITERIA)
+    refined = cv2.cornerSubPix(gray, corners, (11, 11), (-1, -1), _SUBPIX_CRITERIA)
+    # OpenCV 4 returns Nx1x2, OpenCV 5 may return Nx2: keep one layout for callers.
+    return np.ascontiguousarray(refined, dtype=np.float32).reshape(-1, 1, 2)
 
 
 @dataclass
