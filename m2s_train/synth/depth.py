@@ -156,8 +156,8 @@ class PrecomputedDepthEstimator(DepthEstimator):
 class SegmentPlaneDepthPrior(DepthEstimator):
     """Procedural depth whose discontinuities follow the image's colour segments.
 
-    The image is over-segmented (k-means on Lab colour + position at low resolution, split into
-    connected regions); each region gets a random slanted plane in inverse depth on top of a
+    The image is over-segmented (k-means on Lab colour at low resolution, split into connected
+    regions, specks folded into their neighbours); each region gets a random slanted plane in inverse depth on top of a
     scene-wide ramp (lower rows nearer, like a ground plane). Deterministic for a given seed
     and image. Not a depth estimator: a prior that gives the stereo network realistic
     occlusion geometry when no monocular weights are available offline.
@@ -177,9 +177,9 @@ class SegmentPlaneDepthPrior(DepthEstimator):
         small = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
         small = cv2.GaussianBlur(small, (3, 3), 0)
         lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB).astype(np.float32)
-        yy, xx = np.mgrid[0:sh, 0:sw].astype(np.float32)
-        spatial = 60.0 / max(sw, sh)  # position weight: compact, colour-following segments
-        features = np.concatenate([lab.reshape(-1, 3), (xx.reshape(-1, 1) * spatial * 2), (yy.reshape(-1, 1) * spatial * 2)], 1)
+        # Colour only: segment borders are then colour edges; connected components split each
+        # colour class into regions, so separate objects of one colour get their own planes.
+        features = lab.reshape(-1, 3)
         k = max(2, min(self.segments, sw * sh // 16))
         cv2.setRNGSeed(int(rng.integers(0, 2**31 - 1)))
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)

@@ -95,11 +95,11 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     # handled for all pixels at once; "span" is NaN where a sample has no such neighbour.
     s_span = np.where((s_gap <= max_gap) & (s_next_col == s_col + 1), s_gap, np.float32(np.nan))
 
-    # For every right-view pixel t: the last visible sample with floor(x_R) <= t ("prev"),
-    # Each sample is written at its slot row * (w + 1) + floor(x_R) + 1 (the last one wins a
+    # For every right-view pixel t: the last visible sample with x_R <= t, i.e. ceil(x_R) <= t ("prev").
+    # Each sample is written at its slot row * (w + 1) + ceil(x_R) + 1 (the last one wins a
     # shared slot), then a running maximum carries it to the right-view pixels after it.
     row_key = (np.arange(h, dtype=np.int32) * (w + 1) + 1)[:, None]
-    slot = (np.clip(np.floor(xt), -1, w - 1).astype(np.int32) + row_key)[visible_src]
+    slot = (np.clip(np.ceil(xt), -1, w - 1).astype(np.int32) + row_key)[visible_src]
     last_in_slot = np.empty(n, dtype=bool)
     np.not_equal(slot[1:], slot[:-1], out=last_in_slot[:-1])
     last_in_slot[-1:] = True

@@ -1,0 +1,1 @@
+"""Stereo datasets for pre-training and fine-tuning."""

@@ -1,0 +1,61 @@
+"""Reader of ``m2s-train synth`` datasets as a ``torch.utils.data.Dataset``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from m2s_train.data.augment import AugmentConfig, color_jitter, random_crop
+from m2s_train.synth.shards import decode_sample, read_manifests
+
+
+class SynthStereoDataset(Dataset):
+    """Samples as dicts of tensors:
+
+    ``left``, ``right``: 3xHxW float32 in [0, 1]; ``disparity``: 1xHxW float32 px (exact everywhere);
+    ``valid``: 1xHxW bool (finite, > 0); ``noc``: 1xHxW bool (left pixels visible in the right view);
+    ``sample_id``: str.
+
+    Args:
+        root: dataset directory written by ``m2s-train synth``.
+        augment: augmentation config, or None for none (evaluation).
+        seed: base seed; item ``i`` in epoch ``e`` is augmented with seed (seed, e, i), so runs and
+            resumed runs see the same crops (call :meth:`set_epoch` each epoch).
+    """
+
+    def __init__(self, root: str | os.PathLike, augment: AugmentConfig | None = None, seed: int = 0) -> None:
+        self.root = Path(root)
+        self.entries = read_manifests(self.root)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        entry = self.entries[index]
+        sample = decode_sample(self.root / "samples" / f"{entry['sample_id']}.npz")
+        left, right, disp, noc = sample.left, sample.right, sample.disparity, sample.visible
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            if self.augment.crop is not None:
+                left, right, disp, noc = random_crop(rng, self.augment.crop, left, right, disp, noc)
+            left, right = color_jitter(rng, left, right, self.augment)
+        disp = np.ascontiguousarray(disp, dtype=np.float32)
+        valid = np.isfinite(disp) & (disp > 0)
+        return {
+            "left": torch.from_numpy(np.ascontiguousarray(left)).permute(2, 0, 1).float().div_(255.0),
+            "right": torch.from_numpy(np.ascontiguousarray(right)).permute(2, 0, 1).float().div_(255.0),
+            "disparity": torch.from_numpy(np.nan_to_num(disp, nan=0.0))[None],
+            "valid": torch.from_numpy(valid)[None],
+            "noc": torch.from_numpy(np.ascontiguousarray(noc) & valid)[None],
+            "sample_id": sample.sample_id,
+        }
