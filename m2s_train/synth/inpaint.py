@@ -55,10 +55,6 @@ class EAMask(NamedTuple):
     exclude: np.ndarray
 
 
-def _disk(radius: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
 def _row_known_neighbours(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Columns of the nearest pixel outside ``region`` to the left (-1: none) and right (W: none)."""
     h, w = region.shape
@@ -142,7 +138,7 @@ def background_context(image: np.ndarray, region: np.ndarray, disparity: np.ndar
 INPAINT_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 
 
-def classical_fill(image: np.ndarray, mask: np.ndarray, method: str = "telea", radius: int = 5) -> np.ndarray:
+def classical_fill(image: np.ndarray, mask: np.ndarray, method: str = "telea", radius: int = 3) -> np.ndarray:
     """Fill ``mask`` with OpenCV inpainting (Telea or Navier-Stokes); pixels outside it are kept."""
     if method not in INPAINT_METHODS:
         raise ConfigError(f"inpaint method must be one of {', '.join(INPAINT_METHODS)}, got '{method}'")
@@ -239,7 +235,7 @@ class StableDiffusionInpainter:
         return out
 
 
-def ea_fill(image: np.ndarray, ea: EAMask, right_disparity: np.ndarray, method: str = "telea", radius: int = 5,
+def ea_fill(image: np.ndarray, ea: EAMask, right_disparity: np.ndarray, method: str = "telea", radius: int = 3,
             diffusion: StableDiffusionInpainter | None = None) -> np.ndarray:
     """Fill the EA mask from background context, classically or with diffusion when given.
 

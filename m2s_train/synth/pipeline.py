@@ -45,7 +45,7 @@ class DepthConfig:
 @dataclass(frozen=True)
 class InpaintConfig:
     method: str = "telea"  # telea | ns | sd
-    radius: int = 5  # classical inpainting radius, px
+    radius: int = 3  # classical inpainting radius, px (cost grows with its square)
     ea: EAMaskConfig = field(default_factory=EAMaskConfig)
     sd_model: str | None = None  # Stable Diffusion inpainting weights (local), for method 'sd'
     sd_steps: int = 20
