@@ -1,7 +1,9 @@
 """Quickstart: the Mono2Stereo chain on the embedded default (real Debian opencv-doc data).
 
 Steps run today:
-  1. calibrate the real chessboard stereo pairs (13 pairs, 9x6 board) -> camera_info YAML + report.
+  1. calibrate the real chessboard stereo pairs (13 pairs, 9x6 board) -> camera_info YAML + report;
+  2. synthesize a stereo dataset from the ordinary photos of opencv-doc (offline depth prior and
+     edge-aware Telea inpainting unless --depth-model / --sd-model point at real weights), with previews.
 
 Later stages (synthesis, pre-training, evaluation, export, ROS replay) join this script as
 they land. Outputs go under --out; a JSON summary is printed at the end.
@@ -18,6 +20,15 @@ from pathlib import Path
 from calib.console import add_common_flags, run_command
 from calib.example_data import require_opencv_examples
 from calib.stereo_calibration import Board, calibrate_stereo
+
+ROOT = Path(__file__).resolve().parent.parent
+# Photos of opencv-doc that are not stereo/calibration data (kept out of the synthetic set).
+NOT_PHOTOS = ("left", "right", "aloe", "chessboard", "board", "calibration", "intrinsics", "mask", "gradient")
+
+
+def quickstart_photos(data: Path) -> list[Path]:
+    return sorted(p for p in data.iterdir() if p.suffix.lower() in (".jpg", ".png")
+                  and not p.name.lower().startswith(NOT_PHOTOS))
 
 
 def _step(title: str) -> None:
@@ -47,6 +58,27 @@ def run(args: argparse.Namespace) -> int:
         "epipolar_mean_px": report.epipolar_mean_px, "focal_px": camera.focal_px, "baseline_m": camera.baseline_m,
     }
 
+    _step("2. synthesize stereo pairs from the ordinary photos of opencv-doc")
+    from m2s_train.config import load_config
+    from m2s_train.synth.pipeline import SynthConfig, run_synthesis
+
+    if not args.depth_model:
+        print("   no Depth Anything weights given: using the offline segment-plane depth prior (procedural depth "
+              "on the photos' colour segments, not monocular depth). Pass --depth-model DIR for real depth.",
+              file=sys.stderr)
+    overrides = {"depth.model": args.depth_model}
+    if args.sd_model:
+        overrides.update({"inpaint.method": "sd", "inpaint.sd_model": args.sd_model})
+    synth_config = load_config(SynthConfig, ROOT / "configs" / "synth" / "quickstart.yaml", overrides)
+    photos = quickstart_photos(data)[: args.synth_images]
+    synth_dir = out / "synth"
+    synth = run_synthesis(photos, synth_dir, synth_config, resume=True, previews=args.previews, progress=not args.quiet)
+    print(f"   {synth['written']} new pairs ({synth['already_done']} already there, {len(synth['skipped'])} skipped) "
+          f"in {synth['seconds']} s -> {synth_dir}; previews in {synth_dir / 'previews'}", file=sys.stderr)
+    summary["synthesis"] = {"dir": str(synth_dir), "pairs": synth["written"] + synth["already_done"],
+                            "skipped": len(synth["skipped"]), "depth_model": synth["depth_model"],
+                            "inpainter": synth["inpainter"]}
+
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
@@ -57,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="quickstart_out", help="output directory (default: quickstart_out)")
+    parser.add_argument("--depth-model", help="Depth Anything V2 directory (default: offline depth prior)")
+    parser.add_argument("--sd-model", help="Stable Diffusion inpainting directory (default: EA Telea)")
+    parser.add_argument("--synth-images", type=int, default=64, help="photos to synthesize from (default: 64)")
+    parser.add_argument("--previews", type=int, default=8, help="preview PNGs to write (default: 8)")
     add_common_flags(parser)
     return run_command(run, parser.parse_args(argv))
 

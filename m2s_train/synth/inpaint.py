@@ -128,10 +128,14 @@ def background_context(image: np.ndarray, region: np.ndarray, disparity: np.ndar
     cols = np.arange(w, dtype=np.int32)[None, :]
     src = np.where(use_right, 2 * right - 1 - cols, 2 * left + 1 - cols)
     src = np.where(use_right, np.clip(src, right, w - 1), np.clip(src, 0, np.maximum(left, 0)))
+    rows = np.broadcast_to(np.arange(h)[:, None], (h, w))
+    # a mirrored source inside another masked run falls back to the (known) boundary pixel
+    src = np.clip(src, 0, w - 1)
+    boundary = np.clip(np.where(use_right, right, left), 0, w - 1)
+    src = np.where(region[rows, src], boundary, src)
     take = region & has_any
     out = image.copy()
-    rows = np.broadcast_to(np.arange(h)[:, None], (h, w))
-    out[take] = image[rows[take], np.clip(src[take], 0, w - 1)]
+    out[take] = image[rows[take], src[take]]
     return out
 
 
