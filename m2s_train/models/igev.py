@@ -1,0 +1,316 @@
+"""IGEV-Stereo (Xu et al., CVPR 2023), written for training here and deployment on TensorRT.
+
+Pipeline: MobileNetV2 feature pyramid (1/4..1/32) -> group-wise correlation volume at 1/4 over
+``max_disp / 4`` candidates -> 3-D hourglass regularisation with feature attention = geometry
+encoding volume (GEV) -> soft-argmin initial disparity -> ConvGRU iterations (1/4, 1/8, 1/16)
+that look up the GEV pyramid and an all-pairs correlation pyramid around the current
+disparity -> learned convex (3x3 context) upsampling to full resolution.
+
+Deployment-minded differences from the reference code, same mathematics:
+- the group-wise volume comes from one batched matmul per row (all pairs) and a gather of the
+  disparity band, no per-disparity Python loop of slice assignments; the same all-pairs product
+  gives the all-pairs correlation (its sum over groups), so it is computed once;
+- volume look-ups are linear interpolation by gather (exactly ``grid_sample`` with
+  ``align_corners=True`` and zero padding), which TensorRT runs natively;
+- inputs are NCHW float in [0, 1], normalised inside with the config's mean/std, and padded to a
+  multiple of 32 inside (replicate), the output cropped back;
+- no autocast or CLI arguments inside ``forward``; one typed output in every mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m2s_train.errors import ShapeError
+from m2s_train.models.igev_blocks import ContextNet, ConvNormAct, FeatureNet, UpConcat, UpdateBlock
+from m2s_train.models.registry import register_model
+
+
+@dataclass(frozen=True)
+class IGEVConfig:
+    """Architecture options. Defaults are the paper's (12.6 M parameters in the reference)."""
+
+    max_disp: int = 192  # disparity range at full resolution, px (volume has max_disp / 4 candidates)
+    train_iters: int = 22
+    valid_iters: int = 32
+    groups: int = 8  # group-wise correlation groups = channels of the 3-D cost volume
+    corr_levels: int = 2  # look-up pyramid levels
+    corr_radius: int = 4  # look-up radius, candidates
+    gru_levels: int = 3  # ConvGRUs at 1/4, 1/8, 1/16
+    hidden_dim: int = 128  # GRU hidden and context channels
+    backbone_width: float = 1.0  # MobileNetV2 width multiplier
+    context_width: int = 128  # context encoder width
+    stem_dims: tuple[int, int] = (32, 48)  # image stems at 1/2 and 1/4 (detail for matching and upsampling)
+    spx_dim: int = 24  # features of the initial-disparity upsampler
+    motion_dim: int = 128
+    head_dim: int = 256  # hidden channels of the disparity-update head
+    cost_base: int = 8  # channels of the first hourglass level (x2, x4, x6 deeper)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # input normalisation from [0, 1] images
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        if self.max_disp % 16 or self.max_disp < 16:
+            raise ValueError(f"max_disp must be a positive multiple of 16, got {self.max_disp}")
+        if not 1 <= self.gru_levels <= 3:
+            raise ValueError(f"gru_levels must be 1, 2 or 3, got {self.gru_levels}")
+        if min(self.train_iters, self.valid_iters) < 1:
+            raise ValueError("train_iters and valid_iters must be >= 1")
+        if (self.max_disp // 4) % 8:
+            raise ValueError(f"max_disp / 4 must be divisible by 8 for the 3-D hourglass, got {self.max_disp // 4}")
+
+
+class StereoOutput(NamedTuple):
+    """Every mode returns this.
+
+    disparity: B,1,H,W final full-resolution disparity (px).
+    iterations: full-resolution predictions of every GRU iteration in training; ``[disparity]`` otherwise.
+    init_disparity: B,1,H,W soft-argmin disparity from the geometry encoding volume, upsampled.
+    init_prob: B,D,H/4,W/4 softmax over the D = max_disp/4 candidates (the distribution S2DKD distils).
+    """
+
+    disparity: torch.Tensor
+    iterations: list[torch.Tensor]
+    init_disparity: torch.Tensor
+    init_prob: torch.Tensor
+
+
+class FeatureAttention(nn.Module):
+    """Gate a cost volume's channels per pixel with sigmoid(weights from image features)."""
+
+    def __init__(self, cost_channels: int, feat_channels: int) -> None:
+        super().__init__()
+        self.att = nn.Sequential(ConvNormAct(feat_channels, feat_channels // 2, 1), nn.Conv2d(feat_channels // 2, cost_channels, 1))
+
+    def forward(self, cost: torch.Tensor, feat: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.att(feat)).unsqueeze(2) * cost  # B,C,1,H,W broadcast over D
+
+
+class Hourglass(nn.Module):
+    """3-D encoder-decoder over (D, H, W) guided by 2-D features at 1/8, 1/16, 1/32."""
+
+    def __init__(self, c: int, feat_channels: tuple[int, int, int], out_channels: int) -> None:
+        super().__init__()
+        f8, f16, f32 = feat_channels
+
+        def down(cin: int, cout: int) -> nn.Module:
+            return nn.Sequential(ConvNormAct(cin, cout, 3, 2, 1, dims=3), ConvNormAct(cout, cout, 3, 1, 1, dims=3))
+
+        def agg(cin: int, cout: int) -> nn.Module:
+            return nn.Sequential(ConvNormAct(cin, cout, 1, dims=3), ConvNormAct(cout, cout, 3, 1, 1, dims=3),
+                                 ConvNormAct(cout, cout, 3, 1, 1, dims=3))
+
+        self.down1, self.down2, self.down3 = down(c, 2 * c), down(2 * c, 4 * c), down(4 * c, 6 * c)
+        self.up3 = ConvNormAct(6 * c, 4 * c, 4, 2, 1, dims=3, transposed=True)
+        self.up2 = ConvNormAct(4 * c, 2 * c, 4, 2, 1, dims=3, transposed=True)
+        self.up1 = ConvNormAct(2 * c, out_channels, 4, 2, 1, dims=3, norm=None, act=False, transposed=True)
+        self.agg2, self.agg1 = agg(8 * c, 4 * c), agg(4 * c, 2 * c)
+        self.att1, self.att2, self.att3 = FeatureAttention(2 * c, f8), FeatureAttention(4 * c, f16), FeatureAttention(6 * c, f32)
+        self.att2_up, self.att1_up = FeatureAttention(4 * c, f16), FeatureAttention(2 * c, f8)
+
+    def forward(self, cost: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        c1 = self.att1(self.down1(cost), feats[1])
+        c2 = self.att2(self.down2(c1), feats[2])
+        c3 = self.att3(self.down3(c2), feats[3])
+        c2 = self.att2_up(self.agg2(torch.cat([self.up3(c3), c2], 1)), feats[2])
+        c1 = self.att1_up(self.agg1(torch.cat([self.up2(c2), c1], 1)), feats[1])
+        return self.up1(c1)
+
+
+def all_pairs_group_correlation(left: torch.Tensor, right: torch.Tensor, groups: int) -> torch.Tensor:
+    """Per-row all-pairs correlation, channel mean per group: B,C,H,W x2 -> B,G,H,W(left),W(right)."""
+    b, c, h, w = left.shape
+    if c % groups:
+        raise ShapeError(f"feature channels {c} are not divisible by {groups} groups")
+    lg = left.reshape(b, groups, c // groups, h, w).permute(0, 1, 3, 4, 2)  # B,G,H,W,c
+    rg = right.reshape(b, groups, c // groups, h, w).permute(0, 1, 3, 2, 4)  # B,G,H,c,W
+    return torch.matmul(lg, rg) / (c // groups)
+
+
+def disparity_band(corr: torch.Tensor, candidates: int) -> torch.Tensor:
+    """B,G,H,W,W all-pairs -> B,G,D,H,W with volume[d, x] = corr[x, x - d], 0 where x - d < 0."""
+    b, g, h, w, _ = corr.shape
+    x = torch.arange(w, device=corr.device).view(w, 1)
+    d = torch.arange(candidates, device=corr.device).view(1, candidates)
+    source = x - d  # W,D
+    valid = (source >= 0).to(corr.dtype)
+    index = source.clamp(min=0).view(1, 1, 1, w, candidates).expand(b, g, h, w, candidates)
+    band = torch.gather(corr, 4, index) * valid  # B,G,H,W,D
+    return band.permute(0, 1, 4, 2, 3)
+
+
+def linear_lookup(volume: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Sample ``volume[..., L]`` at fractional ``positions[..., K]`` (linear, zero outside [0, L-1]).
+
+    Shapes: volume B,H,W,C,L; positions B,H,W,K -> B,H,W,C,K. Equals ``grid_sample`` with
+    ``align_corners=True`` and zero padding along one axis, built from floor/gather/mul only.
+    """
+    length = volume.shape[-1]
+    p0 = torch.floor(positions)
+    frac = (positions - p0).unsqueeze(3)  # B,H,W,1,K
+    i0 = p0.long()
+    i1 = i0 + 1
+    c = volume.shape[3]
+
+    def take(index: torch.Tensor) -> torch.Tensor:
+        inside = ((index >= 0) & (index < length)).unsqueeze(3).to(volume.dtype)
+        idx = index.clamp(0, length - 1).unsqueeze(3).expand(-1, -1, -1, c, -1)
+        return torch.gather(volume, 4, idx) * inside
+
+    return take(i0) * (1 - frac) + take(i1) * frac
+
+
+def convex_upsample(disp_low: torch.Tensor, weights: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """Full-resolution disparity as a per-pixel convex combination of the 3x3 low-res neighbours.
+
+    disp_low B,1,h,w (in full-resolution px); weights B,9,h*f,w*f (softmax over the 9) -> B,1,H,W.
+    """
+    b, _, h, w = disp_low.shape
+    padded = F.pad(disp_low, (1, 1, 1, 1), mode="replicate")
+    neighbours = torch.cat([padded[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 1)
+    neighbours = F.interpolate(neighbours, scale_factor=factor, mode="nearest")  # B,9,H,W
+    return (neighbours * weights).sum(1, keepdim=True)
+
+
+class IGEVStereo(nn.Module):
+    def __init__(self, config: IGEVConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.candidates = cfg.max_disp // 4
+        self.feature = FeatureNet(cfg.backbone_width)
+        f4, f8, f16, f32 = self.feature.channels
+        s2, s4 = cfg.stem_dims
+        self.stem2 = nn.Sequential(ConvNormAct(3, s2, 3, 2, 1, norm="instance"), nn.Conv2d(s2, s2, 3, 1, 1, bias=False),
+                                   nn.InstanceNorm2d(s2), nn.ReLU())
+        self.stem4 = nn.Sequential(ConvNormAct(s2, s4, 3, 2, 1, norm="instance"), nn.Conv2d(s4, s4, 3, 1, 1, bias=False),
+                                   nn.InstanceNorm2d(s4), nn.ReLU())
+        match = f4 + s4
+        if match % cfg.groups:
+            raise ShapeError(f"matching features ({match} channels) must be divisible by groups={cfg.groups}")
+        self.match_conv = ConvNormAct(match, match, 3, 1, 1, norm="instance")
+        self.match_desc = nn.Conv2d(match, match, 1)
+        self.cost_stem = ConvNormAct(cfg.groups, cfg.groups, 3, 1, 1, dims=3)
+        self.cost_att = FeatureAttention(cfg.groups, match)
+        self.hourglass = Hourglass(cfg.cost_base, (f8, f16, f32), cfg.groups)
+        self.classifier = nn.Conv3d(cfg.groups, 1, 3, 1, 1, bias=False)
+        # upsampling weights for the initial disparity (from matching features) and the GRU output
+        self.spx4 = nn.Sequential(ConvNormAct(match, cfg.spx_dim, 3, 1, 1, norm="instance"),
+                                  nn.Conv2d(cfg.spx_dim, cfg.spx_dim, 3, 1, 1, bias=False), nn.InstanceNorm2d(cfg.spx_dim), nn.ReLU())
+        self.spx2 = UpConcat(cfg.spx_dim, s2, norm="instance")
+        self.spx = nn.ConvTranspose2d(2 * s2, 9, 4, 2, 1)
+        self.spx2_gru = UpConcat(s2, s2, norm="batch")
+        self.spx_gru = nn.ConvTranspose2d(2 * s2, 9, 4, 2, 1)
+        self.context = ContextNet(cfg.context_width, cfg.hidden_dim, cfg.gru_levels)
+        self.context_gates = nn.ModuleList(nn.Conv2d(cfg.hidden_dim, 3 * cfg.hidden_dim, 3, padding=1)
+                                           for _ in range(cfg.gru_levels))
+        lookup_channels = cfg.corr_levels * (2 * cfg.corr_radius + 1) * (cfg.groups + 1)
+        self.update = UpdateBlock(cfg.hidden_dim, cfg.gru_levels, lookup_channels, cfg.motion_dim, cfg.head_dim, s2)
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+
+    def freeze_bn(self) -> None:
+        """Keep BatchNorm statistics fixed (fine-tuning with small batches)."""
+        for m in self.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                m.eval()
+
+    def _lookup(self, geo: list[torch.Tensor], corr: list[torch.Tensor], disp: torch.Tensor,
+                coords: torch.Tensor) -> torch.Tensor:
+        """Look-up features around ``disp`` (B,1,h,w, 1/4-res px): B, levels*(2r+1)*(G+1), h, w."""
+        r = self.config.corr_radius
+        offsets = torch.arange(-r, r + 1, device=disp.device, dtype=disp.dtype)  # K
+        d = disp.squeeze(1).unsqueeze(-1)  # B,h,w,1
+        out = []
+        for level, (g, c) in enumerate(zip(geo, corr)):
+            scale = 2.0**level
+            out.append(linear_lookup(g, d / scale + offsets).flatten(3))  # B,h,w,G*K
+            out.append(linear_lookup(c, (coords - d) / scale + offsets).flatten(3))  # B,h,w,K
+        return torch.cat(out, -1).permute(0, 3, 1, 2)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int | None = None,
+                final_only: bool | None = None) -> StereoOutput:
+        """Disparity of ``left`` (B,3,H,W float in [0, 1]) w.r.t. ``right``.
+
+        ``iters`` defaults to ``train_iters`` in training mode and ``valid_iters`` otherwise;
+        ``final_only`` (default: not training) upsamples only the last iteration.
+        """
+        if left.shape != right.shape or left.dim() != 4 or left.shape[1] != 3:
+            raise ShapeError(f"left and right must both be B,3,H,W; got {tuple(left.shape)} and {tuple(right.shape)}")
+        cfg = self.config
+        iters = iters if iters is not None else (cfg.train_iters if self.training else cfg.valid_iters)
+        final_only = (not self.training) if final_only is None else final_only
+        h_in, w_in = left.shape[-2:]
+        pad_h, pad_w = (-h_in) % 32, (-w_in) % 32
+        images = torch.cat([left, right], 0)
+        images = (images - self.mean) / self.std
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        b = left.shape[0]
+
+        feats = self.feature(images)  # both views in one pass
+        stem2 = self.stem2(images)
+        stem4 = self.stem4(stem2)
+        match_feat = torch.cat([feats[0], stem4], 1)
+        match = self.match_desc(self.match_conv(match_feat))
+        match_l, match_r = match[:b], match[b:]
+        feats_l = [match_feat[:b]] + [f[:b] for f in feats[1:]]
+        stem2_l = stem2[:b]
+
+        pairs = all_pairs_group_correlation(match_l, match_r, cfg.groups)  # B,G,h,w,w
+        cost = disparity_band(pairs, self.candidates)  # B,G,D,h,w
+        cost = self.cost_att(self.cost_stem(cost), feats_l[0])
+        gev = self.hourglass(cost, feats_l)  # B,G,D,h,w geometry encoding volume
+        init_prob = F.softmax(self.classifier(gev).squeeze(1), dim=1)  # B,D,h,w
+        candidates = torch.arange(self.candidates, device=left.device, dtype=init_prob.dtype).view(1, -1, 1, 1)
+        init_disp = (init_prob * candidates).sum(1, keepdim=True)  # B,1,h,w in 1/4-res px
+
+        spx_weights = F.softmax(self.spx(self.spx2(self.spx4(feats_l[0]), stem2_l)), 1)
+        init_full = convex_upsample(init_disp * 4.0, spx_weights)
+
+        ctx = self.context(images[:b])
+        net = [torch.tanh(n) for n, _ in ctx]
+        gates = [tuple(conv(torch.relu(c)).chunk(3, dim=1)) for (_, c), conv in zip(ctx, self.context_gates)]
+
+        # look-up pyramids: GEV over candidates, all-pairs correlation (sum over groups) over columns
+        h4, w4 = match_l.shape[-2:]
+        geo = [gev.permute(0, 3, 4, 1, 2)]  # B,h,w,G,D
+        corr = [(pairs.sum(1) * (match_l.shape[1] // cfg.groups)).unsqueeze(3)]  # B,h,w,1,w
+        for _ in range(cfg.corr_levels - 1):
+            geo.append(F.avg_pool1d(geo[-1].flatten(0, 3), 2, 2).view(*geo[-1].shape[:4], -1))
+            corr.append(F.avg_pool1d(corr[-1].flatten(0, 3), 2, 2).view(*corr[-1].shape[:4], -1))
+        coords = torch.arange(w4, device=left.device, dtype=init_disp.dtype).view(1, 1, w4, 1)
+
+        disp = init_disp
+        predictions = []
+        for i in range(iters):
+            if self.training:
+                disp = disp.detach()
+            net, mask_feat, delta = self.update(net, gates, self._lookup(geo, corr, disp, coords), disp)
+            disp = disp + delta
+            if final_only and i < iters - 1:
+                continue
+            weights = F.softmax(self.spx_gru(self.spx2_gru(mask_feat, stem2_l)), 1)
+            predictions.append(convex_upsample(disp * 4.0, weights)[:, :, :h_in, :w_in])
+
+        init_full = init_full[:, :, :h_in, :w_in]
+        return StereoOutput(predictions[-1], predictions, init_full, init_prob)
+
+
+IGEV_DEFAULT = IGEVConfig()
+# Real-time configuration for Jetson-class devices: same code, 2 GRU levels, half the hidden
+# and context width, lighter update head, 6 iterations at inference (IGEV's accuracy falls off
+# slowly with iterations thanks to the GEV initialisation).
+IGEV_RT = IGEVConfig(train_iters=12, valid_iters=6, gru_levels=2, hidden_dim=64, context_width=64,
+                     motion_dim=64, head_dim=128)
+# Tests and CPU smoke runs only.
+IGEV_TINY = IGEVConfig(max_disp=64, train_iters=3, valid_iters=3, groups=4, corr_levels=2, corr_radius=2,
+                       gru_levels=2, hidden_dim=16, backbone_width=0.25, context_width=16, stem_dims=(8, 8),
+                       spx_dim=8, motion_dim=16, head_dim=16, cost_base=4)
+
+register_model("igev", IGEV_DEFAULT, IGEVStereo)
+register_model("igev-rt", IGEV_RT, IGEVStereo)
+register_model("igev-tiny", IGEV_TINY, IGEVStereo)

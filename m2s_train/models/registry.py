@@ -1,0 +1,137 @@
+"""One model registry: every stereo network is created by name + typed config.
+
+``create_model("igev", max_disp=256)`` builds the registered variant with overrides (None
+overrides are ignored); an unknown name raises listing the valid ones. Checkpoints are
+safetensors weights + a JSON config naming the model, loadable without the training CLI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from m2s_train.config import from_dict
+from m2s_train.errors import ConfigError
+
+_REGISTRY: dict[str, tuple[type, Any, Callable[[Any], nn.Module]]] = {}
+
+
+def register_model(name: str, config: Any, factory: Callable[[Any], nn.Module]) -> None:
+    """Register ``factory(config)`` under ``name`` with a default (frozen dataclass) config."""
+    if name in _REGISTRY:
+        raise ConfigError(f"model '{name}' is registered twice")
+    _REGISTRY[name] = (type(config), config, factory)
+
+
+def list_models() -> list[str]:
+    _ensure_builtin()
+    return sorted(_REGISTRY)
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The registered default config of ``name`` with non-None ``overrides`` applied."""
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    cls, default, _ = _REGISTRY[name]
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ConfigError(f"model '{name}' has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(fields))}")
+    try:
+        return dataclasses.replace(default, **changes)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model '{name}': {exc}") from None
+
+
+def create_model(name: str, config: Any | None = None, **overrides: Any) -> nn.Module:
+    """Build model ``name`` from ``config`` (default: the registered one) plus overrides."""
+    config = model_config(name, **overrides) if config is None else dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    _, _, factory = _REGISTRY[name]
+    model = factory(config)
+    model.model_name = name  # type: ignore[attr-defined]
+    return model
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """``{"name": ..., "config": {...}}``: what a checkpoint needs to rebuild ``model``."""
+    return {"name": model.model_name, "config": dataclasses.asdict(model.config)}
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` (name and config) atomically into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = directory / ".model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"model": json.dumps(describe(model))})
+    os.replace(tmp, directory / "model.safetensors")
+    tmp_json = directory / ".model.json.tmp"
+    tmp_json.write_text(json.dumps(describe(model), indent=2) + "\n")
+    os.replace(tmp_json, directory / "model.json")
+    return directory
+
+
+def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model from a checkpoint directory (or its ``model.safetensors``); weights must match exactly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    weights = directory / "model.safetensors"
+    meta_path = directory / "model.json"
+    if not weights.is_file() or not meta_path.is_file():
+        raise ConfigError(f"{directory} is not a model checkpoint: expected model.safetensors and model.json")
+    meta = json.loads(meta_path.read_text())
+    _ensure_builtin()
+    name = meta.get("name")
+    if name not in _REGISTRY:
+        raise ConfigError(f"{meta_path}: unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    config = from_dict(_REGISTRY[name][0], meta.get("config", {}), str(meta_path))
+    model = create_model(name, config)
+    try:
+        state = load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"cannot read {weights}: {exc}") from None
+    check_state_fits(model, state, str(weights))
+    model.load_state_dict(state)
+    return model
+
+
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`ConfigError` unless ``state`` has exactly ``model``'s keys and shapes."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+        raise ConfigError(
+            f"{where} does not fit model '{getattr(model, 'model_name', type(model).__name__)}' with this config: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
+            f"{len(mismatched)} with other shapes (e.g. {mismatched[:2]}); was it saved from another model config?"
+        )
+
+
+_BUILTIN_LOADED = False
+
+
+def _ensure_builtin() -> None:
+    global _BUILTIN_LOADED
+    if not _BUILTIN_LOADED:
+        _BUILTIN_LOADED = True
+        import m2s_train.models.igev  # noqa: F401  (registers igev, igev-rt, igev-tiny)
+
+
+__all__ = ["create_model", "describe", "list_models", "load_model", "model_config", "register_model", "save_model"]

@@ -1,0 +1,121 @@
+"""Model registry and IGEV-Stereo: architecture figures, volume maths, forward/backward, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from m2s_train.errors import ConfigError, ShapeError  # noqa: E402
+from m2s_train.models import create_model, list_models, load_model, model_config, save_model  # noqa: E402
+from m2s_train.models.igev import (  # noqa: E402
+    all_pairs_group_correlation,
+    convex_upsample,
+    disparity_band,
+    linear_lookup,
+)
+
+
+def reference_gwc_volume(left, right, max_disp, groups):
+    """The reference implementation's loop (slice assignment per disparity), for comparison."""
+    b, c, h, w = left.shape
+    vol = left.new_zeros(b, groups, max_disp, h, w)
+    for i in range(max_disp):
+        prod = left[:, :, :, i:] * right[:, :, :, : w - i]
+        vol[:, :, i, :, i:] = prod.view(b, groups, c // groups, h, w - i).mean(2)
+    return vol
+
+
+class TestVolumes:
+    def test_band_equals_reference_loop(self):
+        torch.manual_seed(0)
+        left, right = torch.randn(2, 16, 5, 20), torch.randn(2, 16, 5, 20)
+        ours = disparity_band(all_pairs_group_correlation(left, right, 4), 12)
+        torch.testing.assert_close(ours, reference_gwc_volume(left, right, 12, 4), rtol=1e-5, atol=1e-6)
+
+    def test_linear_lookup_equals_grid_sample(self):
+        torch.manual_seed(1)
+        vol = torch.randn(2, 3, 4, 5, 17)  # B,H,W,C,L
+        pos = torch.rand(2, 3, 4, 9) * 24 - 4  # includes out-of-range positions
+        ours = linear_lookup(vol, pos)
+        # grid_sample over (N=B*H*W, C, 1, L) with x normalised for align_corners=True
+        img = vol.reshape(-1, 5, 1, 17)
+        x = 2 * pos.reshape(-1, 1, 9) / (17 - 1) - 1
+        grid = torch.stack([x, torch.zeros_like(x)], -1)
+        ref = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        torch.testing.assert_close(ours, ref.view(2, 3, 4, 5, 9), rtol=1e-5, atol=1e-6)
+
+    def test_convex_upsample_of_constant(self):
+        w = torch.softmax(torch.randn(1, 9, 16, 20), 1)
+        up = convex_upsample(torch.full((1, 1, 4, 5), 7.0), w)
+        torch.testing.assert_close(up, torch.full((1, 1, 16, 20), 7.0))
+
+
+class TestArchitecture:
+    def test_igev_parameter_count_matches_reference(self):
+        # IGEV-Stereo paper / reference code: 12.6 M parameters (MobileNetV2-100 backbone, 3 GRUs)
+        n = sum(p.numel() for p in create_model("igev").parameters())
+        assert abs(n / 1e6 - 12.6) < 0.1, n
+        cfg = model_config("igev")
+        assert (cfg.max_disp, cfg.train_iters, cfg.valid_iters, cfg.groups, cfg.corr_radius) == (192, 22, 32, 8, 4)
+
+    def test_output_shapes_and_padding(self):
+        model = create_model("igev-tiny").eval()
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, 50, 70), torch.rand(1, 3, 50, 70))
+        assert out.disparity.shape == (1, 1, 50, 70) and len(out.iterations) == 1
+        assert out.init_disparity.shape == (1, 1, 50, 70)
+        assert out.init_prob.shape == (1, 16, 16, 24)  # padded to 64x96 inside, 1/4 res, 64/4 candidates
+        torch.testing.assert_close(out.init_prob.sum(1), torch.ones(1, 16, 24))
+
+    @pytest.mark.parametrize("name", ["igev-tiny", "igev-rt"])
+    def test_forward_backward_no_nan(self, name):
+        torch.manual_seed(0)
+        model = create_model(name, train_iters=2).train()
+        size = (32, 64) if name == "igev-tiny" else (64, 96)
+        out = model(torch.rand(1, 3, *size), torch.rand(1, 3, *size))
+        assert len(out.iterations) == 2
+        loss = sum(p.abs().mean() for p in out.iterations) + out.init_disparity.abs().mean()
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+    def test_bad_inputs(self):
+        model = create_model("igev-tiny")
+        with pytest.raises(ShapeError):
+            model(torch.rand(1, 3, 32, 64), torch.rand(1, 3, 32, 60))
+        with pytest.raises(ShapeError):
+            model(torch.rand(1, 1, 32, 64), torch.rand(1, 1, 32, 64))
+
+
+class TestRegistry:
+    def test_unknown_name_lists_valid(self):
+        with pytest.raises(ConfigError, match="igev-rt"):
+            create_model("raft")
+        assert {"igev", "igev-rt", "igev-tiny"} <= set(list_models())
+
+    def test_overrides_and_validation(self):
+        assert model_config("igev-tiny", max_disp=None).max_disp == 64
+        with pytest.raises(ConfigError, match="no option"):
+            model_config("igev", depth=3)
+        with pytest.raises(ConfigError, match="multiple of 16"):
+            model_config("igev", max_disp=100)
+
+    def test_safetensors_round_trip_and_mismatch(self, tmp_path):
+        torch.manual_seed(0)
+        model = create_model("igev-tiny").eval()
+        save_model(model, tmp_path / "ck")
+        loaded = load_model(tmp_path / "ck").eval()
+        x = torch.rand(1, 3, 32, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x, x).disparity, loaded(x, x).disparity)
+        meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+        meta["config"]["hidden_dim"] = 24
+        (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match="another model config"):
+            load_model(tmp_path / "ck")
+        with pytest.raises(ConfigError, match="not a model checkpoint"):
+            load_model(tmp_path)
