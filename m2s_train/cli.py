@@ -1,9 +1,10 @@
-"""``m2s-train``: synthesis (more subcommands join as they land)."""
+"""``m2s-train``: synth | pretrain | eval."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from calib.console import add_common_flags, run_command
@@ -30,6 +31,42 @@ def _synth(args: argparse.Namespace) -> int:
     summary = run_synthesis(list_images(args.images), args.out, config, shard=shard_from_env(args.shard),
                             resume=args.resume, previews=args.preview, progress=not args.quiet, limit=args.limit)
     print(json.dumps({k: (len(v) if k == "skipped" else v) for k, v in summary.items()}))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from m2s_train.train import TrainConfig, train
+
+    overrides = {
+        "model": args.model, "init": args.init, "datasets": args.dataset, "steps": args.steps,
+        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "num_workers": args.num_workers,
+        "checkpoint_every": args.checkpoint_every, "crop": args.crop, "train_iters": args.train_iters,
+        "freeze_bn": True if args.freeze_bn else None,
+        "mixed_precision": False if args.no_amp else None,
+    }
+    config = load_config(TrainConfig, args.config, overrides)
+    summary = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from m2s_train.evaluate import evaluate
+    from m2s_train.models import load_model
+
+    model = load_model(args.checkpoint) if args.checkpoint else None
+    if model is None and not args.sgbm:
+        from m2s_train.errors import ConfigError
+
+        raise ConfigError("nothing to evaluate: give --checkpoint DIR and/or --sgbm")
+    results = []
+    for i, spec in enumerate(args.dataset):
+        out = None if args.out is None else f"{args.out}/{i:02d}_{spec.split(':')[0]}"
+        result = evaluate(model, spec, iters=args.iters, out=out, error_maps=args.error_maps, sgbm=args.sgbm,
+                          device=args.device, progress=not args.quiet, max_images=args.max_images)
+        results.append({"dataset": spec, **{k: v["pixel"] for k, v in result["methods"].items()}})
+    print(json.dumps(results))
     return 0
 
 
@@ -65,6 +102,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="process at most this many images of this shard")
     add_common_flags(p)
     p.set_defaults(handler=_synth)
+
+    p = sub.add_parser(
+        "pretrain", help="train a stereo network (pre-training on synthesized or any GT data)",
+        description="Sequence-loss training with AdamW + one-cycle, gradient clipping, mixed precision on CUDA, "
+                    "checkpoints every N steps (safetensors + optimizer/scheduler/RNG state). Flags override the "
+                    "YAML config. Multi-GPU / multi-node: torchrun --nproc-per-node N -m m2s_train.cli pretrain ...")
+    p.add_argument("--config", help="YAML config (configs/train/*.yaml)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints/, tensorboard/, train_summary.json")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--model", help="registered model name (igev, igev-rt, igev-tiny)")
+    p.add_argument("--init", help="checkpoint directory to initialise the weights from")
+    p.add_argument("--dataset", action="append",
+                   help="kind:path[:half] (synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder); repeatable")
+    p.add_argument("--steps", type=int, help="total optimizer steps")
+    p.add_argument("--batch-size", type=int, help="pairs per step and process")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="random crop size, px")
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--train-iters", type=int, help="GRU iterations during training (default: the model's)")
+    p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--seed", type=int, help="seed for weights, sample order and augmentation")
+    p.add_argument("--num-workers", type=int, help="data loader worker processes per training process")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+    add_common_flags(p)
+    p.set_defaults(handler=_pretrain)
+
+    p = sub.add_parser(
+        "eval", help="EPE / D1 / bad-1,2,3 of a checkpoint (and OpenCV SGBM) on datasets with GT",
+        description="Per-image and aggregate metrics; writes metrics.json and metrics.md per dataset (and error "
+                    "maps) under --out. 'aloe' is the built-in real Middlebury pair from opencv-doc ('aloe:half').")
+    p.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + model.json)")
+    p.add_argument("--dataset", action="append", required=True, help="kind:path[:half] or aloe[:half]; repeatable")
+    p.add_argument("--iters", type=int, help="GRU iterations (default: the model's valid_iters)")
+    p.add_argument("--sgbm", action="store_true", help="also evaluate OpenCV StereoSGBM on the same pairs")
+    p.add_argument("--out", help="directory for metrics.json / metrics.md / error maps")
+    p.add_argument("--error-maps", type=int, default=0, metavar="N", help="write error-map PNGs for the first N pairs")
+    p.add_argument("--max-images", type=int, help="evaluate at most N pairs per dataset")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_common_flags(p)
+    p.set_defaults(handler=_eval)
     return parser
 
 

@@ -25,12 +25,28 @@ class AugmentConfig:
     asymmetric_prob: float = 0.2  # probability that the right view gets its own draw
 
 
+def pad_to(size: tuple[int, int], *arrays: np.ndarray) -> list[np.ndarray]:
+    """Pad at the bottom/right to at least ``size`` = (h, w): floats with NaN (no GT), others with 0."""
+    h, w = arrays[0].shape[:2]
+    ph, pw = max(0, size[0] - h), max(0, size[1] - w)
+    if not (ph or pw):
+        return list(arrays)
+    out = []
+    for a in arrays:
+        fill = np.nan if np.issubdtype(a.dtype, np.floating) else 0
+        widths = ((0, ph), (0, pw)) + ((0, 0),) * (a.ndim - 2)
+        out.append(np.pad(a, widths, constant_values=fill))
+    return out
+
+
 def random_crop(rng: np.random.Generator, size: tuple[int, int], *arrays: np.ndarray) -> list[np.ndarray]:
-    """The same random ``size`` = (h, w) window of every array (HxW[xC])."""
+    """The same random ``size`` = (h, w) window of every array (HxW[xC]); smaller samples are
+    padded first (:func:`pad_to`: images black, disparity NaN = no ground truth)."""
+    if any(a.shape[:2] != arrays[0].shape[:2] for a in arrays):
+        raise ShapeError(f"arrays to crop differ in size: {[a.shape for a in arrays]}")
+    arrays = tuple(pad_to(size, *arrays))
     h, w = arrays[0].shape[:2]
     ch, cw = size
-    if ch > h or cw > w:
-        raise ShapeError(f"crop {cw}x{ch} is larger than the sample {w}x{h}; lower the crop size")
     y0 = int(rng.integers(0, h - ch + 1))
     x0 = int(rng.integers(0, w - cw + 1))
     return [a[y0 : y0 + ch, x0 : x0 + cw] for a in arrays]

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-from m2s_train.data.augment import AugmentConfig, color_jitter, random_crop
+from m2s_train.data.augment import AugmentConfig
+from m2s_train.data.stereo_datasets import make_item
 from m2s_train.synth.shards import decode_sample, read_manifests
 
 
@@ -43,19 +43,5 @@ class SynthStereoDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, object]:
         entry = self.entries[index]
         sample = decode_sample(self.root / "samples" / f"{entry['sample_id']}.npz")
-        left, right, disp, noc = sample.left, sample.right, sample.disparity, sample.visible
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            if self.augment.crop is not None:
-                left, right, disp, noc = random_crop(rng, self.augment.crop, left, right, disp, noc)
-            left, right = color_jitter(rng, left, right, self.augment)
-        disp = np.ascontiguousarray(disp, dtype=np.float32)
-        valid = np.isfinite(disp) & (disp > 0)
-        return {
-            "left": torch.from_numpy(np.ascontiguousarray(left)).permute(2, 0, 1).float().div_(255.0),
-            "right": torch.from_numpy(np.ascontiguousarray(right)).permute(2, 0, 1).float().div_(255.0),
-            "disparity": torch.from_numpy(np.nan_to_num(disp, nan=0.0))[None],
-            "valid": torch.from_numpy(valid)[None],
-            "noc": torch.from_numpy(np.ascontiguousarray(noc) & valid)[None],
-            "sample_id": sample.sample_id,
-        }
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return make_item(sample.left, sample.right, sample.disparity, sample.visible, sample.sample_id, self.augment, rng)

@@ -182,8 +182,9 @@ class TestReader:
         assert torch.equal(a["left"], b["left"])  # deterministic per (seed, epoch, index)
         aug.set_epoch(1)
         assert not torch.equal(aug[2]["left"], a["left"])
-        with pytest.raises(Exception, match="crop"):
-            SynthStereoDataset(tmp_path / "ds", AugmentConfig(crop=(480, 640)))[0]
+        big = SynthStereoDataset(tmp_path / "ds", AugmentConfig(crop=(100, 128)))[0]  # larger than 72x96
+        assert big["left"].shape == (3, 100, 128)
+        assert not big["valid"][0, 72:].any() and not big["valid"][0, :, 96:].any()  # padding has no GT
 
     def test_not_a_dataset(self, tmp_path):
         with pytest.raises(DatasetError, match="dataset.json"):

@@ -1,0 +1,290 @@
+"""Stereo datasets with ground truth: SceneFlow, KITTI 2012/2015, Middlebury, ETH3D, generic folders,
+the synthesized format, and the real Aloe pair of opencv-doc.
+
+Every dataset yields the same dict (see :func:`make_item`) and checks its layout when built,
+naming what is missing. ``build_dataset("kitti2015:/data/kitti")`` makes one from a spec;
+``a+b`` concatenates.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from calib.image_io import read_rgb
+from m2s_train.data.augment import AugmentConfig, color_jitter, random_crop
+from m2s_train.errors import DatasetError
+
+
+def read_pfm(path: str | os.PathLike) -> np.ndarray:
+    """A PFM file (SceneFlow, Middlebury, ETH3D) as float32 HxW, rows top to bottom; inf stays inf."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = f.readline().strip()
+            if header not in (b"Pf", b"PF"):
+                raise DatasetError(f"{path}: not a PFM file (header {header[:8]!r})")
+            dims = f.readline()
+            while dims.startswith(b"#"):
+                dims = f.readline()
+            w, h = (int(v) for v in dims.split())
+            scale = float(f.readline().strip())
+            channels = 3 if header == b"PF" else 1
+            data = np.fromfile(f, dtype="<f4" if scale < 0 else ">f4", count=w * h * channels)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read PFM {path}: {exc}") from None
+    if data.size != w * h * channels:
+        raise DatasetError(f"{path}: truncated PFM ({data.size} of {w * h * channels} values)")
+    image = data.reshape(h, w, channels)[::-1, :, 0]
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def read_kitti_disparity(path: str | os.PathLike) -> np.ndarray:
+    """KITTI 16-bit PNG disparity: value / 256 px, 0 = no label -> NaN."""
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None or raw.dtype != np.uint16:
+        raise DatasetError(f"{path}: expected a 16-bit KITTI disparity PNG")
+    disp = raw.astype(np.float32) / 256.0
+    disp[raw == 0] = np.nan
+    return disp
+
+
+def read_disparity(path: str | os.PathLike) -> np.ndarray:
+    """Disparity by file type: ``.pfm``, 16-bit ``.png`` (KITTI encoding), ``.npy``; invalid -> NaN."""
+    path = Path(path)
+    if path.suffix == ".pfm":
+        disp = read_pfm(path)
+    elif path.suffix == ".png":
+        disp = read_kitti_disparity(path)
+    elif path.suffix == ".npy":
+        disp = np.load(path, allow_pickle=False).astype(np.float32)
+    else:
+        raise DatasetError(f"{path}: unknown disparity format (use .pfm, 16-bit .png or .npy)")
+    disp = np.where(np.isfinite(disp) & (disp > 0), disp, np.nan).astype(np.float32)
+    return disp
+
+
+def make_item(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, noc: np.ndarray | None, sample_id: str,
+              augment: AugmentConfig | None, rng: np.random.Generator) -> dict[str, object]:
+    """The dict every dataset returns.
+
+    ``left``/``right``: 3xHxW float32 in [0, 1]; ``disparity``: 1xHxW float32 px, 0 where unknown;
+    ``valid``: 1xHxW bool (finite GT > 0; NaN/inf are masked, never propagated); ``noc``: 1xHxW bool
+    (non-occluded, = valid where unknown); ``sample_id``: str.
+    """
+    if left.shape != right.shape:
+        raise DatasetError(f"{sample_id}: left {left.shape[1]}x{left.shape[0]} and right "
+                           f"{right.shape[1]}x{right.shape[0]} differ in size")
+    if disparity.shape != left.shape[:2]:
+        raise DatasetError(f"{sample_id}: disparity {disparity.shape[::-1]} does not match the images {left.shape[1::-1]}")
+    noc = np.ones(disparity.shape, bool) if noc is None else noc
+    if augment is not None:
+        if augment.crop is not None:
+            left, right, disparity, noc = random_crop(rng, augment.crop, left, right, disparity, noc)
+        left, right = color_jitter(rng, left, right, augment)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(disparity) & (disparity > 0)
+    disp = np.where(valid, disparity, 0).astype(np.float32)
+    return {
+        "left": torch.from_numpy(np.ascontiguousarray(left)).permute(2, 0, 1).float().div_(255.0),
+        "right": torch.from_numpy(np.ascontiguousarray(right)).permute(2, 0, 1).float().div_(255.0),
+        "disparity": torch.from_numpy(disp)[None],
+        "valid": torch.from_numpy(valid)[None],
+        "noc": torch.from_numpy(np.ascontiguousarray(noc) & valid)[None],
+        "sample_id": sample_id,
+    }
+
+
+@dataclass(frozen=True)
+class PairFiles:
+    left: Path
+    right: Path
+    disparity: Path | None
+    noc: Path | None = None
+    sample_id: str = ""
+
+
+class StereoPairs(Dataset):
+    """Pairs of image files with disparity files; ``scale`` < 1 downsamples (Middlebury half/quarter)."""
+
+    def __init__(self, pairs: Sequence[PairFiles], name: str, augment: AugmentConfig | None = None, seed: int = 0,
+                 scale: float = 1.0) -> None:
+        if not pairs:
+            raise DatasetError(f"{name}: no stereo pairs found")
+        self.pairs = list(pairs)
+        self.name = name
+        self.augment = augment
+        self.seed = seed
+        self.scale = scale
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        p = self.pairs[index]
+        left, right = read_rgb(p.left), read_rgb(p.right)
+        disp = read_disparity(p.disparity) if p.disparity else np.full(left.shape[:2], np.nan, np.float32)
+        noc = None
+        if p.noc is not None:
+            mask = cv2.imread(str(p.noc), cv2.IMREAD_GRAYSCALE)
+            if mask is None:
+                raise DatasetError(f"cannot read non-occlusion mask {p.noc}")
+            noc = mask > 127
+        if self.scale != 1.0:
+            h, w = left.shape[:2]
+            size = (round(w * self.scale), round(h * self.scale))
+            left = cv2.resize(left, size, interpolation=cv2.INTER_AREA)
+            right = cv2.resize(right, size, interpolation=cv2.INTER_AREA)
+            disp = cv2.resize(disp, size, interpolation=cv2.INTER_NEAREST) * np.float32(size[0] / w)
+            noc = None if noc is None else cv2.resize(noc.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        return left, right, disp, noc
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        left, right, disp, noc = self.load(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return make_item(left, right, disp, noc, self.pairs[index].sample_id or f"{self.name}/{index}", self.augment, rng)
+
+
+def _require(root: Path, *subdirs: str, hint: str) -> None:
+    missing = [s for s in subdirs if not (root / s).exists()]
+    if missing:
+        raise DatasetError(f"{root}: missing {', '.join(missing)} ({hint})")
+
+
+def sceneflow_pairs(root: Path, passes: str = "frames_finalpass") -> list[PairFiles]:
+    """FlyingThings3D / Driving / Monkaa: <root>/<pass>/.../left/XXXX.png + <root>/disparity/.../left/XXXX.pfm."""
+    _require(root, passes, "disparity", hint="expected the SceneFlow layout <root>/frames_finalpass and <root>/disparity")
+    pairs = []
+    for left in sorted((root / passes).rglob("left/*.png")):
+        rel = left.relative_to(root / passes)
+        disp = (root / "disparity" / rel).with_suffix(".pfm")
+        right = left.parent.parent / "right" / left.name
+        if right.is_file() and disp.is_file():
+            pairs.append(PairFiles(left, right, disp, sample_id=str(rel)))
+    return pairs
+
+
+def kitti_pairs(root: Path, year: int) -> list[PairFiles]:
+    """KITTI training split with sparse GT (occluded-included maps; non-occluded used as the noc mask)."""
+    sub = {2015: ("image_2", "image_3", "disp_occ_0", "disp_noc_0"), 2012: ("colored_0", "colored_1", "disp_occ", "disp_noc")}[year]
+    base = root / "training" if (root / "training").is_dir() else root
+    _require(base, sub[0], sub[1], sub[2], hint=f"expected KITTI {year} training/{'/'.join(sub[:3])}")
+    pairs = []
+    for disp in sorted((base / sub[2]).glob("*_10.png")):
+        left, right = base / sub[0] / disp.name, base / sub[1] / disp.name
+        if not (left.is_file() and right.is_file()):
+            raise DatasetError(f"KITTI {year}: {disp.name} has GT but no image pair in {sub[0]}/{sub[1]}")
+        pairs.append(PairFiles(left, right, disp, sample_id=f"kitti{year}/{disp.stem}"))
+    return pairs
+
+
+def two_view_pairs(root: Path, name: str) -> list[PairFiles]:
+    """Middlebury (2014/2021/MiddEval3) and ETH3D two-view: scene folders with im0/im1 and disp0[GT].pfm."""
+    pairs = []
+    for im0 in sorted(root.rglob("im0.png")):
+        scene = im0.parent
+        candidates = [scene / "disp0GT.pfm", scene / "disp0.pfm",
+                      root.parent / f"{root.name}_gt" / scene.name / "disp0GT.pfm"]
+        disp = next((c for c in candidates if c.is_file()), None)
+        if disp is None or not (scene / "im1.png").is_file():
+            continue
+        noc = disp.parent / "mask0nocc.png"
+        pairs.append(PairFiles(im0, scene / "im1.png", disp, noc if noc.is_file() else None, f"{name}/{scene.name}"))
+    if not pairs:
+        raise DatasetError(f"{root}: no scene folders with im0.png, im1.png and disp0GT.pfm/disp0.pfm ({name} layout)")
+    return pairs
+
+
+def folder_pairs(root: Path) -> list[PairFiles]:
+    """Generic: <root>/left/NAME.*, <root>/right/NAME.*, <root>/disparity/NAME.(pfm|png|npy)."""
+    _require(root, "left", "right", "disparity", hint="expected left/, right/ and disparity/ folders with matching names")
+    pairs = []
+    for left in sorted(p for p in (root / "left").iterdir() if p.is_file()):
+        rights = sorted((root / "right").glob(left.stem + ".*"))
+        disps = sorted((root / "disparity").glob(left.stem + ".*"))
+        if not rights or not disps:
+            raise DatasetError(f"{root}: {left.name} lacks a right image or a disparity with the same name")
+        pairs.append(PairFiles(left, rights[0], disps[0], sample_id=f"folder/{left.stem}"))
+    return pairs
+
+
+def aloe_pairs() -> list[PairFiles]:
+    """Middlebury Aloe from Debian opencv-doc (GT disparity PNG in px, 0 = unknown)."""
+    from calib.example_data import require_opencv_examples
+
+    data = require_opencv_examples()
+    return [PairFiles(data / "aloeL.jpg", data / "aloeR.jpg", data / "aloeGT.png", sample_id="aloe")]
+
+
+class AloeDataset(StereoPairs):
+    """The real Aloe pair; its GT is an 8-bit PNG in pixels (not KITTI's /256 encoding)."""
+
+    def __init__(self, augment: AugmentConfig | None = None, seed: int = 0, scale: float = 1.0) -> None:
+        super().__init__(aloe_pairs(), "aloe", augment, seed, scale)
+
+    def load(self, index: int):
+        p = self.pairs[index]
+        gt = cv2.imread(str(p.disparity), cv2.IMREAD_UNCHANGED)
+        if gt is None:
+            raise DatasetError(f"cannot read {p.disparity}")
+        disp = np.where(gt > 0, gt.astype(np.float32), np.nan).astype(np.float32)
+        left, right = read_rgb(p.left), read_rgb(p.right)
+        if self.scale != 1.0:
+            h, w = left.shape[:2]
+            size = (round(w * self.scale), round(h * self.scale))
+            left = cv2.resize(left, size, interpolation=cv2.INTER_AREA)
+            right = cv2.resize(right, size, interpolation=cv2.INTER_AREA)
+            disp = cv2.resize(disp, size, interpolation=cv2.INTER_NEAREST) * np.float32(size[0] / w)
+        return left, right, disp, None
+
+
+_SCALES = {"full": 1.0, "half": 0.5, "quarter": 0.25}
+
+
+def build_dataset(spec: str, augment: AugmentConfig | None = None, seed: int = 0) -> Dataset:
+    """``kind:path[:resolution]`` (resolution full|half|quarter), joined with ``+``.
+
+    Kinds: synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder; and ``aloe[:half]``.
+    """
+    parts = [p for p in spec.split("+") if p]
+    if len(parts) > 1:
+        return ConcatDataset([build_dataset(p, augment, seed) for p in parts])
+    match = re.fullmatch(r"(\w+)(?::(.*?))?(?::(full|half|quarter))?", spec.strip())
+    if not match:
+        raise DatasetError(f"dataset spec '{spec}' must look like kind:path[:half]")
+    kind, path, res = match.group(1), match.group(2), match.group(3) or "full"
+    scale = _SCALES[res]
+    if kind == "aloe":
+        return AloeDataset(augment, seed, scale if path is None else _SCALES.get(path, scale))
+    if not path:
+        raise DatasetError(f"dataset '{kind}' needs a path: {kind}:/path/to/data")
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"dataset path {root} does not exist")
+    if kind == "synth":
+        from m2s_train.data.synthetic import SynthStereoDataset
+
+        return SynthStereoDataset(root, augment, seed)
+    builders = {
+        "sceneflow": lambda: sceneflow_pairs(root),
+        "kitti2012": lambda: kitti_pairs(root, 2012),
+        "kitti2015": lambda: kitti_pairs(root, 2015),
+        "middlebury": lambda: two_view_pairs(root, "middlebury"),
+        "eth3d": lambda: two_view_pairs(root, "eth3d"),
+        "folder": lambda: folder_pairs(root),
+    }
+    if kind not in builders:
+        raise DatasetError(f"unknown dataset kind '{kind}'; use one of synth, aloe, {', '.join(builders)}")
+    return StereoPairs(builders[kind](), kind, augment, seed, scale)

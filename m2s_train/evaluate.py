@@ -1,0 +1,111 @@
+"""``m2s-train eval``: accuracy of a checkpoint (and optionally OpenCV SGBM) on datasets with GT."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from calib.metrics import MetricAccumulator
+from m2s_train.data.stereo_datasets import build_dataset
+
+
+def sgbm_disparity(left: np.ndarray, right: np.ndarray, max_disp: int = 192, block: int = 5) -> np.ndarray:
+    """OpenCV StereoSGBM (3-way, the usual P1/P2) on RGB uint8 images; NaN where it gives no answer."""
+    num = max(16, int(np.ceil(max_disp / 16)) * 16)
+    sgbm = cv2.StereoSGBM_create(minDisparity=0, numDisparities=num, blockSize=block, P1=8 * 3 * block**2,
+                                 P2=32 * 3 * block**2, disp12MaxDiff=1, uniquenessRatio=10, speckleWindowSize=100,
+                                 speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
+    raw = sgbm.compute(cv2.cvtColor(left, cv2.COLOR_RGB2GRAY), cv2.cvtColor(right, cv2.COLOR_RGB2GRAY))
+    disp = raw.astype(np.float32) / 16.0
+    disp[raw < 0] = np.nan
+    return disp
+
+
+def fill_invalid(disp: np.ndarray) -> np.ndarray:
+    """Invalid (NaN) pixels take the nearest valid value along the row from the left (dense for fair EPE)."""
+    out = disp.copy()
+    bad = ~np.isfinite(out)
+    if not bad.any():
+        return out
+    h, w = out.shape
+    idx = np.where(~bad, np.arange(w)[None, :], 0)
+    np.maximum.accumulate(idx, axis=1, out=idx)
+    out[bad] = out[np.arange(h)[:, None].repeat(w, 1)[bad], idx[bad]]
+    out[~np.isfinite(out)] = 0.0
+    return out
+
+
+def error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """RGB visualisation: |error| 0..3 px green->red, > 3 px saturated, no GT black."""
+    err = np.abs(pred - gt)
+    valid = np.isfinite(gt) & (gt > 0)
+    scaled = np.clip(np.nan_to_num(err, nan=3.0) / 3.0 * 255, 0, 255).astype(np.uint8)
+    colour = cv2.applyColorMap(scaled, cv2.COLORMAP_JET)[:, :, ::-1].copy()
+    colour[~valid] = 0
+    return colour
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | None = None, out: str | os.PathLike | None = None,
+             error_maps: int = 0, sgbm: bool = False, device: str = "cpu", progress: bool = True,
+             max_images: int | None = None) -> dict[str, Any]:
+    """Evaluate on every pair of ``dataset_spec``; writes ``metrics.json`` + ``metrics.md`` into ``out``."""
+    dataset = build_dataset(dataset_spec)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    rows: dict[str, MetricAccumulator] = {}
+    timing: dict[str, list[float]] = {}
+    if model is not None:
+        model = model.to(device).eval()
+        rows["model"] = MetricAccumulator()
+    if sgbm:
+        rows["sgbm"] = MetricAccumulator()
+    out_dir = Path(out) if out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    max_disp = model.config.max_disp if model is not None else 192
+    for i in tqdm(range(n), desc=f"eval {dataset_spec}", unit="pair", disable=not progress):
+        item = dataset[i]
+        gt = item["disparity"][0].numpy()
+        gt = np.where(item["valid"][0].numpy(), gt, np.nan)
+        preds = {}
+        if model is not None:
+            t0 = time.perf_counter()
+            preds["model"] = model(item["left"][None].to(device), item["right"][None].to(device), iters=iters).disparity[0, 0].cpu().numpy()
+            timing.setdefault("model", []).append(time.perf_counter() - t0)
+        if sgbm:
+            left = (item["left"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            right = (item["right"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            t0 = time.perf_counter()
+            raw = sgbm_disparity(left, right, max_disp)
+            timing.setdefault("sgbm", []).append(time.perf_counter() - t0)
+            preds["sgbm"] = fill_invalid(raw)
+        for name, pred in preds.items():
+            rows[name].add(pred, gt, sample_id=item["sample_id"])
+            if out_dir and i < error_maps:
+                cv2.imwrite(str(out_dir / f"error_{name}_{i:04d}.png"), error_map(pred, gt)[:, :, ::-1])
+    result = {"dataset": dataset_spec, "images": n, "iters": iters,
+              "methods": {k: {**acc.summary(), "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))}
+                          for k, acc in rows.items()},
+              "per_image": {k: acc.per_image for k, acc in rows.items()}}
+    if out_dir:
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out_dir / "metrics.md").write_text(markdown_table(result))
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    lines = [f"# {result['dataset']} ({result['images']} pairs)", "",
+             "| method | EPE px | D1 % | bad-1 % | bad-2 % | bad-3 % | s/pair |", "|---|---|---|---|---|---|---|"]
+    for name, m in result["methods"].items():
+        p = m["pixel"]
+        lines.append(f"| {name} | {p['epe']:.3f} | {100 * p['d1']:.2f} | {100 * p['bad1']:.2f} | {100 * p['bad2']:.2f} | "
+                     f"{100 * p['bad3']:.2f} | {m['seconds_per_pair']:.3f} |")
+    return "\n".join(lines) + "\n"

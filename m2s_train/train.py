@@ -1,0 +1,310 @@
+"""Training loop shared by pre-training and fine-tuning: DDP via torchrun, resumable bit for bit.
+
+Launch: ``m2s-train pretrain --config ...`` on one device, or
+``torchrun --nproc-per-node N -m m2s_train.cli pretrain ...`` for N processes (gloo on CPU,
+NCCL on CUDA). Rank 0 alone logs and writes checkpoints.
+
+Reproducibility: the sample order is a seeded permutation per epoch (``DistributedSampler``
+with ``num_replicas = world size``), augmentations are seeded by (seed, epoch, index), and a
+checkpoint holds weights, optimizer, scheduler, grad scaler, step and RNG state; resuming
+skips the batches already consumed in the current epoch, so a run killed after step k and
+resumed reaches the same weights at step n as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from m2s_train.config import to_dict
+from m2s_train.data.augment import AugmentConfig
+from m2s_train.data.stereo_datasets import build_dataset
+from m2s_train.errors import ConfigError
+from m2s_train.losses import sequence_loss
+from m2s_train.models import create_model, load_model, save_model
+from m2s_train.models.registry import check_state_fits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "igev-rt"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # checkpoint directory to start from (weights only)
+    datasets: list[str] = field(default_factory=lambda: ["synth:data/synth"])
+    crop: list[int] = field(default_factory=lambda: [256, 512])  # height, width
+    batch_size: int = 4  # per process
+    steps: int = 200_000
+    lr: float = 2e-4
+    weight_decay: float = 1e-5
+    pct_start: float = 0.01  # one-cycle warm-up fraction
+    grad_clip: float = 1.0
+    gamma: float = 0.9  # sequence-loss decay
+    train_iters: int | None = None  # None: the model config's train_iters
+    mixed_precision: bool = True  # on CUDA only (bfloat16 where supported, else float16 + scaler)
+    freeze_bn: bool = False
+    seed: int = 0
+    num_workers: int = 2
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    image_every: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.steps < 1 or self.checkpoint_every < 1:
+            raise ValueError("batch_size, steps and checkpoint_every must be >= 1")
+        if len(self.crop) != 2 or min(self.crop) < 32:
+            raise ValueError(f"crop must be [height, width] >= 32, got {self.crop}")
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo otherwise)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+class EpochBatches:
+    """Deterministic batches: a seeded permutation per epoch, this rank's share, resumable mid-epoch."""
+
+    def __init__(self, dataset: Any, config: TrainConfig, info: DistInfo) -> None:
+        self.dataset = dataset
+        self.sampler = DistributedSampler(dataset, num_replicas=info.world, rank=info.rank, shuffle=True,
+                                          seed=config.seed, drop_last=True)
+        self.batch = config.batch_size
+        self.per_epoch = len(self.sampler) // self.batch
+        if self.per_epoch < 1:
+            raise ConfigError(f"dataset has {len(dataset)} samples: fewer than batch_size x processes "
+                              f"({self.batch} x {info.world}); lower batch_size or add data")
+        self.workers = config.num_workers
+
+    def _set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+        for ds in getattr(self.dataset, "datasets", [self.dataset]):
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+
+    def iterate(self, start_step: int) -> Iterator[dict[str, Any]]:
+        epoch, offset = divmod(start_step, self.per_epoch)
+        while True:
+            self._set_epoch(epoch)
+            indices = list(self.sampler)[offset * self.batch : self.per_epoch * self.batch]
+            batches = [indices[i : i + self.batch] for i in range(0, len(indices), self.batch)]
+            loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
+                                persistent_workers=False, pin_memory=False)
+            yield from loader
+            epoch, offset = epoch + 1, 0
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer, scheduler, scaler,
+                    config: TrainConfig, device: torch.device, keep: int) -> Path:
+    """``checkpoints/step_N/`` (model.safetensors, model.json, state.pt, train.json) via a temp dir + rename."""
+    root = out / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(device)}, tmp / "state.pt")
+    (tmp / "train.json").write_text(json.dumps({"step": step, "config": to_dict(config)}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    (root / ".latest.tmp").write_text(final.name + "\n")
+    os.replace(root / ".latest.tmp", root / "latest")
+    for old in sorted(root.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = out / "checkpoints" / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def rank_divergence(model: torch.nn.Module) -> float:
+    """Largest |w - w_rank0| over all parameters and ranks (0.0 when DDP kept the replicas equal)."""
+    worst = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        ref = p.detach().clone()
+        dist.broadcast(ref, src=0)
+        worst = torch.maximum(worst, (p.detach() - ref).abs().max().double().cpu())
+    worst = worst.to(next(model.parameters()).device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst)
+
+
+def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "auto",
+          progress: bool = True, loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]] | None = None,
+          dataset: Any | None = None, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary. ``stop_after`` ends the run early (tests, kill simulation).
+
+    ``loss_fn(output, batch, model_config)`` replaces the sequence loss (fine-tuning plugs S2DKD here).
+    """
+    out = Path(out)
+    info = setup_distributed(device)
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    model = create_model(config.model, **config.model_overrides)
+    if config.init:
+        source = load_model(config.init)
+        check_state_fits(model, source.state_dict(), config.init)
+        model.load_state_dict(source.state_dict())
+    model.to(info.device)
+    model_cfg = model.config
+
+    if dataset is None:
+        augment = AugmentConfig(crop=tuple(config.crop))
+        dataset = build_dataset("+".join(config.datasets), augment, seed=config.seed)
+    batches = EpochBatches(dataset, config, info)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps + 100,
+                                                    pct_start=config.pct_start, cycle_momentum=False,
+                                                    anneal_strategy="linear")
+    amp = config.mixed_precision and info.device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+
+    step = 0
+    checkpoint = latest_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        log.warning("--resume: no checkpoint in %s, starting from step 0", out)
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "train.json").read_text())["config"]
+        if saved != to_dict(config):
+            changed = sorted(k for k in saved if saved.get(k) != to_dict(config).get(k))
+            raise ConfigError(f"{checkpoint} was trained with another config (differs in: {', '.join(changed)}); "
+                              "resume with the same config or start a new --out")
+        weights = load_model(checkpoint)
+        model.load_state_dict(weights.state_dict())
+        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if "cuda" in state["rng"] and info.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], info.device)
+        step = int(state["step"])
+        log.info("resumed from %s at step %d", checkpoint, step)
+
+    if info.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    model.train()
+    if config.freeze_bn:
+        _unwrap(model).freeze_bn()
+
+    writer = None
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard"), purge_step=step)
+        except ImportError:
+            log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+
+    iters = config.train_iters or model_cfg.train_iters
+    end = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not (progress and info.main),
+               dynamic_ncols=True)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    stream = batches.iterate(step)
+    while step < end:
+        batch = next(stream)
+        left = batch["left"].to(info.device, non_blocking=True)
+        right = batch["right"].to(info.device, non_blocking=True)
+        gt = batch["disparity"].to(info.device)
+        valid = batch["valid"].to(info.device)
+        with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp):
+            output = model(left, right, iters=iters)
+        output = type(output)(*(o.float() if torch.is_tensor(o) else [t.float() for t in o] for o in output))
+        if loss_fn is None:
+            loss, stats = sequence_loss(output, gt, valid, model_cfg.max_disp, config.gamma)
+        else:
+            loss, stats = loss_fn(output, batch, model_cfg)
+        if not math.isfinite(stats["loss"]):
+            raise ConfigError(f"loss became {stats['loss']} at step {step + 1}; lower --lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        history.append({"step": step, **stats})
+        if info.main:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", epe=f"{stats['epe']:.2f}")
+            if writer is not None and (step % config.log_every == 0 or step == end):
+                for key, value in stats.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            if writer is not None and step % config.image_every == 0:
+                disp = output.disparity[0].detach().clamp(min=0)
+                writer.add_image("train/disparity", disp / disp.max().clamp(min=1e-6), step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_checkpoint(out, step, _unwrap(model), optimizer, scheduler, scaler, config, info.device,
+                                config.keep_checkpoints)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    divergence = rank_divergence(_unwrap(model)) if info.world > 1 else 0.0
+    seconds = time.perf_counter() - t0
+    summary = {"steps": step, "seconds": round(seconds, 2), "world_size": info.world, "device": str(info.device),
+               "max_weight_difference_across_ranks": divergence,
+               "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
+               "checkpoint": str(latest_checkpoint(out)) if info.main and latest_checkpoint(out) else None}
+    if info.main:
+        (out / "train_summary.json").write_text(json.dumps({**summary, "config": to_dict(config)}, indent=2) + "\n")
+    return summary
+
