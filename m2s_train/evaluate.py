@@ -20,6 +20,10 @@ from m2s_train.data.stereo_datasets import build_dataset
 def sgbm_disparity(left: np.ndarray, right: np.ndarray, max_disp: int = 192, block: int = 5) -> np.ndarray:
     """OpenCV StereoSGBM (3-way, the usual P1/P2) on RGB uint8 images; NaN where it gives no answer."""
     num = max(16, int(np.ceil(max_disp / 16)) * 16)
+    # OpenCV needs the search range to fit inside the image (it fails to allocate otherwise)
+    num = min(num, (left.shape[1] // 16 - 1) * 16)
+    if num < 16:
+        return np.full(left.shape[:2], np.nan, np.float32)
     sgbm = cv2.StereoSGBM_create(minDisparity=0, numDisparities=num, blockSize=block, P1=8 * 3 * block**2,
                                  P2=32 * 3 * block**2, disp12MaxDiff=1, uniquenessRatio=10, speckleWindowSize=100,
                                  speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)

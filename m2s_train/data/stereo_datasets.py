@@ -132,10 +132,13 @@ class StereoPairs(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def read_gt(self, pair: PairFiles) -> np.ndarray:
+        return read_disparity(pair.disparity)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         p = self.pairs[index]
         left, right = read_rgb(p.left), read_rgb(p.right)
-        disp = read_disparity(p.disparity) if p.disparity else np.full(left.shape[:2], np.nan, np.float32)
+        disp = self.read_gt(p) if p.disparity else np.full(left.shape[:2], np.nan, np.float32)
         noc = None
         if p.noc is not None:
             mask = cv2.imread(str(p.noc), cv2.IMREAD_GRAYSCALE)
@@ -234,20 +237,11 @@ class AloeDataset(StereoPairs):
     def __init__(self, augment: AugmentConfig | None = None, seed: int = 0, scale: float = 1.0) -> None:
         super().__init__(aloe_pairs(), "aloe", augment, seed, scale)
 
-    def load(self, index: int):
-        p = self.pairs[index]
-        gt = cv2.imread(str(p.disparity), cv2.IMREAD_UNCHANGED)
+    def read_gt(self, pair: PairFiles) -> np.ndarray:
+        gt = cv2.imread(str(pair.disparity), cv2.IMREAD_UNCHANGED)
         if gt is None:
-            raise DatasetError(f"cannot read {p.disparity}")
-        disp = np.where(gt > 0, gt.astype(np.float32), np.nan).astype(np.float32)
-        left, right = read_rgb(p.left), read_rgb(p.right)
-        if self.scale != 1.0:
-            h, w = left.shape[:2]
-            size = (round(w * self.scale), round(h * self.scale))
-            left = cv2.resize(left, size, interpolation=cv2.INTER_AREA)
-            right = cv2.resize(right, size, interpolation=cv2.INTER_AREA)
-            disp = cv2.resize(disp, size, interpolation=cv2.INTER_NEAREST) * np.float32(size[0] / w)
-        return left, right, disp, None
+            raise DatasetError(f"cannot read {pair.disparity}")
+        return np.where(gt > 0, gt.astype(np.float32), np.nan).astype(np.float32)
 
 
 _SCALES = {"full": 1.0, "half": 0.5, "quarter": 0.25}
