@@ -1,4 +1,4 @@
-"""``m2s-train``: synth | pretrain | eval."""
+"""``m2s-train``: synth | pretrain | cache-mono | finetune | eval."""
 
 from __future__ import annotations
 
@@ -49,6 +49,53 @@ def _pretrain(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary))
     return 0
+
+
+def _finetune_config(args: argparse.Namespace):
+    from m2s_train.finetune import FinetuneConfig
+
+    return load_config(FinetuneConfig, args.config, {
+        "train.model": args.model, "train.init": args.init, "train.datasets": args.dataset,
+        "train.steps": getattr(args, "steps", None), "train.batch_size": getattr(args, "batch_size", None),
+        "train.lr": getattr(args, "lr", None), "train.seed": getattr(args, "seed", None),
+        "train.crop": getattr(args, "crop", None), "train.num_workers": getattr(args, "num_workers", None),
+        "train.checkpoint_every": getattr(args, "checkpoint_every", None),
+        "s2dkd.enabled": False if getattr(args, "no_s2dkd", False) else None,
+        "s2dkd.lambda_kd": getattr(args, "lambda_kd", None), "s2dkd.lambda_grad": getattr(args, "lambda_grad", None),
+        "s2dkd.width": getattr(args, "kd_width", None), "sparsify": getattr(args, "sparsify", None),
+        "teacher_cache": args.teacher_cache, "depth.backend": args.depth_backend, "depth.model": args.depth_model,
+        "depth.precomputed_dir": args.depth_dir, "depth.device": args.device if args.device != "auto" else None,
+    })
+
+
+def _cache_mono(args: argparse.Namespace) -> int:
+    from m2s_train.finetune import cache_mono
+
+    print(json.dumps(cache_mono(_finetune_config(args), progress=not args.quiet)))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from m2s_train.finetune import run_finetune
+
+    summary = run_finetune(_finetune_config(args), args.out, resume=args.resume, device=args.device,
+                           progress=not args.quiet)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary))
+    return 0
+
+
+def _teacher_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (configs/train/finetune_*.yaml)")
+    p.add_argument("--dataset", action="append", help="kind:path (kitti2015, kitti2012, synth, middlebury, ...); repeatable")
+    p.add_argument("--model", help="registered model name")
+    p.add_argument("--init", help="pre-trained checkpoint directory to fine-tune")
+    p.add_argument("--teacher-cache", help="directory of the cached monocular teacher maps")
+    p.add_argument("--depth-backend", choices=["auto", "depth-anything", "precomputed", "segment-prior"],
+                   help="monocular teacher backend")
+    p.add_argument("--depth-model", help="Depth Anything V2 directory or cached Hugging Face id")
+    p.add_argument("--depth-dir", help="precomputed teacher maps <stem>.npy (with --depth-backend precomputed)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -128,6 +175,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     add_common_flags(p)
     p.set_defaults(handler=_pretrain)
+
+    p = sub.add_parser("cache-mono", help="compute and cache the monocular teacher of a fine-tuning dataset",
+                       description="Runs the depth backend once per left image and caches relative inverse depth "
+                                   "under --teacher-cache (keyed by image content and model id); rerun to resume.")
+    _teacher_flags(p)
+    add_common_flags(p)
+    p.set_defaults(handler=_cache_mono)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune on sparse labels with Sparse-to-Dense Knowledge Distillation (S2DKD)",
+        description="Sparse sequence loss + lambda_kd * KL(teacher Laplacian || candidate distribution) on unlabelled "
+                    "pixels + lambda_grad * L1 of disparity gradients vs the aligned monocular teacher. The teacher "
+                    "cache is filled first (see cache-mono). --no-s2dkd gives plain sparse fine-tuning.")
+    _teacher_flags(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--sparsify", choices=["lidar-like"], help="turn dense GT into KITTI-like sparse labels")
+    p.add_argument("--no-s2dkd", action="store_true", help="sparse loss only (the ablation baseline)")
+    p.add_argument("--lambda-kd", type=float, help="weight of the KL distillation term")
+    p.add_argument("--lambda-grad", type=float, help="weight of the gradient (structure) term")
+    p.add_argument("--kd-width", type=float, help="Laplacian width of the target distribution, candidates")
+    p.add_argument("--steps", type=int, help="total optimizer steps")
+    p.add_argument("--batch-size", type=int, help="pairs per step and process")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="random crop size, px")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--seed", type=int, help="seed")
+    p.add_argument("--num-workers", type=int, help="data loader workers per process")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    add_common_flags(p)
+    p.set_defaults(handler=_finetune)
 
     p = sub.add_parser(
         "eval", help="EPE / D1 / bad-1,2,3 of a checkpoint (and OpenCV SGBM) on datasets with GT",

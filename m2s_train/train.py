@@ -137,7 +137,7 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer, scheduler, scaler,
-                    config: TrainConfig, device: torch.device, keep: int) -> Path:
+                    config: dict[str, Any], device: torch.device, keep: int) -> Path:
     """``checkpoints/step_N/`` (model.safetensors, model.json, state.pt, train.json) via a temp dir + rename."""
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer, sch
     save_model(model, tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": _rng_state(device)}, tmp / "state.pt")
-    (tmp / "train.json").write_text(json.dumps({"step": step, "config": to_dict(config)}, indent=2) + "\n")
+    (tmp / "train.json").write_text(json.dumps({"step": step, "config": config}, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     (root / ".latest.tmp").write_text(final.name + "\n")
@@ -183,10 +183,12 @@ def rank_divergence(model: torch.nn.Module) -> float:
 
 def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "auto",
           progress: bool = True, loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]] | None = None,
-          dataset: Any | None = None, stop_after: int | None = None) -> dict[str, Any]:
+          dataset: Any | None = None, stop_after: int | None = None,
+          extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary. ``stop_after`` ends the run early (tests, kill simulation).
 
-    ``loss_fn(output, batch, model_config)`` replaces the sequence loss (fine-tuning plugs S2DKD here).
+    ``loss_fn(output, batch, model_config)`` replaces the sequence loss (fine-tuning plugs S2DKD
+    here); ``extra_config`` (its settings) is saved with checkpoints and checked on resume too.
     """
     out = Path(out)
     info = setup_distributed(device)
@@ -212,14 +214,15 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
 
+    full_config = {**to_dict(config), **({"extra": extra_config} if extra_config else {})}
     step = 0
     checkpoint = latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from step 0", out)
     if checkpoint is not None:
         saved = json.loads((checkpoint / "train.json").read_text())["config"]
-        if saved != to_dict(config):
-            changed = sorted(k for k in saved if saved.get(k) != to_dict(config).get(k))
+        if saved != full_config:
+            changed = sorted(k for k in set(saved) | set(full_config) if saved.get(k) != full_config.get(k))
             raise ConfigError(f"{checkpoint} was trained with another config (differs in: {', '.join(changed)}); "
                               "resume with the same config or start a new --out")
         weights = load_model(checkpoint)
@@ -293,7 +296,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                 disp = output.disparity[0].detach().clamp(min=0)
                 writer.add_image("train/disparity", disp / disp.max().clamp(min=1e-6), step)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint(out, step, _unwrap(model), optimizer, scheduler, scaler, config, info.device,
+                save_checkpoint(out, step, _unwrap(model), optimizer, scheduler, scaler, full_config, info.device,
                                 config.keep_checkpoints)
     bar.close()
     if writer is not None:
@@ -305,6 +308,6 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
                "checkpoint": str(latest_checkpoint(out)) if info.main and latest_checkpoint(out) else None}
     if info.main:
-        (out / "train_summary.json").write_text(json.dumps({**summary, "config": to_dict(config)}, indent=2) + "\n")
+        (out / "train_summary.json").write_text(json.dumps({**summary, "config": full_config}, indent=2) + "\n")
     return summary
 

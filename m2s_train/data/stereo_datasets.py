@@ -8,6 +8,7 @@ naming what is missing. ``build_dataset("kitti2015:/data/kitti")`` makes one fro
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Sequence
@@ -73,12 +74,14 @@ def read_disparity(path: str | os.PathLike) -> np.ndarray:
 
 
 def make_item(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, noc: np.ndarray | None, sample_id: str,
-              augment: AugmentConfig | None, rng: np.random.Generator) -> dict[str, object]:
+              augment: AugmentConfig | None, rng: np.random.Generator,
+              extras: dict[str, np.ndarray] | None = None) -> dict[str, object]:
     """The dict every dataset returns.
 
     ``left``/``right``: 3xHxW float32 in [0, 1]; ``disparity``: 1xHxW float32 px, 0 where unknown;
     ``valid``: 1xHxW bool (finite GT > 0; NaN/inf are masked, never propagated); ``noc``: 1xHxW bool
-    (non-occluded, = valid where unknown); ``sample_id``: str.
+    (non-occluded, = valid where unknown); ``sample_id``: str. ``extras`` (HxW float maps aligned
+    with the left image, e.g. a teacher) are cropped with the same window and returned as 1xHxW.
     """
     if left.shape != right.shape:
         raise DatasetError(f"{sample_id}: left {left.shape[1]}x{left.shape[0]} and right "
@@ -86,9 +89,14 @@ def make_item(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, noc: n
     if disparity.shape != left.shape[:2]:
         raise DatasetError(f"{sample_id}: disparity {disparity.shape[::-1]} does not match the images {left.shape[1::-1]}")
     noc = np.ones(disparity.shape, bool) if noc is None else noc
+    names = list(extras or {})
+    maps = [extras[k] for k in names] if extras else []
+    for name, m in zip(names, maps):
+        if m.shape != disparity.shape:
+            raise DatasetError(f"{sample_id}: {name} map {m.shape[::-1]} does not match the images {left.shape[1::-1]}")
     if augment is not None:
         if augment.crop is not None:
-            left, right, disparity, noc = random_crop(rng, augment.crop, left, right, disparity, noc)
+            left, right, disparity, noc, *maps = random_crop(rng, augment.crop, left, right, disparity, noc, *maps)
         left, right = color_jitter(rng, left, right, augment)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(disparity) & (disparity > 0)
@@ -100,6 +108,7 @@ def make_item(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, noc: n
         "valid": torch.from_numpy(valid)[None],
         "noc": torch.from_numpy(np.ascontiguousarray(noc) & valid)[None],
         "sample_id": sample_id,
+        **{name: torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None] for name, m in zip(names, maps)},
     }
 
 
@@ -244,6 +253,20 @@ class AloeDataset(StereoPairs):
         return np.where(gt > 0, gt.astype(np.float32), np.nan).astype(np.float32)
 
 
+class Concat(ConcatDataset):
+    """Concatenated datasets that keep ``load(i)`` and ``set_epoch``."""
+
+    def load(self, index: int):
+        d = bisect.bisect_right(self.cumulative_sizes, index)
+        start = self.cumulative_sizes[d - 1] if d else 0
+        return self.datasets[d].load(index - start)
+
+    def set_epoch(self, epoch: int) -> None:
+        for ds in self.datasets:
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+
+
 _SCALES = {"full": 1.0, "half": 0.5, "quarter": 0.25}
 
 
@@ -254,7 +277,7 @@ def build_dataset(spec: str, augment: AugmentConfig | None = None, seed: int = 0
     """
     parts = [p for p in spec.split("+") if p]
     if len(parts) > 1:
-        return ConcatDataset([build_dataset(p, augment, seed) for p in parts])
+        return Concat([build_dataset(p, augment, seed) for p in parts])
     match = re.fullmatch(r"(\w+)(?::(.*?))?(?::(full|half|quarter))?", spec.strip())
     if not match:
         raise DatasetError(f"dataset spec '{spec}' must look like kind:path[:half]")

@@ -40,8 +40,12 @@ class SynthStereoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(left, right, disparity, non-occluded mask) of sample ``index``, unaugmented."""
+        sample = decode_sample(self.root / "samples" / f"{self.entries[index]['sample_id']}.npz")
+        return sample.left, sample.right, sample.disparity, sample.visible
+
     def __getitem__(self, index: int) -> dict[str, object]:
-        entry = self.entries[index]
-        sample = decode_sample(self.root / "samples" / f"{entry['sample_id']}.npz")
+        left, right, disp, noc = self.load(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return make_item(sample.left, sample.right, sample.disparity, sample.visible, sample.sample_id, self.augment, rng)
+        return make_item(left, right, disp, noc, self.entries[index]["sample_id"], self.augment, rng)
