@@ -62,6 +62,8 @@ class IGEVConfig:
             raise ValueError("train_iters and valid_iters must be >= 1")
         if (self.max_disp // 4) % 8:
             raise ValueError(f"max_disp / 4 must be divisible by 8 for the 3-D hourglass, got {self.max_disp // 4}")
+        if not 1 <= self.corr_levels <= 4:
+            raise ValueError(f"corr_levels must be in 1..4 (each level halves the volume), got {self.corr_levels}")
 
 
 class StereoOutput(NamedTuple):
@@ -279,9 +281,9 @@ class IGEVStereo(nn.Module):
         h4, w4 = match_l.shape[-2:]
         geo = [gev.permute(0, 3, 4, 1, 2)]  # B,h,w,G,D
         corr = [(pairs.sum(1) * (match_l.shape[1] // cfg.groups)).unsqueeze(3)]  # B,h,w,1,w
-        for _ in range(cfg.corr_levels - 1):
-            geo.append(F.avg_pool1d(geo[-1].flatten(0, 3), 2, 2).view(*geo[-1].shape[:4], -1))
-            corr.append(F.avg_pool1d(corr[-1].flatten(0, 3), 2, 2).view(*corr[-1].shape[:4], -1))
+        for _ in range(cfg.corr_levels - 1):  # halve the last axis (even by construction): Reshape + ReduceMean
+            geo.append(geo[-1].unflatten(-1, (-1, 2)).mean(-1))
+            corr.append(corr[-1].unflatten(-1, (-1, 2)).mean(-1))
         coords = torch.arange(w4, device=left.device, dtype=init_disp.dtype).view(1, 1, w4, 1)
 
         disp = init_disp

@@ -83,7 +83,7 @@ class TestLossTerms:
         teacher = ramp.clone().requires_grad_(True)
         loss = gradient_loss(pred, teacher, valid)
         loss.backward()
-        assert float(loss) > 0 and pred.grad.abs().sum() > 0 and teacher.grad is None
+        assert float(loss.detach()) > 0 and pred.grad.abs().sum() > 0 and teacher.grad is None
 
     def _batch_and_output(self, seed=0, h=32, w=48):
         g = torch.Generator().manual_seed(seed)

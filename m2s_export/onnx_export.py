@@ -1,0 +1,169 @@
+"""Export a checkpoint to ONNX (fixed size, fixed iterations), simplify, check, verify with onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m2s_export.errors import ExportError
+from m2s_export.metadata import FORMAT, INPUT_SPEC, sha256_file, to_onnx_props, write_sidecar
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE_PX = 0.01  # mean |d_onnx - d_torch| allowed in fp32
+
+
+def _wrapper(model: Any, iters: int):
+    import torch
+
+    class DisparityOnly(torch.nn.Module):
+        """left, right (float32 NCHW in [0, 1]) -> disparity (B,1,H,W): the deployed contract."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            return self.model(left, right, iters=iters, final_only=True).disparity
+
+    return DisparityOnly().eval()
+
+
+def verification_pairs(height: int, width: int, count: int = 2, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The real Aloe pair (when opencv-doc data is available) resized to the export size, plus
+    random-texture pairs with a known shift: RGB uint8 HxWx3."""
+    import cv2
+
+    from calib.example_data import find_opencv_examples
+    from calib.image_io import read_rgb
+
+    pairs = []
+    data = find_opencv_examples()
+    if data is not None:
+        left, right = (cv2.resize(read_rgb(data / n), (width, height), interpolation=cv2.INTER_AREA)
+                       for n in ("aloeL.jpg", "aloeR.jpg"))
+        pairs.append(("aloe", left, right))
+    else:
+        log.warning("opencv-doc data not found: verifying on random-texture pairs only")
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        tex = cv2.resize(rng.uniform(0, 255, (height // 4 + 1, width // 4 + 9, 3)).astype(np.float32),
+                         (width + 32, height), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+        shift = 4 + 4 * i
+        pairs.append((f"texture{i}", tex[:, shift : shift + width].copy(), tex[:, :width].copy()))
+    return pairs
+
+
+def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: int, width: int, *,
+                iters: int | None = None, opset: int = 17, dynamic_batch: bool = False, simplify: bool = True,
+                verify: bool = True, tolerance: float = DEFAULT_TOLERANCE_PX) -> dict[str, Any]:
+    """Export, simplify, check and verify; returns the report (also in the sidecar ``OUT.onnx.json``).
+
+    Raises :class:`ExportError` if the graph fails ``onnx.checker`` or the onnxruntime output
+    differs from PyTorch by more than ``tolerance`` px (mean absolute) on any verification pair.
+    """
+    import onnx
+    import torch
+
+    from m2s_train.models import load_model
+
+    if opset < 17:
+        raise ExportError(f"--opset must be >= 17 (grid/gather look-ups and LayerNorm-free ops are tested there), got {opset}")
+    if height % 32 or width % 32 or height < 64 or width < 64:
+        raise ExportError(f"--height/--width must be multiples of 32 and >= 64 (the network's stride), got {height}x{width}")
+    checkpoint = Path(checkpoint)
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ExportError(f"--onnx must name a .onnx file, got {out}")
+    model = load_model(checkpoint).eval()
+    iters = iters or model.config.valid_iters
+    if iters < 1:
+        raise ExportError(f"--iters must be >= 1, got {iters}")
+    wrapper = _wrapper(model, iters)
+    example = (torch.rand(1, 3, height, width), torch.rand(1, 3, height, width))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = {"left": {0: "batch"}, "right": {0: "batch"}, "disparity": {0: "batch"}} if dynamic_batch else None
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings on static shape checks; static export is intended
+            torch.onnx.export(wrapper, example, str(raw), input_names=["left", "right"], output_names=["disparity"],
+                              opset_version=opset, dynamic_axes=dynamic, do_constant_folding=True, dynamo=False)
+        wrapper.eval()  # the exporter restores the wrapper's previous mode; keep inference mode for verification
+        graph = onnx.load(str(raw))
+        nodes_before = len(graph.graph.node)
+        if simplify:
+            try:
+                import onnxslim
+
+                graph = onnxslim.slim(graph)
+            except ImportError:
+                log.warning("onnxslim is not installed: exporting without simplification")
+        try:
+            onnx.checker.check_model(graph, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from None
+        cfg = model.config
+        meta: dict[str, Any] = {
+            "format": FORMAT, "model_name": model.model_name, "model_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "input_height": height, "input_width": width, "input_spec": INPUT_SPEC, "iters": iters,
+            "max_disp": cfg.max_disp, "opset": opset, "dynamic_batch": dynamic_batch,
+            "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
+            "versions": _versions(), "precision": "fp32",
+        }
+        del graph.metadata_props[:]
+        for key, value in to_onnx_props(meta).items():
+            graph.metadata_props.add(key=key, value=value)
+        final = Path(tmp) / "final.onnx"
+        onnx.save(graph, str(final))
+        report = {"nodes_raw": nodes_before, "nodes": len(graph.graph.node),
+                  "op_types": sorted({n.op_type for n in graph.graph.node})}
+        if verify:
+            report["verification"] = verify_onnx(final, wrapper, height, width, tolerance)
+        os.replace(final, out)
+    meta["export_report"] = report
+    write_sidecar(out, meta)
+    return meta
+
+
+def verify_onnx(path: Path, wrapper: Any, height: int, width: int, tolerance: float) -> list[dict[str, float]]:
+    """onnxruntime (CPU, fp32) vs PyTorch on the verification pairs; raises above ``tolerance``."""
+    import onnxruntime as ort
+    import torch
+
+    from calib.metrics import disparity_metrics
+    from m2s_export.runtime import to_input
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rows = []
+    for name, left, right in verification_pairs(height, width):
+        a, b = to_input(left, None), to_input(right, None)
+        got = session.run(["disparity"], {"left": a, "right": b})[0][0, 0]
+        with torch.inference_mode():
+            ref = wrapper(torch.from_numpy(a), torch.from_numpy(b))[0, 0].numpy()
+        diff = np.abs(got - ref)
+        epe = disparity_metrics(got, np.where(ref > 0, ref, np.nan))["epe"]
+        row = {"pair": name, "max_abs_px": float(diff.max()), "mean_abs_px": float(diff.mean()), "epe_vs_torch": float(epe)}
+        rows.append(row)
+        if not row["mean_abs_px"] <= tolerance:
+            raise ExportError(f"onnxruntime output differs from PyTorch on '{name}': mean |Δd| = {row['mean_abs_px']:.4g} px "
+                              f"(max {row['max_abs_px']:.4g}) > tolerance {tolerance} px; the ONNX file was not written")
+    return rows
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "onnx", "onnxslim", "onnxruntime", "mono2stereo"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out

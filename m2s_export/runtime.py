@@ -1,0 +1,178 @@
+"""One inference interface over PyTorch checkpoints, ONNX models and TensorRT engines.
+
+``load_runtime(path)`` picks the backend from the file: a checkpoint directory or
+``.safetensors`` -> PyTorch, ``.onnx`` -> onnxruntime (TensorRT / CUDA execution providers when
+present, else CPU), ``.engine``/``.plan`` -> TensorRT. Every backend has the same
+``infer(left_rgb_uint8, right_rgb_uint8) -> disparity float32 HxW`` with identical pre- and
+post-processing: resize to the model's input size, [0, 1] float NCHW, and the disparity resized
+back with its values scaled by the width ratio. The onnxruntime and TensorRT paths import no
+torch, so a robot image needs neither the training stack nor torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from m2s_export.errors import RuntimeBackendError
+from m2s_export.metadata import from_onnx_props, read_sidecar
+
+
+def check_pair(left: np.ndarray, right: np.ndarray) -> None:
+    """Both RGB uint8 HxWx3 of one size, or :class:`RuntimeBackendError` saying what is wrong."""
+    for name, img in (("left", left), ("right", right)):
+        if not isinstance(img, np.ndarray):
+            raise RuntimeBackendError(f"{name} image must be a numpy array, got {type(img).__name__}")
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise RuntimeBackendError(
+                f"{name} image must be RGB uint8 HxWx3, got dtype {img.dtype} shape {img.shape} "
+                "(convert mono/BGR/RGBA/16-bit images to RGB uint8 first)"
+            )
+    if left.shape != right.shape:
+        raise RuntimeBackendError(f"left {left.shape[1]}x{left.shape[0]} and right {right.shape[1]}x{right.shape[0]} "
+                                  "images differ in size; a rectified pair has one size")
+
+
+def to_input(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """RGB uint8 HxWx3 -> 1x3xhxw float32 in [0, 1], resized to ``size`` = (h, w) when given."""
+    if size is not None and image.shape[:2] != size:
+        interp = cv2.INTER_AREA if image.shape[0] > size[0] else cv2.INTER_LINEAR
+        image = cv2.resize(image, (size[1], size[0]), interpolation=interp)
+    return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def from_output(disparity: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Model output (any of HxW, 1xHxW, 1x1xHxW) -> HxW float32 at ``out_hw``, values scaled with the width."""
+    d = np.asarray(disparity, dtype=np.float32).reshape(disparity.shape[-2:])
+    h, w = d.shape
+    if (h, w) != out_hw:
+        d = cv2.resize(d, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR) * np.float32(out_hw[1] / w)
+    return d
+
+
+class StereoRuntime:
+    """Base: pre/post-processing, warm-up and timing; subclasses implement :meth:`_run`."""
+
+    backend = "base"
+
+    def __init__(self, input_size: tuple[int, int] | None, meta: dict[str, Any]) -> None:
+        self.input_size = input_size  # (h, w) the model runs at; None: the image's own size
+        self.meta = meta
+        self.timings: dict[str, deque[float]] = {k: deque(maxlen=500) for k in ("pre", "infer", "post", "total")}
+
+    def _run(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def infer(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Disparity (px, left reference) of a rectified RGB uint8 pair, float32 HxW at the input size."""
+        check_pair(left, right)
+        t0 = time.perf_counter()
+        a, b = to_input(left, self.input_size), to_input(right, self.input_size)
+        t1 = time.perf_counter()
+        raw = self._run(a, b)
+        t2 = time.perf_counter()
+        disp = from_output(raw, left.shape[:2])
+        t3 = time.perf_counter()
+        for key, value in (("pre", t1 - t0), ("infer", t2 - t1), ("post", t3 - t2), ("total", t3 - t0)):
+            self.timings[key].append(value)
+        return disp
+
+    def warmup(self, runs: int = 2) -> None:
+        h, w = self.input_size or (64, 96)
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        for _ in range(runs):
+            self.infer(img, img)
+        for q in self.timings.values():
+            q.clear()
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Median / p95 / mean milliseconds per stage over the recent calls."""
+        out = {}
+        for key, q in self.timings.items():
+            if q:
+                arr = np.asarray(q) * 1e3
+                out[key] = {"median_ms": float(np.median(arr)), "p95_ms": float(np.percentile(arr, 95)),
+                            "mean_ms": float(arr.mean()), "count": len(arr)}
+        return out
+
+
+class TorchRuntime(StereoRuntime):
+    backend = "torch"
+
+    def __init__(self, checkpoint: str | Path, input_size: tuple[int, int] | None = None, iters: int | None = None,
+                 device: str = "auto") -> None:
+        import torch
+
+        from m2s_train.models import load_model
+
+        self.torch = torch
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.model = load_model(checkpoint).to(self.device).eval()
+        self.iters = iters
+        meta = {"model_name": self.model.model_name, "iters": iters or self.model.config.valid_iters,
+                "max_disp": self.model.config.max_disp}
+        super().__init__(input_size, meta)
+
+    def _run(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(left).to(self.device), torch.from_numpy(right).to(self.device),
+                             iters=self.iters)
+        return out.disparity.float().cpu().numpy()
+
+
+class OnnxRuntime(StereoRuntime):
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeBackendError("onnxruntime is not installed: pip install 'mono2stereo[export]'") from None
+        path = Path(path)
+        if not path.is_file():
+            raise RuntimeBackendError(f"ONNX model {path} not found")
+        available = ort.get_available_providers()
+        wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+                               if p in available]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise RuntimeBackendError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        meta = from_onnx_props(dict(self.session.get_modelmeta().custom_metadata_map), str(path))
+        names = [i.name for i in self.session.get_inputs()]
+        if names[:2] != ["left", "right"]:
+            raise RuntimeBackendError(f"{path}: inputs are {names}, expected ['left', 'right']")
+        self.providers = self.session.get_providers()
+        super().__init__((meta["input_height"], meta["input_width"]), meta)
+
+    def _run(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return self.session.run(["disparity"], {"left": left, "right": right})[0]
+
+
+def load_runtime(path: str | Path, **kwargs: Any) -> StereoRuntime:
+    """The runtime for ``path`` by file type (see module docstring)."""
+    p = Path(path)
+    if p.is_dir() or p.suffix == ".safetensors":
+        return TorchRuntime(p if p.is_dir() else p.parent, **kwargs)
+    if p.suffix == ".onnx":
+        return OnnxRuntime(p, **kwargs)
+    if p.suffix in (".engine", ".plan", ".trt"):
+        from m2s_export.tensorrt_runtime import TensorRTRuntime
+
+        return TensorRTRuntime(p, **kwargs)
+    raise RuntimeBackendError(f"cannot tell the backend of '{p}': use a checkpoint directory, .safetensors, "
+                              ".onnx or .engine")
+
+
+__all__ = ["OnnxRuntime", "StereoRuntime", "TorchRuntime", "check_pair", "load_runtime", "read_sidecar"]
