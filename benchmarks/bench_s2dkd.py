@@ -32,11 +32,13 @@ from m2s_train.models import load_model
 from m2s_train.train import latest_checkpoint
 
 
-def simulated_teacher(disparity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def simulated_teacher(disparity: np.ndarray, rng: np.random.Generator, gamma: float = 0.8,
+                      gain_error: float = 0.08) -> np.ndarray:
     d = np.nan_to_num(disparity, nan=0.0).astype(np.float32)
     h, w = d.shape
-    gain = cv2.resize(rng.uniform(-0.08, 0.08, (3, 4)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    rel = (d / max(float(d.max()), 1e-6)) ** 0.8 * (1.0 + gain)
+    gain = cv2.resize(rng.uniform(-gain_error, gain_error, (3, 4)).astype(np.float32), (w, h),
+                      interpolation=cv2.INTER_CUBIC)
+    rel = (d / max(float(d.max()), 1e-6)) ** gamma * (1.0 + gain)
     return (0.37 * rel + 0.11).astype(np.float32)
 
 
@@ -69,6 +71,8 @@ def main() -> int:
     parser.add_argument("--lambda-kd", type=float, default=0.5)
     parser.add_argument("--lambda-grad", type=float, default=0.5)
     parser.add_argument("--kd-width", type=float, default=1.0)
+    parser.add_argument("--teacher-gamma", type=float, default=0.8, help="teacher response non-linearity (1: affine)")
+    parser.add_argument("--teacher-gain", type=float, default=0.08, help="teacher low-frequency gain error (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     pre = Path(args.pretrain_dir)
@@ -78,12 +82,12 @@ def main() -> int:
         print(f"no pre-trained run in {pre}: run benchmarks/bench_pretrain.py first", file=sys.stderr)
         return 2
     out = Path(args.out)
-    teachers = out / "teachers"
+    teachers = out / f"teachers_g{args.teacher_gamma:g}_e{args.teacher_gain:g}"
     teachers.mkdir(parents=True, exist_ok=True)
     base = build_dataset(f"synth:{data}")
     rng = np.random.default_rng(0)
     for i in range(len(base)):
-        np.save(teachers / f"{i:06d}.npy", simulated_teacher(base.load(i)[2], rng))
+        np.save(teachers / f"{i:06d}.npy", simulated_teacher(base.load(i)[2], rng, args.teacher_gamma, args.teacher_gain))
 
     max_disp = load_model(init).config.max_disp
     rows = {}
@@ -95,9 +99,12 @@ def main() -> int:
             "train.checkpoint_every": args.steps, "train.freeze_bn": True, "sparsify": "lidar-like",
             "s2dkd.enabled": enabled, "s2dkd.lambda_kd": args.lambda_kd if enabled else None,
             "s2dkd.lambda_grad": args.lambda_grad if enabled else None, "s2dkd.width": args.kd_width if enabled else None,
-            "depth.backend": "precomputed", "depth.precomputed_dir": str(teachers),
-            "teacher_cache": str(out / "cache")})
-        tag = f"s2dkd_kd{args.lambda_kd:g}_g{args.lambda_grad:g}_b{args.kd_width:g}" if enabled else "sparse"
+            "depth.backend": "precomputed",
+            # the sparse-only run ignores the teacher: keep its config (and so its resumable run) fixed
+            "depth.precomputed_dir": str(teachers if enabled else out / "teachers"),
+            "teacher_cache": str(out / (f"cache_g{args.teacher_gamma:g}_e{args.teacher_gain:g}" if enabled else "cache"))})
+        tag = (f"s2dkd_kd{args.lambda_kd:g}_g{args.lambda_grad:g}_b{args.kd_width:g}_t{args.teacher_gamma:g}_{args.teacher_gain:g}"
+               if enabled else "sparse")
         run = out / tag
         run_finetune(cfg, run, resume=True, device="cpu", progress=True)
         model = load_model(latest_checkpoint(run))
@@ -107,7 +114,8 @@ def main() -> int:
     rows["pre-trained (no fine-tuning)"] = dense_eval(load_model(init), f"synth:{data}")
 
     print(f"\nfine-tuning {args.steps} steps from {init.name} on {len(base)} pairs with lidar-like sparse labels; "
-          f"S2DKD lambda_kd {args.lambda_kd:g}, lambda_grad {args.lambda_grad:g}, width {args.kd_width:g}")
+          f"S2DKD lambda_kd {args.lambda_kd:g}, lambda_grad {args.lambda_grad:g}, width {args.kd_width:g}; "
+          f"teacher gamma {args.teacher_gamma:g}, gain error {args.teacher_gain:g}")
     print(f"{'':30s} {'EPE':>7s} {'bad-3 %':>8s} {'edge EPE':>9s} {'edge bad-3 %':>13s} {'Aloe EPE':>9s}")
     for name, r in rows.items():
         aloe = f"{r['aloe_epe']:9.2f}" if "aloe_epe" in r else f"{'':9s}"

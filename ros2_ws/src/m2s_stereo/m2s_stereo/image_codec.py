@@ -1,0 +1,88 @@
+"""sensor_msgs/Image <-> numpy without cv_bridge (zero-copy where the layout allows).
+
+Supported input encodings: mono8, mono16, rgb8, bgr8, rgba8, bgra8 (and 8UC1/8UC3 as mono8/bgr8,
+the OpenCV convention). Anything else raises :class:`EncodingError` with the list. Row padding
+(``step`` > width * pixel size) and big-endian 16-bit data are handled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+# encoding -> (channels, dtype, conversion to RGB or None)
+ENCODINGS: dict[str, tuple[int, str, int | None]] = {
+    "mono8": (1, "u1", cv2.COLOR_GRAY2RGB),
+    "8UC1": (1, "u1", cv2.COLOR_GRAY2RGB),
+    "mono16": (1, "u2", None),
+    "rgb8": (3, "u1", None),
+    "bgr8": (3, "u1", cv2.COLOR_BGR2RGB),
+    "8UC3": (3, "u1", cv2.COLOR_BGR2RGB),
+    "rgba8": (4, "u1", cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, "u1", cv2.COLOR_BGRA2RGB),
+}
+
+
+class EncodingError(ValueError):
+    """An image message the node cannot decode (unsupported encoding or inconsistent size)."""
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """The message's pixels as an HxW[xC] array viewing the message buffer (no copy when unpadded)."""
+    enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise EncodingError(f"unsupported image encoding '{enc}'; supported: {', '.join(ENCODINGS)}")
+    channels, kind, _ = ENCODINGS[enc]
+    dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = w * channels * dtype.itemsize
+    buf = np.frombuffer(msg.data, dtype=np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data.view(np.uint8)
+    if h <= 0 or w <= 0 or step < row_bytes or buf.size < step * h:
+        raise EncodingError(f"image {w}x{h} '{enc}' with step {step} needs {step * h} bytes, message has {buf.size}")
+    rows = buf[: step * h].reshape(h, step)[:, :row_bytes]
+    arr = rows.view(dtype).reshape(h, w, channels) if rows.flags.c_contiguous or step == row_bytes else \
+        np.ascontiguousarray(rows).view(dtype).reshape(h, w, channels)
+    return arr[:, :, 0] if channels == 1 else arr
+
+
+def image_to_rgb8(msg: Any) -> np.ndarray:
+    """RGB uint8 HxWx3 for inference from any supported encoding (mono16 scaled by its max)."""
+    arr = image_to_array(msg)
+    enc = msg.encoding
+    if enc == "mono16":
+        peak = int(arr.max()) if arr.size else 0
+        arr = (arr.astype(np.float32) * (255.0 / peak if peak else 0.0)).astype(np.uint8)
+        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
+    conversion = ENCODINGS[enc][2]
+    if conversion is None:
+        return arr
+    return cv2.cvtColor(np.ascontiguousarray(arr), conversion)
+
+
+def float_image(msg_type: type, array: np.ndarray, header: Any) -> Any:
+    """A 32FC1 sensor_msgs/Image (REP 118 for depth) from a float32 HxW array."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    msg = msg_type()
+    msg.header = header
+    msg.height, msg.width = array.shape
+    msg.encoding = "32FC1"
+    msg.is_bigendian = False
+    msg.step = array.shape[1] * 4
+    msg.data = array.tobytes()
+    return msg
+
+
+def array_to_image(msg_type: type, array: np.ndarray, encoding: str, header: Any = None) -> Any:
+    """An Image message from an HxW[xC] uint8/uint16 array (tests, bag tools)."""
+    array = np.ascontiguousarray(array)
+    msg = msg_type()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = array.shape[:2]
+    msg.encoding = encoding
+    msg.is_bigendian = False
+    msg.step = array.shape[1] * (array.shape[2] if array.ndim == 3 else 1) * array.dtype.itemsize
+    msg.data = array.tobytes()
+    return msg
