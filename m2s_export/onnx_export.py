@@ -75,8 +75,9 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
 
     if opset < 17:
         raise ExportError(f"--opset must be >= 17 (grid/gather look-ups and LayerNorm-free ops are tested there), got {opset}")
-    if height % 32 or width % 32 or height < 64 or width < 64:
-        raise ExportError(f"--height/--width must be multiples of 32 and >= 64 (the network's stride), got {height}x{width}")
+    if height < 64 or width < 64:
+        raise ExportError(f"--height/--width must be >= 64 px, got {height}x{width} "
+                          "(other sizes are padded to a multiple of 32 inside the graph)")
     checkpoint = Path(checkpoint)
     out = Path(out)
     if out.suffix != ".onnx":

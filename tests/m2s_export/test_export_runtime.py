@@ -74,8 +74,8 @@ class TestOnnxExport:
 
     def test_argument_errors(self, exported, tmp_path):
         root, _ = exported
-        with pytest.raises(ExportError, match="multiples of 32"):
-            export_onnx(root / "ckpt", tmp_path / "x.onnx", 100, 128)
+        with pytest.raises(ExportError, match=">= 64"):
+            export_onnx(root / "ckpt", tmp_path / "x.onnx", 48, 128)
         with pytest.raises(ExportError, match="opset"):
             export_onnx(root / "ckpt", tmp_path / "x.onnx", 96, 128, opset=13)
         assert export_main(["--onnx", str(tmp_path / "x.onnx")]) == 2

@@ -25,6 +25,10 @@ ENCODINGS: dict[str, tuple[int, str, int | None]] = {
 }
 
 
+# layouts image_to_array can view (inputs above plus the node's float outputs)
+LAYOUTS: dict[str, tuple[int, str]] = {**{k: v[:2] for k, v in ENCODINGS.items()}, "32FC1": (1, "f4")}
+
+
 class EncodingError(ValueError):
     """An image message the node cannot decode (unsupported encoding or inconsistent size)."""
 
@@ -32,9 +36,9 @@ class EncodingError(ValueError):
 def image_to_array(msg: Any) -> np.ndarray:
     """The message's pixels as an HxW[xC] array viewing the message buffer (no copy when unpadded)."""
     enc = msg.encoding
-    if enc not in ENCODINGS:
+    if enc not in LAYOUTS:
         raise EncodingError(f"unsupported image encoding '{enc}'; supported: {', '.join(ENCODINGS)}")
-    channels, kind, _ = ENCODINGS[enc]
+    channels, kind = LAYOUTS[enc]
     dtype = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     row_bytes = w * channels * dtype.itemsize
@@ -49,8 +53,10 @@ def image_to_array(msg: Any) -> np.ndarray:
 
 def image_to_rgb8(msg: Any) -> np.ndarray:
     """RGB uint8 HxWx3 for inference from any supported encoding (mono16 scaled by its max)."""
-    arr = image_to_array(msg)
     enc = msg.encoding
+    if enc not in ENCODINGS:
+        raise EncodingError(f"unsupported image encoding '{enc}' for stereo input; supported: {', '.join(ENCODINGS)}")
+    arr = image_to_array(msg)
     if enc == "mono16":
         peak = int(arr.max()) if arr.size else 0
         arr = (arr.astype(np.float32) * (255.0 / peak if peak else 0.0)).astype(np.uint8)

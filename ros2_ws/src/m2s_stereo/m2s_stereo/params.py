@@ -1,0 +1,88 @@
+"""Parameter names, defaults, ranges and validation: defined once, used by the node, the YAML
+config and the launch file (image_pipeline once declared one name and read another)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL_PATH = "model_path"
+BACKEND = "backend"
+MIN_DEPTH = "min_depth"
+MAX_DEPTH = "max_depth"
+PUBLISH_DISPARITY = "publish_disparity"
+PUBLISH_DEPTH = "publish_depth"
+PUBLISH_POINTS = "publish_points"
+POINT_STRIDE = "point_stride"
+POINTS_ORGANIZED = "points_organized"
+POINT_COLORS = "point_colors"
+SYNC_MODE = "sync_mode"
+SLOP = "slop"
+QUEUE_SIZE = "queue_size"
+QOS = "qos"
+DIAGNOSTICS_PERIOD = "diagnostics_period"
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+SYNC_MODES = ("exact", "approximate")
+QOS_CHOICES = ("sensor_data", "reliable")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False  # takes effect at start-up only
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+
+
+PARAMS: tuple[Param, ...] = (
+    Param(MODEL_PATH, "", "Model file: .engine (TensorRT), .onnx (onnxruntime) or a checkpoint directory (PyTorch)", True),
+    Param(BACKEND, "auto", "Inference backend; auto picks it from the model file", True, choices=BACKENDS),
+    Param(MIN_DEPTH, 0.1, "Nearest depth published, metres (closer is NaN)", range=(0.0, 1000.0)),
+    Param(MAX_DEPTH, 50.0, "Farthest depth published, metres (farther is NaN)", range=(0.0, 10000.0)),
+    Param(PUBLISH_DISPARITY, True, "Publish stereo_msgs/DisparityImage on 'disparity' (when subscribed)"),
+    Param(PUBLISH_DEPTH, True, "Publish a 32FC1 depth image (m) on 'depth' (when subscribed)"),
+    Param(PUBLISH_POINTS, True, "Publish sensor_msgs/PointCloud2 on 'points2' (when subscribed)"),
+    Param(POINT_STRIDE, 1, "Keep every n-th row and column in the point cloud", range=(1, 16)),
+    Param(POINTS_ORGANIZED, False, "Organised HxW cloud with NaN for invalid points (else valid points only)"),
+    Param(POINT_COLORS, True, "Add packed rgb from the left image to the point cloud"),
+    Param(SYNC_MODE, "exact", "Pair left/right by exact stamps, or approximately within 'slop'", True, choices=SYNC_MODES),
+    Param(SLOP, 0.01, "Approximate sync: largest stamp difference of a pair, seconds", True, range=(0.0, 1.0)),
+    Param(QUEUE_SIZE, 5, "Messages kept per side while waiting for a partner", True, range=(1, 100)),
+    Param(QOS, "sensor_data", "Input QoS: sensor_data (best effort, depth 5) or reliable", True, choices=QOS_CHOICES),
+    Param(DIAGNOSTICS_PERIOD, 1.0, "Seconds between diagnostics messages and log lines", True, range=(0.1, 60.0)),
+)
+BY_NAME = {p.name: p for p in PARAMS}
+
+
+def validate(name: str, value: Any) -> str | None:
+    """None if ``value`` is acceptable for ``name``, else the reason."""
+    p = BY_NAME.get(name)
+    if p is None:
+        return None
+    if p.choices is not None and value not in p.choices:
+        return f"{name} must be one of {', '.join(p.choices)}, got '{value}'"
+    if p.range is not None and not (p.range[0] <= value <= p.range[1]):
+        return f"{name} must be in [{p.range[0]}, {p.range[1]}], got {value}"
+    return None
+
+
+def validate_all(values: dict[str, Any]) -> list[str]:
+    """All problems with a full parameter set (cross-parameter checks included)."""
+    problems = [r for n, v in values.items() if (r := validate(n, v))]
+    if not values.get(MODEL_PATH):
+        problems.append(f"{MODEL_PATH} is empty: set it to a .engine, .onnx or checkpoint directory")
+    elif not Path(values[MODEL_PATH]).exists():
+        problems.append(f"{MODEL_PATH} '{values[MODEL_PATH]}' does not exist")
+    else:
+        suffix = Path(values[MODEL_PATH]).suffix
+        expected = {"onnxruntime": (".onnx",), "tensorrt": (".engine", ".plan"), "torch": ("", ".safetensors")}
+        backend = values.get(BACKEND, "auto")
+        if backend != "auto" and suffix not in expected[backend]:
+            problems.append(f"{BACKEND} '{backend}' cannot run '{values[MODEL_PATH]}' (expects {', '.join(expected[backend]) or 'a directory'})")
+    if values.get(MIN_DEPTH, 0) >= values.get(MAX_DEPTH, 1):
+        problems.append(f"{MIN_DEPTH} ({values.get(MIN_DEPTH)}) must be below {MAX_DEPTH} ({values.get(MAX_DEPTH)})")
+    return problems

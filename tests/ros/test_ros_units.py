@@ -1,0 +1,134 @@
+"""Units of the ROS node that run without DDS: image codec, pair synchronizer, output messages, params."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy", reason="ROS 2 Python (rclpy) is not installed: pip install 'mono2stereo[ros]'")
+
+from sensor_msgs.msg import Image  # noqa: E402
+
+from calib import StereoCamera  # noqa: E402
+from m2s_stereo import params as P  # noqa: E402
+from m2s_stereo.image_codec import EncodingError, array_to_image, image_to_rgb8  # noqa: E402
+from m2s_stereo.outputs import points_msg, unpack_points  # noqa: E402
+from m2s_stereo.stereo_node import MSGS  # noqa: E402
+from m2s_stereo.sync import PairSynchronizer  # noqa: E402
+
+PKG = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / "m2s_stereo"
+
+
+class TestCodec:
+    @pytest.mark.parametrize("enc, channels, convert", [
+        ("rgb8", 3, lambda a: a), ("bgr8", 3, lambda a: a[:, :, ::-1]), ("rgba8", 4, lambda a: a[:, :, :3]),
+        ("bgra8", 4, lambda a: a[:, :, 2::-1]), ("mono8", 1, lambda a: np.repeat(a[:, :, None], 3, 2))])
+    def test_encodings(self, enc, channels, convert):
+        rng = np.random.default_rng(0)
+        a = rng.integers(0, 255, (5, 7, channels) if channels > 1 else (5, 7), np.uint8)
+        out = image_to_rgb8(array_to_image(Image, a, enc))
+        np.testing.assert_array_equal(out, convert(a))
+
+    def test_padding_and_mono16(self):
+        a = np.arange(35, dtype=np.uint8).reshape(5, 7)
+        msg = array_to_image(Image, a, "mono8")
+        padded = np.zeros((5, 8), np.uint8)
+        padded[:, :7] = a
+        msg.step, msg.data = 8, padded.tobytes()
+        np.testing.assert_array_equal(image_to_rgb8(msg)[:, :, 0], a)
+        m16 = array_to_image(Image, (a.astype(np.uint16) * 1000), "mono16")
+        assert image_to_rgb8(m16).max() == 255
+
+    def test_rejects_unsupported_and_short(self):
+        msg = array_to_image(Image, np.zeros((4, 4, 3), np.uint8), "rgb8")
+        msg.encoding = "yuv422"
+        with pytest.raises(EncodingError, match="yuv422"):
+            image_to_rgb8(msg)
+        msg = array_to_image(Image, np.zeros((4, 4, 3), np.uint8), "rgb8")
+        msg.data = bytes(10)
+        with pytest.raises(EncodingError, match="bytes"):
+            image_to_rgb8(msg)
+
+
+def _msg(t_ns: int):
+    return SimpleNamespace(header=SimpleNamespace(stamp=SimpleNamespace(sec=t_ns // 10**9, nanosec=t_ns % 10**9)), t=t_ns)
+
+
+class TestSync:
+    def test_exact_pairs_and_out_of_order(self):
+        got = []
+        sync = PairSynchronizer(lambda a, b: got.append((a.t, b.t)), queue_size=5)
+        sync.add_left(_msg(100))
+        sync.add_left(_msg(200))
+        sync.add_right(_msg(200))  # pairs 200, drops the stale left 100
+        sync.add_right(_msg(100))  # older than the last pair: rejected and counted
+        sync.add_left(_msg(100))
+        sync.add_left(_msg(300))
+        sync.add_right(_msg(300))
+        assert got == [(200, 200), (300, 300)] and sync.out_of_order == 2
+        assert all(len(q) == 0 for q in sync.queues)
+
+    def test_approximate_with_slop_and_bounded_queue(self):
+        got = []
+        sync = PairSynchronizer(lambda a, b: got.append((a.t, b.t)), queue_size=3, slop=0.005)
+        for t in range(10):
+            sync.add_left(_msg(t * 10**8))  # no partner yet: queue stays bounded
+        assert len(sync.queues[0]) == 3
+        sync.add_right(_msg(9 * 10**8 + 3 * 10**6))
+        assert got == [(9 * 10**8, 9 * 10**8 + 3 * 10**6)]
+        sync.add_right(_msg(20 * 10**8))
+        sync.add_left(_msg(20 * 10**8 + 6 * 10**6))  # 6 ms > slop
+        assert len(got) == 1
+
+
+def test_point_cloud_fields_and_values():
+    cam = StereoCamera.ideal(8, 6, focal_px=100.0, baseline_m=0.5)
+    d = np.full((6, 8), 10.0, np.float32)
+    d[0, 0] = np.nan
+    rgb = np.full((6, 8, 3), (10, 20, 30), np.uint8)
+    msg = points_msg(MSGS, cam, d, MSGS.Image().header, colors=rgb, organized=True, stride=1, min_depth=None, max_depth=None)
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb"] and msg.point_step == 16 and not msg.is_dense
+    xyz = unpack_points(msg)
+    np.testing.assert_allclose(xyz, cam.disparity_to_points(d).points, equal_nan=True)
+    rgb_bits = np.frombuffer(bytes(msg.data), np.uint32).reshape(-1, 4)[:, 3]
+    assert rgb_bits[5] == (10 << 16) | (20 << 8) | 30
+    flat = points_msg(MSGS, cam, d, MSGS.Image().header, colors=None, organized=False, stride=2, min_depth=None, max_depth=None)
+    assert flat.height == 1 and flat.width == 11 and flat.is_dense and len(flat.fields) == 3
+
+
+class TestParamsAndLaunch:
+    def test_validation(self, tmp_path):
+        model = tmp_path / "m.onnx"
+        model.write_bytes(b"x")
+        base = {p.name: p.default for p in P.PARAMS} | {P.MODEL_PATH: str(model)}
+        assert P.validate_all(base) == []
+        assert any("backend" in r for r in P.validate_all(base | {P.BACKEND: "tensorrt"}))
+        assert any("below" in r for r in P.validate_all(base | {P.MIN_DEPTH: 5.0, P.MAX_DEPTH: 1.0}))
+        assert any("sync_mode" in r for r in P.validate_all(base | {P.SYNC_MODE: "fuzzy"}))
+        assert any("empty" in r for r in P.validate_all(base | {P.MODEL_PATH: ""}))
+
+    def test_config_yaml_declares_every_parameter(self):
+        import yaml
+
+        doc = yaml.safe_load((PKG / "config" / "stereo.yaml").read_text())["/**"]["ros__parameters"]
+        assert set(doc) == set(P.BY_NAME)
+        assert all(doc[p.name] == p.default for p in P.PARAMS)
+
+    def test_launch_file_matches_package(self):
+        tree = ast.parse((PKG / "launch" / "stereo.launch.py").read_text())
+        consts = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                  for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, (ast.Constant, ast.Dict))}
+        setup = (PKG / "setup.py").read_text()
+        assert consts["PACKAGE"] == "m2s_stereo" and f"{consts['EXECUTABLE']} = m2s_stereo.stereo_node:main" in setup
+        node_src = (PKG / "m2s_stereo" / "stereo_node.py").read_text()
+        for topic in consts["INPUTS"].values():
+            assert f'"{topic}"' in node_src  # every remapped input is a topic the node subscribes to
+        assert (PKG / "config" / "stereo.yaml").is_file() and '"config", "stereo.yaml"' in (PKG / "launch" / "stereo.launch.py").read_text()
+        assert "model_path" in (PKG / "launch" / "stereo.launch.py").read_text()
+        xml = (PKG / "package.xml").read_text()
+        for dep in ("rclpy", "sensor_msgs", "stereo_msgs", "diagnostic_msgs", "launch_ros"):
+            assert f"<exec_depend>{dep}</exec_depend>" in xml

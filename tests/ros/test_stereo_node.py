@@ -1,0 +1,226 @@
+"""The stereo node under real rclpy / DDS on loopback: message contract, bad inputs, overload."""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="ROS 2 Python (rclpy) is not installed: pip install 'mono2stereo[ros]'")
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from rcl_interfaces.msg import Log  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+from stereo_msgs.msg import DisparityImage  # noqa: E402
+
+from calib import StereoCamera  # noqa: E402
+from calib.image_io import read_rgb  # noqa: E402
+from m2s_export.onnx_export import export_onnx  # noqa: E402
+from m2s_export.runtime import load_runtime  # noqa: E402
+from m2s_stereo.image_codec import array_to_image, image_to_array  # noqa: E402
+from m2s_stereo.outputs import unpack_points  # noqa: E402
+from m2s_stereo.stereo_node import StereoNode  # noqa: E402
+from m2s_train.models import create_model, save_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("node")
+    torch.manual_seed(0)
+    save_model(create_model("igev-tiny"), root / "ckpt")
+    export_onnx(root / "ckpt", root / "tiny.onnx", 96, 128, verify=False)
+    return root / "tiny.onnx"
+
+
+class Harness:
+    """The node under test plus a tester node (publishers of the inputs, subscribers of the outputs)."""
+
+    def __init__(self, model, **overrides):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        params = [Parameter("model_path", value=str(model))] + [Parameter(k, value=v) for k, v in overrides.items()]
+        self.node = StereoNode(parameter_overrides=params, context=self.context)
+        self.tester = Node("tester", context=self.context)
+        self.received = {"disparity": [], "depth": [], "points2": [], "rosout": []}
+        qos = 10
+        self.tester.create_subscription(DisparityImage, "disparity", self.received["disparity"].append, qos)
+        self.tester.create_subscription(Image, "depth", self.received["depth"].append, qos)
+        self.tester.create_subscription(PointCloud2, "points2", self.received["points2"].append, qos)
+        self.tester.create_subscription(Log, "/rosout", self.received["rosout"].append, 100)
+        from rclpy.qos import qos_profile_sensor_data
+
+        self.pubs = {name: self.tester.create_publisher(t, name, qos_profile_sensor_data) for name, t in
+                     (("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
+                      ("right/camera_info", CameraInfo))}
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.tester)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.wait(lambda: all(p.get_subscription_count() > 0 for p in self.pubs.values())
+                  and self.node.pub_points.get_subscription_count() > 0, 10)
+
+    def wait(self, predicate, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def publish(self, left, right, camera, stamp_ns, frame="left_optical", encoding="rgb8", infos=True):
+        header = Image().header
+        header.stamp.sec, header.stamp.nanosec = stamp_ns // 10**9, stamp_ns % 10**9
+        header.frame_id = frame
+        if infos and camera is not None:
+            for side, info in (("left", camera.left), ("right", camera.right)):
+                msg = CameraInfo(header=header, **info.msg_fields())
+                self.pubs[f"{side}/camera_info"].publish(msg)
+            time.sleep(0.05)
+        self.pubs["left/image_rect"].publish(array_to_image(Image, left, encoding, header))
+        self.pubs["right/image_rect"].publish(array_to_image(Image, right, encoding, header))
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.tester.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def aloe(opencv_data):
+    import cv2
+
+    left, right = read_rgb(opencv_data / "aloeL.jpg"), read_rgb(opencv_data / "aloeR.jpg")
+    size = (320, 277)  # quarter resolution keeps DDS messages small and the test fast
+    return cv2.resize(left, size, interpolation=cv2.INTER_AREA), cv2.resize(right, size, interpolation=cv2.INTER_AREA)
+
+
+def test_outputs_contract_on_real_aloe(onnx_model, aloe):
+    left, right = aloe
+    h, w = left.shape[:2]
+    camera = StereoCamera.ideal(w, h, focal_px=0.25 * 3740.0, baseline_m=0.16)
+    hx = Harness(onnx_model, points_organized=True)
+    try:
+        hx.publish(left, right, camera, 1_700_000_000_123_456_789)
+        assert hx.wait(lambda: all(hx.received[k] for k in ("disparity", "depth", "points2")), 30), hx.node.stats()
+        disp_msg, depth_msg, cloud = hx.received["disparity"][0], hx.received["depth"][0], hx.received["points2"][0]
+        for m in (disp_msg, depth_msg, cloud):
+            assert m.header.frame_id == "left_optical"
+            assert (m.header.stamp.sec, m.header.stamp.nanosec) == (1_700_000_000, 123_456_789)
+        expected = load_runtime(onnx_model).infer(left, right)
+        expected = np.where(expected > 0, expected, np.nan)
+        disp = image_to_array(disp_msg.image)
+        np.testing.assert_allclose(disp, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert disp_msg.f == pytest.approx(camera.focal_px) and disp_msg.t == pytest.approx(0.16)
+        assert disp_msg.max_disparity > 0 and disp_msg.delta_d > 0 and disp_msg.valid_window.width == w
+        depth = image_to_array(depth_msg)
+        assert depth_msg.encoding == "32FC1"
+        valid = np.isfinite(depth)
+        np.testing.assert_allclose(depth[valid], (camera.focal_px * 0.16 / disp[valid]), rtol=1e-5)
+        assert np.all(~valid[~np.isfinite(disp)])  # NaN where the disparity is invalid
+        points = unpack_points(cloud)
+        ref = camera.disparity_to_points(disp, min_depth=0.1, max_depth=50.0).points
+        np.testing.assert_allclose(points, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    finally:
+        hx.close()
+
+
+def _errors(hx):
+    return " | ".join(m.msg for m in hx.received["rosout"] if m.level >= 40)
+
+
+def test_bad_inputs_are_named_and_good_frames_still_served(onnx_model, aloe):
+    left, right = aloe
+    h, w = left.shape[:2]
+    camera = StereoCamera.ideal(w, h, focal_px=900.0, baseline_m=0.16)
+    hx = Harness(onnx_model)
+    try:
+        t = 1_000 * 10**9
+        hx.publish(left, right, None, t)  # no camera_info yet
+        assert hx.wait(lambda: "camera_info" in _errors(hx), 15), _errors(hx)
+        hx.publish(left, right[:, :-8].copy(), camera, t + 1)  # left/right size mismatch
+        assert hx.wait(lambda: "but right is" in _errors(hx), 15)
+        small = StereoCamera.ideal(w // 2, h // 2, focal_px=450.0, baseline_m=0.16)
+        hx.publish(left, right, small, t + 2)  # camera_info size != image size
+        assert hx.wait(lambda: "camera_info is" in _errors(hx), 15), _errors(hx)
+        hx.publish(left, right, camera, t + 3, encoding="rgb8")
+        assert hx.wait(lambda: hx.received["depth"], 30)
+        hx.publish(left, right, camera, t + 2)  # older than the last pair: out of order
+        assert hx.wait(lambda: hx.node.stats().get("out_of_order", 0) >= 1, 10) or hx.node.sync is None
+        bad = camera.right.P.copy()
+        bad[0, 3] = 0.0  # zero baseline
+        from calib.camera import CameraInfo as CalibInfo
+
+        zero = StereoCamera.__new__(StereoCamera)
+        object.__setattr__(zero, "left", camera.left)
+        object.__setattr__(zero, "right", CalibInfo(w, h, camera.right.K, camera.right.D, camera.right.R, bad))
+        hx.publish(left, right, zero, t + 4)
+        assert hx.wait(lambda: "baseline" in _errors(hx), 15), _errors(hx)
+        hx.publish(left, right, camera, t + 6, encoding="yuv422")  # unsupported encoding
+        assert hx.wait(lambda: "yuv422" in _errors(hx), 15), _errors(hx)
+        n = len(hx.received["depth"])
+        hx.publish(left, right, camera, t + 7)  # a good frame after all that
+        assert hx.wait(lambda: len(hx.received["depth"]) > n, 30)
+        assert hx.node.stats()["bad_frames"] >= 5
+    finally:
+        hx.close()
+
+
+def test_overload_drops_stale_pairs_with_bounded_latency(onnx_model):
+    rng = np.random.default_rng(0)
+    h, w = 240, 320
+    left = rng.integers(0, 255, (h, w, 3), np.uint8)
+    right = np.roll(left, -6, axis=1)
+    camera = StereoCamera.ideal(w, h, focal_px=300.0, baseline_m=0.1)
+    hx = Harness(onnx_model, publish_points=False)
+    try:
+        hx.publish(left, right, camera, 10**9)
+        assert hx.wait(lambda: hx.received["depth"], 30)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        infer_s = max(hx.node.stats()["inference_ms"], 1.0) / 1e3
+        period = infer_s / 4  # publish 4x faster than the node can process
+        start = time.monotonic()
+        sent = 0
+        while time.monotonic() - start < 4.0:
+            now_ns = hx.node.get_clock().now().nanoseconds
+            hx.publish(left, right, camera, now_ns, infos=False)
+            sent += 1
+            time.sleep(period)
+        hx.wait(lambda: False, 1.0)
+        stats = hx.node.stats()
+        assert stats["dropped_pairs"] > 0.3 * sent, stats
+        lat = list(hx.node.latency_ms)[1:]
+        third = max(len(lat) // 3, 1)
+        assert np.median(lat[-third:]) < 2.0 * np.median(lat[:third]) + 50.0  # no growth over the run
+        assert np.max(lat) < 4 * infer_s * 1e3 + 200.0  # bounded: never a backlog of stale pairs
+        rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert rss1 - rss0 < 200_000  # KiB: no unbounded queue
+    finally:
+        hx.close()
+
+
+def test_parameters_validated_on_set(onnx_model):
+    hx = Harness(onnx_model)
+    try:
+        ok = hx.node.set_parameters([Parameter("max_depth", value=20.0)])[0]
+        assert ok.successful and hx.node.values["max_depth"] == 20.0
+        assert not hx.node.set_parameters([Parameter("min_depth", value=30.0)])[0].successful
+        res = hx.node.set_parameters([Parameter("model_path", value="/x.onnx")])[0]
+        assert not res.successful
+        assert not hx.node.set_parameters([Parameter("point_stride", value=0)])[0].successful
+    finally:
+        hx.close()
+
+
+def test_start_without_model_is_a_clear_error(tmp_path):
+    from m2s_stereo.stereo_node import main
+
+    assert main(["m2s-stereo-node", "--ros-args", "-p", f"model_path:={tmp_path / 'none.onnx'}"]) == 2
