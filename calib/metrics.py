@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from calib.errors import ShapeError
@@ -122,3 +123,16 @@ class MetricAccumulator:
         rows = [r for r in self.per_image if r["pixels"]]
         image_mean = {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}
         return {"images": len(self.per_image), "pixel": self.total.summary(), "image": image_mean}
+
+
+def error_map_rgb(pred: Any, gt: Any, max_error: float = 3.0) -> np.ndarray:
+    """RGB uint8 visualisation of |pred - gt|: 0..``max_error`` px blue -> red, no GT black."""
+    p = _squeeze_hw("pred", _as_numpy(pred)).astype(np.float32)
+    g = _squeeze_hw("gt", _as_numpy(gt)).astype(np.float32)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(g) & (g > 0)
+    err = np.nan_to_num(np.abs(p - g), nan=max_error, posinf=max_error)
+    scaled = np.clip(err / max_error * 255, 0, 255).astype(np.uint8)
+    colour = cv2.applyColorMap(scaled, cv2.COLORMAP_JET)[:, :, ::-1].copy()
+    colour[~valid] = 0
+    return colour

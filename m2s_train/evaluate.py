@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from calib.metrics import MetricAccumulator
+from calib.metrics import MetricAccumulator, error_map_rgb
 from m2s_train.data.stereo_datasets import build_dataset
 
 
@@ -45,16 +45,6 @@ def fill_invalid(disp: np.ndarray) -> np.ndarray:
     out[bad] = out[np.arange(h)[:, None].repeat(w, 1)[bad], idx[bad]]
     out[~np.isfinite(out)] = 0.0
     return out
-
-
-def error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """RGB visualisation: |error| 0..3 px green->red, > 3 px saturated, no GT black."""
-    err = np.abs(pred - gt)
-    valid = np.isfinite(gt) & (gt > 0)
-    scaled = np.clip(np.nan_to_num(err, nan=3.0) / 3.0 * 255, 0, 255).astype(np.uint8)
-    colour = cv2.applyColorMap(scaled, cv2.COLORMAP_JET)[:, :, ::-1].copy()
-    colour[~valid] = 0
-    return colour
 
 
 @torch.no_grad()
@@ -94,7 +84,7 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         for name, pred in preds.items():
             rows[name].add(pred, gt, sample_id=item["sample_id"])
             if out_dir and i < error_maps:
-                cv2.imwrite(str(out_dir / f"error_{name}_{i:04d}.png"), error_map(pred, gt)[:, :, ::-1])
+                cv2.imwrite(str(out_dir / f"error_{name}_{i:04d}.png"), error_map_rgb(pred, gt)[:, :, ::-1])
     result = {"dataset": dataset_spec, "images": n, "iters": iters,
               "methods": {k: {**acc.summary(), "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))}
                           for k, acc in rows.items()},

@@ -1,0 +1,438 @@
+"""ROS 2 bags of stereo pairs (sqlite3 or MCAP) with the pure-Python ``rosbags`` library.
+
+Topics written by ``m2s-bag make``: ``left/image_rect``, ``right/image_rect`` (rgb8),
+``left/camera_info``, ``right/camera_info`` and optionally ``gt/disparity`` (32FC1 px, NaN =
+unknown) or ``gt/depth`` (32FC1 m, sparse, NaN = unknown), all frames stamped alike.
+``read_frames`` regroups them by stamp; ``bag_info`` reports topics, rates, gaps and stamp
+problems. No ROS install and no torch needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calib import StereoCamera
+from calib.errors import DataError
+
+LEFT, RIGHT = "left/image_rect", "right/image_rect"
+LEFT_INFO, RIGHT_INFO = "left/camera_info", "right/camera_info"
+GT_DISP, GT_DEPTH = "gt/disparity", "gt/depth"
+REQUIRED = (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO)
+STORAGES = ("sqlite3", "mcap")
+
+
+class BagError(DataError):
+    """A bag that cannot be written or read as a stereo bag; the message says what is wrong."""
+
+
+def _typestore():
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+@dataclass
+class Frame:
+    """One stereo frame: RGB uint8 images, the camera, optional GT, and its stamp (ns)."""
+
+    stamp_ns: int
+    left: np.ndarray
+    right: np.ndarray
+    camera: StereoCamera
+    gt_disparity: np.ndarray | None = None
+    gt_depth: np.ndarray | None = None
+    raw: dict[str, bytes] = field(default_factory=dict)  # serialized messages (for replay over DDS)
+
+
+def _header(ts: Any, stamp_ns: int, frame_id: str) -> Any:
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    return Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id=frame_id)
+
+
+def _image(ts: Any, header: Any, array: np.ndarray, encoding: str) -> Any:
+    array = np.ascontiguousarray(array)
+    row = array.shape[1] * (array.shape[2] if array.ndim == 3 else 1) * array.dtype.itemsize
+    return ts.types["sensor_msgs/msg/Image"](header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
+                                             is_bigendian=0, step=row, data=np.frombuffer(array.tobytes(), np.uint8))
+
+
+def _info(ts: Any, header: Any, info: Any) -> Any:
+    T = ts.types
+    roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    return T["sensor_msgs/msg/CameraInfo"](
+        header=header, height=info.height, width=info.width, distortion_model=info.distortion_model,
+        d=np.asarray(info.D, np.float64), k=np.asarray(info.K, np.float64).ravel(), r=np.asarray(info.R, np.float64).ravel(),
+        p=np.asarray(info.P, np.float64).ravel(), binning_x=0, binning_y=0, roi=roi)
+
+
+def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], storage: str = "sqlite3",
+              frame_id: str = "left_camera_optical_frame") -> int:
+    """Write frames to a new bag directory; returns the number of frames."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2.enums import StoragePlugin
+
+    if storage not in STORAGES:
+        raise BagError(f"storage must be one of {', '.join(STORAGES)}, got '{storage}'")
+    path = Path(path)
+    if path.exists():
+        raise BagError(f"{path} exists: choose a new bag directory (bags are never overwritten)")
+    ts = _typestore()
+    plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+    n = 0
+    with Writer(path, version=8, storage_plugin=plugin) as writer:
+        conns: dict[str, Any] = {}
+
+        def conn(topic: str, msgtype: str) -> Any:
+            if topic not in conns:
+                conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
+            return conns[topic]
+
+        last = -1
+        for frame in frames:
+            if frame.stamp_ns <= last:
+                raise BagError(f"frame stamps must increase: {frame.stamp_ns} after {last}")
+            last = frame.stamp_ns
+            h = _header(ts, frame.stamp_ns, frame_id)
+            items = [(LEFT, _image(ts, h, frame.left, "rgb8")), (RIGHT, _image(ts, h, frame.right, "rgb8")),
+                     (LEFT_INFO, _info(ts, h, frame.camera.left)), (RIGHT_INFO, _info(ts, h, frame.camera.right))]
+            if frame.gt_disparity is not None:
+                items.append((GT_DISP, _image(ts, h, frame.gt_disparity.astype(np.float32), "32FC1")))
+            if frame.gt_depth is not None:
+                items.append((GT_DEPTH, _image(ts, h, frame.gt_depth.astype(np.float32), "32FC1")))
+            for topic, msg in items:
+                writer.write(conn(topic, msg.__msgtype__), frame.stamp_ns, ts.serialize_cdr(msg, msg.__msgtype__))
+            n += 1
+    return n
+
+
+def _to_array(msg: Any) -> np.ndarray:
+    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1, "32FC1": 1, "rgba8": 4}.get(msg.encoding)
+    if channels is None:
+        raise BagError(f"unsupported image encoding '{msg.encoding}' in the bag")
+    dtype = np.float32 if msg.encoding == "32FC1" else np.uint8
+    item = np.dtype(dtype).itemsize * channels
+    rows = np.asarray(msg.data, np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)[:, : msg.width * item]
+    arr = np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width, channels)
+    if msg.encoding == "bgr8":
+        arr = arr[:, :, ::-1]
+    if msg.encoding == "rgba8":
+        arr = arr[:, :, :3]
+    return np.ascontiguousarray(arr[:, :, 0] if channels == 1 else arr)
+
+
+def _camera(left: Any, right: Any) -> StereoCamera:
+    from calib.camera import CameraInfo
+
+    def one(m: Any, name: str) -> CameraInfo:  # camera_info carries no camera name: use the side
+        return CameraInfo(m.width, m.height, np.reshape(m.k, (3, 3)), np.asarray(m.d), np.reshape(m.r, (3, 3)),
+                          np.reshape(m.p, (3, 4)), m.distortion_model or "plumb_bob", name)
+
+    return StereoCamera(one(left, "left"), one(right, "right"))
+
+
+def _open_reader(path: Path) -> Any:
+    from rosbags.rosbag2 import Reader
+
+    if not path.exists():
+        raise BagError(f"bag {path} not found")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:  # noqa: BLE001  (rosbags raises several error types for broken bags)
+        raise BagError(f"cannot open bag {path}: {exc}") from None
+    return reader
+
+
+def _salvage_mcap(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(topic, msgtype, cdr) of every complete message in a damaged MCAP file, in file order.
+
+    Walks the records (and uncompressed chunks) from the start and stops at the first cut one.
+    """
+    import struct
+
+    files = sorted(path.glob("*.mcap")) if path.is_dir() else [path]
+    for f in files:
+        data = f.read_bytes()
+        schemas: dict[int, str] = {}
+        channels: dict[int, tuple[str, int]] = {}
+
+        def records(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
+            while pos + 9 <= end:
+                op = buf[pos]
+                (length,) = struct.unpack_from("<Q", buf, pos + 1)
+                if pos + 9 + length > end:
+                    return  # cut record: the rest of the file is gone
+                yield op, buf[pos + 9 : pos + 9 + length]
+                pos += 9 + length
+
+        def text(rec: bytes, pos: int) -> tuple[str, int]:
+            (n,) = struct.unpack_from("<I", rec, pos)
+            return rec[pos + 4 : pos + 4 + n].decode(), pos + 4 + n
+
+        def handle(op: int, rec: bytes) -> Iterator[tuple[str, str, bytes]]:
+            if op == 0x03:  # schema
+                (sid,) = struct.unpack_from("<H", rec, 0)
+                schemas[sid], _ = text(rec, 2)
+            elif op == 0x04:  # channel
+                cid, sid = struct.unpack_from("<HH", rec, 0)
+                topic, _ = text(rec, 4)
+                channels[cid] = (topic, sid)
+            elif op == 0x05 and len(rec) >= 22:  # message
+                (cid,) = struct.unpack_from("<H", rec, 0)
+                if cid in channels:
+                    topic, sid = channels[cid]
+                    yield topic, schemas.get(sid, ""), rec[22:]
+            elif op == 0x06:  # chunk: times, size, crc, compression, records
+                compression, pos = text(rec, 8 + 8 + 8 + 4)
+                if compression:
+                    return  # compressed chunks cannot be salvaged piecewise
+                (n,) = struct.unpack_from("<Q", rec, pos)
+                inner = rec[pos + 8 : pos + 8 + n]
+                for op2, rec2 in records(inner, 0, len(inner)):
+                    yield from handle(op2, rec2)
+
+        if data[:8] != b"\x89MCAP0\r\n":
+            continue
+        # a chunk cut by the truncation still holds complete inner records: parse it partially
+        pos = 8
+        while pos + 9 <= len(data):
+            op = data[pos]
+            (length,) = struct.unpack_from("<Q", data, pos + 1)
+            rec = data[pos + 9 : pos + 9 + length]
+            if len(rec) < length and op == 0x06:
+                compression, p2 = text(rec, 28)
+                if not compression and len(rec) >= p2 + 8:
+                    for op2, rec2 in records(rec, p2 + 8, len(rec)):
+                        yield from handle(op2, rec2)
+                return
+            if len(rec) < length:
+                return
+            yield from handle(op, rec)
+            pos += 9 + length
+
+
+def _salvage_sqlite(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(topic, msgtype, cdr) rows a damaged rosbag2 sqlite3 file still gives, in insertion order."""
+    import sqlite3
+
+    for db in sorted(path.glob("*.db3")):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            topics = {i: (n, t) for i, n, t in con.execute("SELECT id, name, type FROM topics")}
+            cur = con.execute("SELECT topic_id, data FROM messages ORDER BY id")
+            while True:
+                try:
+                    row = cur.fetchone()
+                except sqlite3.DatabaseError:
+                    return
+                if row is None:
+                    return
+                if row[0] in topics:
+                    yield topics[row[0]][0], topics[row[0]][1], bytes(row[1])
+        except sqlite3.DatabaseError:
+            return
+        finally:
+            con.close()
+
+
+def _raw_messages(path: Path, warnings: list[str] | None) -> tuple[set[str], Iterator[tuple[str, str, bytes]]]:
+    """Topics and a (topic, msgtype, cdr) stream, through rosbags or, for damaged files, salvage."""
+    try:
+        reader = _open_reader(path)
+    except BagError as exc:
+        if not path.exists():
+            raise
+        salvaged = list(_salvage_mcap(path)) if list(path.glob("*.mcap")) or path.suffix == ".mcap" else list(_salvage_sqlite(path))
+        if not salvaged:
+            hint = (" (sqlite3 bags cut mid-file cannot be read piecewise; try 'sqlite3 BAG.db3 .recover', "
+                    "and record with --storage mcap, which survives truncation)") if list(path.glob("*.db3")) else ""
+            raise BagError(f"{exc}; no readable messages could be salvaged{hint}") from None
+        if warnings is not None:
+            warnings.append(f"{path} is damaged ({exc}); evaluating the {len(salvaged)} messages that could be read")
+        return {t for t, _, _ in salvaged}, iter(salvaged)
+
+    def stream() -> Iterator[tuple[str, str, bytes]]:
+        try:
+            it = reader.messages()
+            while True:
+                try:
+                    conn, _, raw = next(it)
+                except StopIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001  (a file cut mid-record fails mid-iteration)
+                    if warnings is not None:
+                        warnings.append(f"{path}: stopped at a damaged record ({type(exc).__name__}); using the readable part")
+                    return
+                yield conn.topic, conn.msgtype, raw
+        finally:
+            reader.close()
+
+    return {c.topic for c in reader.connections}, stream()
+
+
+def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: list[str] | None = None) -> Iterator[Frame]:
+    """Frames of a stereo bag, grouped by stamp, in stamp order.
+
+    Missing topics raise :class:`BagError`. A truncated bag yields its readable part and adds a
+    warning (to ``warnings`` when given); incomplete frames (a topic missing at a stamp) are
+    skipped and counted the same way.
+    """
+    path = Path(path)
+    ts = _typestore()
+    topics, stream = _raw_messages(path, warnings)
+    missing = [t for t in REQUIRED if t not in topics]
+    if missing:
+        raise BagError(f"{path} lacks topic(s) {', '.join(missing)} (has {', '.join(sorted(topics)) or 'none'})")
+    pending: dict[int, dict[str, Any]] = defaultdict(dict)
+    for topic, msgtype, raw in stream:
+        try:
+            msg = ts.deserialize_cdr(raw, msgtype)
+        except Exception:  # noqa: BLE001  (a cut message at the end of a salvaged file)
+            continue
+        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+        pending[stamp][topic] = (msg, raw)
+    skipped = 0
+    for stamp in sorted(pending):
+        parts = pending[stamp]
+        if any(t not in parts for t in REQUIRED):
+            skipped += 1
+            continue
+        yield Frame(stamp, _to_array(parts[LEFT][0]), _to_array(parts[RIGHT][0]),
+                    _camera(parts[LEFT_INFO][0], parts[RIGHT_INFO][0]),
+                    _to_array(parts[GT_DISP][0]) if GT_DISP in parts else None,
+                    _to_array(parts[GT_DEPTH][0]) if GT_DEPTH in parts else None,
+                    {t: p[1] for t, p in parts.items()} if keep_raw else {})
+    if skipped and warnings is not None:
+        warnings.append(f"{skipped} incomplete frame(s) skipped (a required topic missing at that stamp)")
+
+
+def bag_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Topics with message counts and rates, stamp gaps, and problems (missing topics, unequal
+    counts, non-monotonic stamps)."""
+    path = Path(path)
+    ts = _typestore()
+    stamps: dict[str, list[int]] = defaultdict(list)
+    problems: list[str] = []
+    types: dict[str, str] = {}
+    _, stream = _raw_messages(path, problems)
+    for topic, msgtype, raw in stream:
+        types[topic] = msgtype
+        try:
+            msg = ts.deserialize_cdr(raw, msgtype)
+        except Exception:  # noqa: BLE001
+            problems.append(f"{topic}: a message could not be decoded")
+            continue
+        stamps[topic].append(int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec))
+    topics = {}
+    for topic, s in stamps.items():
+        arr = np.asarray(s, np.int64)
+        d = np.diff(arr) / 1e9
+        back = int((d <= 0).sum())
+        if back:
+            problems.append(f"{topic}: {back} non-increasing stamp(s)")
+        pos = d[d > 0]
+        topics[topic] = {"type": types.get(topic), "count": len(s),
+                         "rate_hz": float(1 / np.median(pos)) if pos.size else None,
+                         "max_gap_s": float(pos.max()) if pos.size else None}
+    missing = [t for t in REQUIRED if t not in topics]
+    if missing:
+        problems.append(f"missing topic(s): {', '.join(missing)}")
+    counts = {topics[t]["count"] for t in REQUIRED if t in topics}
+    if len(counts) > 1:
+        problems.append("unequal message counts: " + ", ".join(f"{t}={topics[t]['count']}" for t in REQUIRED if t in topics))
+    return {"bag": str(path), "topics": topics, "problems": problems}
+
+
+# -- sources for m2s-bag make ---------------------------------------------------------------------------
+
+def frames_from_folder(root: Path, camera: StereoCamera | None, rate_hz: float, start_ns: int) -> Iterator[Frame]:
+    """<root>/left/*, <root>/right/* (same names), optional <root>/disparity/*.(npy|pfm|png)."""
+    from calib.image_io import read_rgb
+
+    lefts = sorted(p for p in (root / "left").glob("*") if p.is_file())
+    if not lefts:
+        raise BagError(f"{root}/left has no images")
+    for i, lp in enumerate(lefts):
+        rp = next(iter(sorted((root / "right").glob(lp.stem + ".*"))), None)
+        if rp is None:
+            raise BagError(f"{lp.name} has no partner in {root / 'right'}")
+        left, right = read_rgb(lp), read_rgb(rp)
+        cam = camera or _default_camera(left)
+        gt = None
+        dp = next(iter(sorted((root / "disparity").glob(lp.stem + ".*"))), None) if (root / "disparity").is_dir() else None
+        if dp is not None:
+            gt = np.load(dp).astype(np.float32) if dp.suffix == ".npy" else _read_disp_file(dp)
+        yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt)
+
+
+def _read_disp_file(path: Path) -> np.ndarray:
+    from m2s_train.data.stereo_datasets import read_disparity
+
+    return read_disparity(path)
+
+
+def _default_camera(image: np.ndarray) -> StereoCamera:
+    h, w = image.shape[:2]
+    return StereoCamera.ideal(w, h, focal_px=float(w), baseline_m=0.1)
+
+
+def frames_from_synth(root: Path, rate_hz: float, start_ns: int, focal_px: float | None, baseline_m: float) -> Iterator[Frame]:
+    """A synthesized dataset (exact GT disparity); camera: ideal, focal = image width unless given."""
+    from m2s_train.synth.shards import decode_sample, read_manifests
+
+    for i, entry in enumerate(read_manifests(root)):
+        s = decode_sample(root / "samples" / f"{entry['sample_id']}.npz")
+        h, w = s.left.shape[:2]
+        cam = StereoCamera.ideal(w, h, focal_px=focal_px or float(w), baseline_m=baseline_m)
+        yield Frame(start_ns + int(i * 1e9 / rate_hz), s.left, s.right, cam, s.disparity)
+
+
+def parse_kitti_calib(path: Path, width: int, height: int) -> StereoCamera:
+    """KITTI calib_cam_to_cam (P_rect_02 / P_rect_03 of the colour cameras) as a rectified pair."""
+    from calib.camera import CameraInfo
+
+    values = {}
+    for line in path.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        values[key.strip()] = rest
+    try:
+        p2 = np.array(values["P_rect_02"].split(), np.float64).reshape(3, 4)
+        p3 = np.array(values["P_rect_03"].split(), np.float64).reshape(3, 4)
+    except (KeyError, ValueError):
+        raise BagError(f"{path}: expected P_rect_02 and P_rect_03 (KITTI calib_cam_to_cam format)") from None
+    # express both relative to camera 2 so that the left projection has P[0,3] = 0
+    p3 = p3.copy()
+    p3[:, 3] -= p2[:, 3]
+    p2 = p2.copy()
+    p2[:, 3] = 0
+    k2, k3 = p2[:, :3], p3[:, :3]
+    return StereoCamera(CameraInfo(width, height, k2, np.zeros(5), np.eye(3), p2, "plumb_bob", "image_2"),
+                        CameraInfo(width, height, k3, np.zeros(5), np.eye(3), p3, "plumb_bob", "image_3"))
+
+
+def frames_from_kitti(root: Path, rate_hz: float, start_ns: int) -> Iterator[Frame]:
+    """KITTI 2015 training pairs (image_2/3, *_10.png) with disp_occ_0 GT and per-frame calibration."""
+    from calib.image_io import read_rgb
+    from m2s_train.data.stereo_datasets import read_kitti_disparity
+
+    base = root / "training" if (root / "training").is_dir() else root
+    for sub in ("image_2", "image_3", "disp_occ_0", "calib_cam_to_cam"):
+        if not (base / sub).is_dir():
+            raise BagError(f"{base}: missing {sub}/ (KITTI 2015 training layout)")
+    for i, lp in enumerate(sorted((base / "image_2").glob("*_10.png"))):
+        left, right = read_rgb(lp), read_rgb(base / "image_3" / lp.name)
+        h, w = left.shape[:2]
+        cam = parse_kitti_calib(base / "calib_cam_to_cam" / (lp.stem.split("_")[0] + ".txt"), w, h)
+        gt = read_kitti_disparity(base / "disp_occ_0" / lp.name)
+        yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt)
+
+
