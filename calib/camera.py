@@ -242,6 +242,13 @@ class StereoCamera:
             min_depth=min_depth, max_depth=max_depth,
         )
 
+    def depth_to_points(self, depth: np.ndarray, colors: np.ndarray | None = None, *, organized: bool = True,
+                        stride: int = 1) -> geometry.PointCloud:
+        """Points from an already computed depth map (m, NaN invalid); see :func:`calib.geometry.depth_to_points`."""
+        self._check_size(depth)
+        return geometry.depth_to_points(depth, fx=self.focal_px, fy=self.fy, cx=self.cx, cy=self.cy, colors=colors,
+                                        organized=organized, stride=stride)
+
     def _check_size(self, image: np.ndarray) -> None:
         h, w = np.shape(image)[:2]
         if (w, h) != self.image_size:

@@ -22,6 +22,7 @@ from calib.errors import ShapeError
 __all__ = [
     "PointCloud",
     "depth_to_disparity",
+    "depth_to_points",
     "disparity_to_depth",
     "disparity_to_points",
     "q_matrix",
@@ -199,7 +200,40 @@ def disparity_to_points(
         if colors is not None:
             colors = colors[::stride, ::stride]
     depth = disparity_to_depth(disparity, fx, baseline_m, doffs, min_depth, max_depth)
+    return depth_to_points(depth, fx=fx, fy=fy, cx=cx, cy=cy, colors=colors, organized=organized, stride=stride,
+                           _strided=True)
+
+
+def depth_to_points(depth: np.ndarray, *, fx: float, fy: float, cx: float, cy: float, colors: np.ndarray | None = None,
+                    organized: bool = True, stride: int = 1, _strided: bool = False) -> PointCloud:
+    """Back-project a depth map (metres, NaN = invalid) like :func:`disparity_to_points`.
+
+    ``X = (u - cx) * Z / fx``, ``Y = (v - cy) * Z / fy``; ``stride`` decimates (``u = column * stride``).
+    Use it when the depth is already computed (the ROS node publishes both).
+    """
+    depth = _check_image_2d("depth", depth)
+    fx, fy = _check_positive("fx", fx), _check_positive("fy", fy)
+    if not _strided and stride > 1:
+        depth = depth[::stride, ::stride]
+        if colors is not None:
+            colors = np.asarray(colors)[::stride, ::stride]
+    if colors is not None:
+        colors = np.asarray(colors)
+        if colors.shape[:2] != depth.shape:
+            raise ShapeError(f"colors {colors.shape[:2]} must match the depth map {depth.shape}")
+        if colors.ndim == 2:
+            colors = np.repeat(colors[:, :, None], 3, axis=2)
+    depth = depth.astype(np.float32, copy=False)
     h, w = depth.shape
+    if not organized:  # compute only the valid points (no HxWx3 intermediate, no gather of it)
+        keep = np.flatnonzero(np.isfinite(depth))
+        z = depth.ravel()[keep]
+        rows, cols = np.divmod(keep, w)
+        points = np.empty((keep.size, 3), dtype=np.float32)
+        np.multiply((cols.astype(np.float32) * stride - np.float32(cx)) / np.float32(fx), z, out=points[:, 0])
+        np.multiply((rows.astype(np.float32) * stride - np.float32(cy)) / np.float32(fy), z, out=points[:, 1])
+        points[:, 2] = z
+        return PointCloud(points, None if colors is None else np.take(colors.reshape(-1, 3), keep, axis=0))
     u = np.arange(w, dtype=np.float32) * stride
     v = np.arange(h, dtype=np.float32) * stride
     points = np.empty((h, w, 3), dtype=np.float32)
@@ -207,7 +241,4 @@ def disparity_to_points(
     np.multiply(depth, ((u - np.float32(cx)) / np.float32(fx))[None, :], out=points[:, :, 0])
     np.multiply(depth, ((v - np.float32(cy)) / np.float32(fy))[:, None], out=points[:, :, 1])
     points[:, :, 2] = depth
-    if organized:
-        return PointCloud(points, None if colors is None else np.ascontiguousarray(colors))
-    valid = np.isfinite(depth)
-    return PointCloud(points[valid], None if colors is None else colors[valid])
+    return PointCloud(points, None if colors is None else np.ascontiguousarray(colors))

@@ -90,13 +90,13 @@ def test_point_cloud_fields_and_values():
     d = np.full((6, 8), 10.0, np.float32)
     d[0, 0] = np.nan
     rgb = np.full((6, 8, 3), (10, 20, 30), np.uint8)
-    msg = points_msg(MSGS, cam, d, MSGS.Image().header, colors=rgb, organized=True, stride=1, min_depth=None, max_depth=None)
+    msg = points_msg(MSGS, cam, cam.disparity_to_depth(d), MSGS.Image().header, colors=rgb, organized=True, stride=1)
     assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb"] and msg.point_step == 16 and not msg.is_dense
     xyz = unpack_points(msg)
     np.testing.assert_allclose(xyz, cam.disparity_to_points(d).points, equal_nan=True)
     rgb_bits = np.frombuffer(bytes(msg.data), np.uint32).reshape(-1, 4)[:, 3]
     assert rgb_bits[5] == (10 << 16) | (20 << 8) | 30
-    flat = points_msg(MSGS, cam, d, MSGS.Image().header, colors=None, organized=False, stride=2, min_depth=None, max_depth=None)
+    flat = points_msg(MSGS, cam, cam.disparity_to_depth(d), MSGS.Image().header, colors=None, organized=False, stride=2)
     assert flat.height == 1 and flat.width == 11 and flat.is_dense and len(flat.fields) == 3
 
 

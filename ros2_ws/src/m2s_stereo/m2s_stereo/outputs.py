@@ -39,18 +39,18 @@ _XYZRGB = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "
                     "offsets": [0, 4, 8, 12], "itemsize": 16})
 
 
-def points_msg(types: Any, camera: StereoCamera, disparity: np.ndarray, header: Any, *, colors: np.ndarray | None,
-               organized: bool, stride: int, min_depth: float | None, max_depth: float | None) -> Any:
-    """sensor_msgs/PointCloud2 with x, y, z (float32, metres, left optical frame) and optional packed rgb."""
-    cloud = camera.disparity_to_points(disparity, colors, organized=organized, stride=stride,
-                                       min_depth=min_depth, max_depth=max_depth)
+def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any, *, colors: np.ndarray | None,
+               organized: bool, stride: int) -> Any:
+    """sensor_msgs/PointCloud2 (x, y, z float32 m in the left optical frame, optional packed rgb),
+    16 bytes per point, from the depth map the node already computed (NaN = invalid)."""
+    cloud = camera.depth_to_points(depth, colors, organized=organized, stride=stride)
     pts = cloud.points.reshape(-1, 3)
-    dtype = _XYZRGB if cloud.colors is not None else _XYZ
-    packed = np.zeros(pts.shape[0], dtype=dtype)
-    packed["x"], packed["y"], packed["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
+    packed = np.empty((pts.shape[0], 4), np.float32)  # x, y, z, rgb-bits: one contiguous buffer
+    packed[:, :3] = pts
+    packed[:, 3] = 0
     if cloud.colors is not None:
         c = cloud.colors.reshape(-1, 3).astype(np.uint32)
-        packed["rgb"] = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
+        packed[:, 3] = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(np.float32)
     msg = types.PointCloud2()
     msg.header = header
     if organized:

@@ -216,12 +216,13 @@ class StereoNode(Node):
         header = left_msg.header
         if want_disp:
             self.pub_disp.publish(disparity_msg(MSGS, disparity, camera, header, self.max_disparity * scale))
+        if want_depth or want_points:  # one depth map serves both outputs
+            depth = camera.disparity_to_depth(disparity, v[P.MIN_DEPTH], v[P.MAX_DEPTH])
         if want_depth:
-            self.pub_depth.publish(depth_msg(MSGS, camera.disparity_to_depth(disparity, v[P.MIN_DEPTH], v[P.MAX_DEPTH]), header))
+            self.pub_depth.publish(depth_msg(MSGS, depth, header))
         if want_points:
-            self.pub_points.publish(points_msg(MSGS, camera, disparity, header, colors=left if v[P.POINT_COLORS] else None,
-                                               organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE],
-                                               min_depth=v[P.MIN_DEPTH], max_depth=v[P.MAX_DEPTH]))
+            self.pub_points.publish(points_msg(MSGS, camera, depth, header, colors=left if v[P.POINT_COLORS] else None,
+                                               organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE]))
         self.counts["published"] += 1
         self.recent_out.append(time.monotonic())
         now_ns = self.get_clock().now().nanoseconds

@@ -1,0 +1,100 @@
+"""Per-frame overhead of the ROS node outside inference, next to a memcpy of the same bytes.
+
+    python benchmarks/bench_node_overhead.py [--repeats 30]
+
+The node's frame path (image decode, camera model, disparity / depth / point-cloud messages,
+publish to a live subscriber over loopback DDS) is timed with a zero-cost runtime that returns
+a fixed disparity map, so inference is excluded. The subscriber runs in another process, as it
+would on a robot (in-process it would compete for the GIL while deserialising). Baseline from
+the same run: a memcpy of the input and output bytes of one frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+
+from calib import StereoCamera
+from m2s_stereo.image_codec import array_to_image
+from m2s_stereo.stereo_node import StereoNode
+
+
+class FixedDisparity:
+    """A runtime that costs nothing: returns a precomputed map (to time everything else)."""
+
+    backend = "fixed"
+    input_size = None
+    meta = {"max_disp": 192}
+
+    def __init__(self, disparity: np.ndarray) -> None:
+        self.disparity = disparity
+
+    def infer(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return self.disparity
+
+
+SINK = """
+import rclpy
+from sensor_msgs.msg import Image, PointCloud2
+from stereo_msgs.msg import DisparityImage
+rclpy.init()
+n = rclpy.create_node("sink")
+for t, name in ((DisparityImage, "disparity"), (Image, "depth"), (PointCloud2, "points2")):
+    n.create_subscription(t, name, lambda m: None, 5)
+try:
+    rclpy.spin(n)
+except BaseException:
+    pass
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    rclpy.init()
+    sink = subprocess.Popen([sys.executable, "-c", SINK])
+    print(f"{'size':>10s} {'node overhead ms (median)':>26s} {'memcpy ms':>10s} {'ratio':>7s}")
+    for w, h in ((640, 480), (1280, 720)):
+        rng = np.random.default_rng(0)
+        left = rng.integers(0, 255, (h, w, 3), np.uint8)
+        disparity = rng.uniform(1, 100, (h, w)).astype(np.float32)
+        camera = StereoCamera.ideal(w, h, focal_px=w * 0.8, baseline_m=0.12)
+        node = StereoNode(runtime=FixedDisparity(disparity), parameter_overrides=[Parameter("model_path", value="fixed")])
+        while node.pub_points.get_subscription_count() == 0 or node.pub_depth.get_subscription_count() == 0:
+            time.sleep(0.05)
+        lmsg = array_to_image(Image, left, "bgr8")
+        rmsg = array_to_image(Image, left, "bgr8")
+        infos = [type("Info", (), c.msg_fields())() for c in (camera.left, camera.right)]
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            node._process(lmsg, rmsg, infos[0], infos[1], time.monotonic())
+            times.append(time.perf_counter() - t0)
+        # memcpy of the same bytes: two input images + disparity + depth + xyzrgb cloud (16 B/pt)
+        nbytes = 2 * left.nbytes + 2 * disparity.nbytes + 16 * h * w
+        src, dst = np.ones(nbytes, np.uint8), np.empty(nbytes, np.uint8)
+        copies = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            np.copyto(dst, src)
+            copies.append(time.perf_counter() - t0)
+        med, mc = statistics.median(times) * 1e3, statistics.median(copies) * 1e3
+        print(f"{w:>5d}x{h:<4d} {med:26.2f} {mc:10.2f} {med / mc:6.1f}x")
+        node.destroy_node()
+    sink.kill()
+    sink.wait()
+    rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
