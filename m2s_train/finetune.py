@@ -20,8 +20,7 @@ from m2s_train.s2dkd import (
     fill_teacher_cache,
     s2dkd_loss,
 )
-from m2s_train.synth.depth import create_depth_estimator
-from m2s_train.synth.pipeline import DepthConfig
+from m2s_train.synth.pipeline import DepthConfig, depth_estimator_from_config
 from m2s_train.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -37,35 +36,26 @@ class FinetuneConfig:
     sparsify: str | None = None  # "lidar-like": KITTI-like labels from dense GT
 
 
-def _teacher_cache(config: FinetuneConfig, base: Any, progress: bool) -> TeacherCache | None:
-    if not config.s2dkd.enabled:
-        return None
-    d = config.depth
-    estimator = create_depth_estimator(d.backend, model=d.model, precomputed_dir=d.precomputed_dir,
-                                       precomputed_kind=d.precomputed_kind, device=d.device, fp16=d.fp16,
-                                       batch_size=d.batch_size)
+def teacher_cache(config: FinetuneConfig, base: Any, progress: bool = True) -> tuple[TeacherCache, dict[str, int]]:
+    """The teacher cache of ``config``, filled for every left image of ``base`` (safe to interrupt and rerun)."""
+    estimator = depth_estimator_from_config(config.depth)
     cache = TeacherCache(config.teacher_cache, estimator.model_id)
     counts = fill_teacher_cache(base, cache, estimator, progress=progress)
     log.info("teacher cache %s: %d cached, %d computed", cache.dir, counts["cached"], counts["computed"])
-    return cache
+    return cache, counts
 
 
 def cache_mono(config: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
-    """Fill the teacher cache for the fine-tuning datasets (safe to interrupt and rerun)."""
-    base = build_dataset("+".join(config.train.datasets))
-    d = config.depth
-    estimator = create_depth_estimator(d.backend, model=d.model, precomputed_dir=d.precomputed_dir,
-                                       precomputed_kind=d.precomputed_kind, device=d.device, fp16=d.fp16,
-                                       batch_size=d.batch_size)
-    cache = TeacherCache(config.teacher_cache, estimator.model_id)
-    return {"cache": str(cache.dir), "model_id": estimator.model_id, **fill_teacher_cache(base, cache, estimator, progress)}
+    """``m2s-train cache-mono``: fill the teacher cache for the fine-tuning datasets."""
+    cache, counts = teacher_cache(config, build_dataset("+".join(config.train.datasets)), progress)
+    return {"cache": str(cache.dir), "model_id": cache.model_id, **counts}
 
 
 def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "auto",
                  progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     tc = config.train
     base = build_dataset("+".join(tc.datasets))
-    cache = _teacher_cache(config, base, progress)
+    cache = teacher_cache(config, base, progress)[0] if config.s2dkd.enabled else None
     max_disp = model_config(tc.model, **tc.model_overrides).max_disp
     dataset = DistillationDataset(base, cache, AugmentConfig(crop=tuple(tc.crop)), max_disp,
                                   sparsify=config.sparsify, align=config.align, seed=tc.seed)

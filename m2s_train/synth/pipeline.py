@@ -42,6 +42,13 @@ class DepthConfig:
     batch_size: int = 4
 
 
+def depth_estimator_from_config(config: DepthConfig, seed: int = 0) -> DepthEstimator:
+    """The depth backend a :class:`DepthConfig` describes (synthesis and the S2DKD teacher share it)."""
+    return create_depth_estimator(config.backend, model=config.model, precomputed_dir=config.precomputed_dir,
+                                  precomputed_kind=config.precomputed_kind, device=config.device, fp16=config.fp16,
+                                  batch_size=config.batch_size, seed=seed)
+
+
 @dataclass(frozen=True)
 class InpaintConfig:
     method: str = "telea"  # telea | ns | sd
@@ -193,11 +200,7 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
     elif writer.listed_ids():
         raise DatasetError(f"{writer.manifest} exists; pass --resume to continue")
     todo = [(k, p) for k, p in mine if not writer.is_done(sample_id_for(k, p))]
-    estimator = estimator or create_depth_estimator(
-        config.depth.backend, model=config.depth.model, precomputed_dir=config.depth.precomputed_dir,
-        precomputed_kind=config.depth.precomputed_kind, device=config.depth.device, fp16=config.depth.fp16,
-        batch_size=config.depth.batch_size, seed=config.seed,
-    )
+    estimator = estimator or depth_estimator_from_config(config.depth, config.seed)
     diffusion = None
     if config.inpaint.method == "sd":
         diffusion = StableDiffusionInpainter(config.inpaint.sd_model, device=config.depth.device,
