@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

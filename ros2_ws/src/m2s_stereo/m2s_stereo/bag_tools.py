@@ -9,7 +9,6 @@ problems. No ROS install and no torch needed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Iterator
