@@ -59,6 +59,7 @@ except BaseException:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--no-points", action="store_true", help="disparity and depth only (publish_points off)")
     args = parser.parse_args()
     rclpy.init()
     sink = subprocess.Popen([sys.executable, "-c", SINK])
@@ -68,8 +69,10 @@ def main() -> int:
         left = rng.integers(0, 255, (h, w, 3), np.uint8)
         disparity = rng.uniform(1, 100, (h, w)).astype(np.float32)
         camera = StereoCamera.ideal(w, h, focal_px=w * 0.8, baseline_m=0.12)
-        node = StereoNode(runtime=FixedDisparity(disparity), parameter_overrides=[Parameter("model_path", value="fixed")])
-        while node.pub_points.get_subscription_count() == 0 or node.pub_depth.get_subscription_count() == 0:
+        node = StereoNode(runtime=FixedDisparity(disparity), parameter_overrides=[Parameter("model_path", value="fixed"),
+                                                                                   Parameter("publish_points", value=not args.no_points)])
+        while (node.pub_points.get_subscription_count() == 0 or node.pub_depth.get_subscription_count() == 0
+               or node.pub_disp.get_subscription_count() == 0):
             time.sleep(0.05)
         lmsg = array_to_image(Image, left, "bgr8")
         rmsg = array_to_image(Image, left, "bgr8")
@@ -80,7 +83,7 @@ def main() -> int:
             node._process(lmsg, rmsg, infos[0], infos[1], time.monotonic())
             times.append(time.perf_counter() - t0)
         # memcpy of the same bytes: two input images + disparity + depth + xyzrgb cloud (16 B/pt)
-        nbytes = 2 * left.nbytes + 2 * disparity.nbytes + 16 * h * w
+        nbytes = 2 * left.nbytes + 2 * disparity.nbytes + (0 if args.no_points else 16 * h * w)
         src, dst = np.ones(nbytes, np.uint8), np.empty(nbytes, np.uint8)
         copies = []
         for _ in range(args.repeats):
