@@ -169,9 +169,12 @@ class StereoCamera:
                     f"left and right rectified projections disagree on {name} ({a:.6g} vs {b:.6g}): "
                     "the camera_info must describe a rectified pair (P from stereoRectify)"
                 )
-        if abs(r.P[1, 3]) > self._REL_TOL * abs(r.P[0, 0]):
+        # A vertical offset up to 1 % of the baseline term is tolerated (KITTI's rectified
+        # projections carry ~0.5 %); more means vertical stereo, which is not supported.
+        if abs(r.P[1, 3]) > max(self._REL_TOL * abs(r.P[0, 0]), 0.01 * abs(r.P[0, 3])):
             raise CalibrationError(
-                f"right projection has P[1,3]={r.P[1, 3]:.6g}: vertical stereo is not supported"
+                f"right projection has P[1,3]={r.P[1, 3]:.6g} (vs P[0,3]={r.P[0, 3]:.6g}): "
+                "vertical stereo is not supported"
             )
         if abs(l.P[0, 3]) > self._REL_TOL * abs(l.P[0, 0]):
             raise CalibrationError(

@@ -146,3 +146,30 @@ def test_live_replay_equals_offline(tmp_path):
     write_bag(tmp_path / "nogt", _frames(2, 96, 128, gt=False), storage="sqlite3")
     res = run_offline(tmp_path / "nogt", str(tmp_path / "m.onnx"), progress=False)
     assert 0.0 <= res["accuracy"]["lr_consistency"] <= 1.0
+
+
+@pytest.mark.parametrize("year", [2015, 2012])
+def test_make_from_kitti_layout_with_calibration(tmp_path, year):
+    import cv2
+
+    from m2s_stereo.bag_tools import KITTI_LAYOUT
+
+    left_dir, right_dir, gt_dir, calib_dir, calib_name = KITTI_LAYOUT[year]
+    base = tmp_path / "kitti" / "training"
+    for sub in (left_dir, right_dir, gt_dir, calib_dir):
+        (base / sub).mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (37, 124, 3), np.uint8)
+    cv2.imwrite(str(base / left_dir / "000000_10.png"), img)
+    cv2.imwrite(str(base / right_dir / "000000_10.png"), img)
+    gt = np.zeros((37, 124), np.uint16)
+    gt[20:30, 50:60] = 256 * 30
+    cv2.imwrite(str(base / gt_dir / "000000_10.png"), gt)
+    p2 = "721.5 0 609.6 44.86 0 721.5 172.9 0.2164 0 0 1 0.002746"
+    p3 = "721.5 0 609.6 -339.5 0 721.5 172.9 2.2 0 0 1 0.002729"
+    keys = ("P_rect_02", "P_rect_03") if year == 2015 else ("P2", "P3")
+    (base / calib_dir / calib_name("000000")).write_text(f"{keys[0]}: {p2}\n{keys[1]}: {p3}\n")
+    assert bag_main(["make", "--from", f"kitti{year}:{tmp_path / 'kitti'}", "--out", str(tmp_path / "bag"), "--quiet"]) == 0
+    frame = next(read_frames(tmp_path / "bag"))
+    assert frame.camera.baseline_m == pytest.approx((44.86 + 339.5) / 721.5, rel=1e-6)  # ~0.53 m, KITTI's rig
+    assert float(frame.gt_disparity[25, 55]) == 30.0 and np.isnan(frame.gt_disparity[0, 0])

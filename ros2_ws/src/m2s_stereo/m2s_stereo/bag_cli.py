@@ -1,7 +1,7 @@
 """``m2s-bag``: make stereo bags from image folders, KITTI 2015 or a synthesized dataset; summarise bags.
 
     m2s-bag make --from folder:DIR --out BAG [--calib CALIB_DIR] [--storage mcap] [--rate 10]
-    m2s-bag make --from kitti2015:DIR --out BAG
+    m2s-bag make --from kitti2015:DIR --out BAG          (or kitti2012:DIR)
     m2s-bag make --from synth:DATASET --out BAG [--focal 500 --baseline 0.1]
     m2s-bag info BAG
 """
@@ -30,12 +30,12 @@ def _make(args: argparse.Namespace) -> int:
     if kind == "folder":
         camera = StereoCamera.from_dir(args.calib) if args.calib else None
         frames = frames_from_folder(root, camera, args.rate, start)
-    elif kind == "kitti2015":
-        frames = frames_from_kitti(root, args.rate, start)
+    elif kind in ("kitti2015", "kitti2012"):
+        frames = frames_from_kitti(root, int(kind[-4:]), args.rate, start)
     elif kind == "synth":
         frames = frames_from_synth(root, args.rate, start, args.focal, args.baseline)
     else:
-        raise BagError(f"unknown source kind '{kind}': use folder, kitti2015 or synth")
+        raise BagError(f"unknown source kind '{kind}': use folder, kitti2015, kitti2012 or synth")
     if args.limit:
         import itertools
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="m2s-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("make", help="write a stereo bag (left/right image_rect, camera_info, optional gt/disparity)")
-    p.add_argument("--from", dest="source", required=True, help="folder:DIR | kitti2015:DIR | synth:DATASET")
+    p.add_argument("--from", dest="source", required=True, help="folder:DIR | kitti2015:DIR | kitti2012:DIR | synth:DATASET")
     p.add_argument("--out", required=True, help="new bag directory")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3", help="rosbag2 storage (default sqlite3)")
     p.add_argument("--rate", type=float, default=10.0, help="frames per second of the stamps (default 10)")

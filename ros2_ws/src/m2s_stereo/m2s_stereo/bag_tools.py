@@ -396,7 +396,8 @@ def frames_from_synth(root: Path, rate_hz: float, start_ns: int, focal_px: float
 
 
 def parse_kitti_calib(path: Path, width: int, height: int) -> StereoCamera:
-    """KITTI calib_cam_to_cam (P_rect_02 / P_rect_03 of the colour cameras) as a rectified pair."""
+    """KITTI colour-camera projections as a rectified pair: ``P_rect_02``/``P_rect_03`` (2015
+    calib_cam_to_cam) or ``P2``/``P3`` (2012 calib)."""
     from calib.camera import CameraInfo
 
     values = {}
@@ -404,34 +405,42 @@ def parse_kitti_calib(path: Path, width: int, height: int) -> StereoCamera:
         key, _, rest = line.partition(":")
         values[key.strip()] = rest
     try:
-        p2 = np.array(values["P_rect_02"].split(), np.float64).reshape(3, 4)
-        p3 = np.array(values["P_rect_03"].split(), np.float64).reshape(3, 4)
+        left_key, right_key = ("P_rect_02", "P_rect_03") if "P_rect_02" in values else ("P2", "P3")
+        p2 = np.array(values[left_key].split(), np.float64).reshape(3, 4)
+        p3 = np.array(values[right_key].split(), np.float64).reshape(3, 4)
     except (KeyError, ValueError):
-        raise BagError(f"{path}: expected P_rect_02 and P_rect_03 (KITTI calib_cam_to_cam format)") from None
+        raise BagError(f"{path}: expected P_rect_02/P_rect_03 (2015) or P2/P3 (2012) projection lines") from None
     # express both relative to camera 2 so that the left projection has P[0,3] = 0
     p3 = p3.copy()
     p3[:, 3] -= p2[:, 3]
     p2 = p2.copy()
     p2[:, 3] = 0
-    k2, k3 = p2[:, :3], p3[:, :3]
-    return StereoCamera(CameraInfo(width, height, k2, np.zeros(5), np.eye(3), p2, "plumb_bob", "image_2"),
-                        CameraInfo(width, height, k3, np.zeros(5), np.eye(3), p3, "plumb_bob", "image_3"))
+    return StereoCamera(CameraInfo(width, height, p2[:, :3], np.zeros(5), np.eye(3), p2, "plumb_bob", "left"),
+                        CameraInfo(width, height, p3[:, :3], np.zeros(5), np.eye(3), p3, "plumb_bob", "right"))
 
 
-def frames_from_kitti(root: Path, rate_hz: float, start_ns: int) -> Iterator[Frame]:
-    """KITTI 2015 training pairs (image_2/3, *_10.png) with disp_occ_0 GT and per-frame calibration."""
+KITTI_LAYOUT = {  # year: (left dir, right dir, GT dir, calib dir, calib file name from the frame id)
+    2015: ("image_2", "image_3", "disp_occ_0", "calib_cam_to_cam", lambda frame: f"{frame}.txt"),
+    2012: ("colored_0", "colored_1", "disp_occ", "calib", lambda frame: f"{frame}_10.txt"),
+}
+
+
+def frames_from_kitti(root: Path, year: int, rate_hz: float, start_ns: int) -> Iterator[Frame]:
+    """KITTI 2015 / 2012 training pairs (``*_10.png``) with their sparse GT and per-frame calibration."""
     from calib.image_io import read_rgb
     from m2s_train.data.stereo_datasets import read_kitti_disparity
 
+    left_dir, right_dir, gt_dir, calib_dir, calib_name = KITTI_LAYOUT[year]
     base = root / "training" if (root / "training").is_dir() else root
-    for sub in ("image_2", "image_3", "disp_occ_0", "calib_cam_to_cam"):
+    for sub in (left_dir, right_dir, gt_dir, calib_dir):
         if not (base / sub).is_dir():
-            raise BagError(f"{base}: missing {sub}/ (KITTI 2015 training layout)")
-    for i, lp in enumerate(sorted((base / "image_2").glob("*_10.png"))):
-        left, right = read_rgb(lp), read_rgb(base / "image_3" / lp.name)
+            raise BagError(f"{base}: missing {sub}/ (KITTI {year} training layout)")
+    lefts = sorted((base / left_dir).glob("*_10.png"))
+    if not lefts:
+        raise BagError(f"{base / left_dir}: no *_10.png images")
+    for i, lp in enumerate(lefts):
+        left, right = read_rgb(lp), read_rgb(base / right_dir / lp.name)
         h, w = left.shape[:2]
-        cam = parse_kitti_calib(base / "calib_cam_to_cam" / (lp.stem.split("_")[0] + ".txt"), w, h)
-        gt = read_kitti_disparity(base / "disp_occ_0" / lp.name)
+        cam = parse_kitti_calib(base / calib_dir / calib_name(lp.stem.split("_")[0]), w, h)
+        gt = read_kitti_disparity(base / gt_dir / lp.name)
         yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt)
-
-
