@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from calib import StereoCamera
-from m2s_stereo.image_codec import float_image
+from m2s_stereo.image_codec import byte_array, float_image
 
 DELTA_D = 1.0 / 32.0  # the network regresses continuous disparity; report a fine increment
 
@@ -65,7 +65,7 @@ def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any,
     msg.point_step = 16
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = not organized
-    msg.data = packed.tobytes()
+    msg.data = byte_array(packed)
     return msg
 
 
