@@ -96,16 +96,12 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     s_span = np.where((s_gap <= max_gap) & (s_next_col == s_col + 1), s_gap, np.float32(np.nan))
 
     # For every right-view pixel t: the last visible sample with x_R <= t, i.e. ceil(x_R) <= t ("prev").
-    # Each sample is written at its slot row * (w + 1) + ceil(x_R) + 1 (the last one wins a
-    # shared slot), then a running maximum carries it to the right-view pixels after it.
+    # Samples are sorted by slot = row * (w + 1) + ceil(x_R) + 1 and numbered 1..n, so the last one
+    # with slot <= k is simply the count of samples with slot <= k: a histogram and a running sum.
     row_key = (np.arange(h, dtype=np.int32) * (w + 1) + 1)[:, None]
     slot = (np.clip(np.ceil(xt), -1, w - 1).astype(np.int32) + row_key)[visible_src]
-    last_in_slot = np.empty(n, dtype=bool)
-    np.not_equal(slot[1:], slot[:-1], out=last_in_slot[:-1])
-    last_in_slot[-1:] = True
-    table = np.zeros(h * (w + 1), dtype=np.int32)
-    table[slot[last_in_slot]] = np.flatnonzero(last_in_slot).astype(np.int32) + 1
-    prev = np.maximum.accumulate(table).reshape(h, w + 1)[:, 1:]  # H,W (may point into an earlier row)
+    counts = np.bincount(slot, minlength=h * (w + 1))
+    prev = np.cumsum(counts, dtype=np.int32).reshape(h, w + 1)[:, 1:]  # H,W (may point into an earlier row)
     prev_ok = prev >= row_start[:, None]
 
     t = xs[None, :]
@@ -113,7 +109,7 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     map_x = off / np.take(s_span, prev)
     map_x += np.take(s_col, prev)
     good = prev_ok & np.isfinite(map_x)
-    np.copyto(map_x, np.float32(-1.0), where=~good)
+    np.copyto(map_x, np.float32(-2.0), where=~good)  # -2: fully outside, so remap gives 0 there
 
     # The rest (discontinuities, skipped occluded pixels, row starts): the sample within half a
     # pixel, linear interpolation only between adjacent source pixels, else a hole.
@@ -124,7 +120,7 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     x_p, c_p, g_p, cn_p = (np.take(a, p) for a in (s_xt, s_col, s_gap, s_next_col))
     o_p = tt - x_p
     interp = p_ok & (g_p <= max_gap)
-    fix = np.full(rows_f.size, -1.0, dtype=np.float32)
+    fix = np.full(rows_f.size, -2.0, dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         fix[interp] = np.where(o_p / g_p < 0.5, c_p, cn_p)[interp]
     loose = p_ok & ~interp
@@ -143,8 +139,7 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     map_y = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
     right = cv2.remap(image, map_x, np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    right = right.reshape(image.shape)
-    right[hole] = 0
+    right = right.reshape(image.shape)  # holes sample only the zero border (map_x = -2)
     # x_R = x_L - d is linear along the interpolated source, so the right-view disparity is exact.
     right_disp = map_x - t
     right_disp[hole] = np.nan
