@@ -179,50 +179,48 @@ def disparity_to_points(
     Returns:
         :class:`PointCloud`.
     """
-    disparity = _check_image_2d("disparity", disparity)
-    if int(stride) != stride or stride < 1:
-        raise ShapeError(f"stride must be an integer >= 1, got {stride}")
+    disparity, colors = _decimate("disparity", disparity, colors, stride)
     fy = _check_positive("fy", fy)
-    if colors is not None:
-        colors = np.asarray(colors)
-        if colors.shape[:2] != disparity.shape or colors.ndim not in (2, 3) or (
-            colors.ndim == 3 and colors.shape[2] != 3
-        ):
-            raise ShapeError(
-                f"colors must be HxWx3 or HxW matching disparity {disparity.shape}, got {colors.shape}"
-            )
-        if colors.dtype != np.uint8:
-            raise ShapeError(f"colors must be uint8, got {colors.dtype}")
-        if colors.ndim == 2:
-            colors = np.repeat(colors[:, :, None], 3, axis=2)
-    if stride > 1:
-        disparity = disparity[::stride, ::stride]
-        if colors is not None:
-            colors = colors[::stride, ::stride]
     depth = disparity_to_depth(disparity, fx, baseline_m, doffs, min_depth, max_depth)
-    return depth_to_points(depth, fx=fx, fy=fy, cx=cx, cy=cy, colors=colors, organized=organized, stride=stride,
-                           _strided=True)
+    return _back_project(depth, fx, fy, cx, cy, colors, organized, stride)
 
 
 def depth_to_points(depth: np.ndarray, *, fx: float, fy: float, cx: float, cy: float, colors: np.ndarray | None = None,
-                    organized: bool = True, stride: int = 1, _strided: bool = False) -> PointCloud:
+                    organized: bool = True, stride: int = 1) -> PointCloud:
     """Back-project a depth map (metres, NaN = invalid) like :func:`disparity_to_points`.
 
     ``X = (u - cx) * Z / fx``, ``Y = (v - cy) * Z / fy``; ``stride`` decimates (``u = column * stride``).
     Use it when the depth is already computed (the ROS node publishes both).
     """
-    depth = _check_image_2d("depth", depth)
+    depth, colors = _decimate("depth", depth, colors, stride)
     fx, fy = _check_positive("fx", fx), _check_positive("fy", fy)
-    if not _strided and stride > 1:
-        depth = depth[::stride, ::stride]
-        if colors is not None:
-            colors = np.asarray(colors)[::stride, ::stride]
+    return _back_project(depth, fx, fy, cx, cy, colors, organized, stride)
+
+
+def _decimate(name: str, image: np.ndarray, colors: np.ndarray | None,
+              stride: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check ``image`` (HxW), ``stride`` and ``colors`` (HxWx3 or HxW uint8, mono replicated to RGB),
+    then keep every ``stride``-th row and column of both."""
+    image = _check_image_2d(name, image)
+    if int(stride) != stride or stride < 1:
+        raise ShapeError(f"stride must be an integer >= 1, got {stride}")
     if colors is not None:
         colors = np.asarray(colors)
-        if colors.shape[:2] != depth.shape:
-            raise ShapeError(f"colors {colors.shape[:2]} must match the depth map {depth.shape}")
+        if colors.shape[:2] != image.shape or colors.ndim not in (2, 3) or (colors.ndim == 3 and colors.shape[2] != 3):
+            raise ShapeError(f"colors must be HxWx3 or HxW matching {name} {image.shape}, got {colors.shape}")
+        if colors.dtype != np.uint8:
+            raise ShapeError(f"colors must be uint8, got {colors.dtype}")
         if colors.ndim == 2:
             colors = np.repeat(colors[:, :, None], 3, axis=2)
+    if stride > 1:
+        image = image[::stride, ::stride]
+        colors = None if colors is None else colors[::stride, ::stride]
+    return image, colors
+
+
+def _back_project(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float, colors: np.ndarray | None,
+                  organized: bool, stride: int) -> PointCloud:
+    """Points of an already decimated depth map whose pixel (i, j) is full-resolution (i, j) * stride."""
     depth = depth.astype(np.float32, copy=False)
     h, w = depth.shape
     if not organized:  # compute only the valid points (no HxWx3 intermediate, no gather of it)
