@@ -34,20 +34,28 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+_RUN_FIELDS = ("model", "init", "steps", "batch_size", "lr", "seed", "num_workers", "checkpoint_every", "crop")
+
+
+def _run_overrides(args: argparse.Namespace, prefix: str = "") -> dict:
+    """TrainConfig overrides from the flags pretrain and finetune share (absent flags -> None)."""
+    out = {prefix + f: getattr(args, f, None) for f in _RUN_FIELDS}
+    out[prefix + "datasets"] = args.dataset
+    return out
+
+
+def _print_on_rank0(summary: dict) -> None:
+    if os.environ.get("RANK", "0") == "0":  # one summary line per torchrun job, not one per process
+        print(json.dumps(summary))
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from m2s_train.train import TrainConfig, train
 
-    overrides = {
-        "model": args.model, "init": args.init, "datasets": args.dataset, "steps": args.steps,
-        "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "num_workers": args.num_workers,
-        "checkpoint_every": args.checkpoint_every, "crop": args.crop, "train_iters": args.train_iters,
-        "freeze_bn": True if args.freeze_bn else None,
-        "mixed_precision": False if args.no_amp else None,
-    }
+    overrides = {**_run_overrides(args), "train_iters": args.train_iters,
+                 "freeze_bn": True if args.freeze_bn else None, "mixed_precision": False if args.no_amp else None}
     config = load_config(TrainConfig, args.config, overrides)
-    summary = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(summary))
+    _print_on_rank0(train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet))
     return 0
 
 
@@ -55,11 +63,7 @@ def _finetune_config(args: argparse.Namespace):
     from m2s_train.finetune import FinetuneConfig
 
     return load_config(FinetuneConfig, args.config, {
-        "train.model": args.model, "train.init": args.init, "train.datasets": args.dataset,
-        "train.steps": getattr(args, "steps", None), "train.batch_size": getattr(args, "batch_size", None),
-        "train.lr": getattr(args, "lr", None), "train.seed": getattr(args, "seed", None),
-        "train.crop": getattr(args, "crop", None), "train.num_workers": getattr(args, "num_workers", None),
-        "train.checkpoint_every": getattr(args, "checkpoint_every", None),
+        **_run_overrides(args, "train."),
         "s2dkd.enabled": False if getattr(args, "no_s2dkd", False) else None,
         "s2dkd.lambda_kd": getattr(args, "lambda_kd", None), "s2dkd.lambda_grad": getattr(args, "lambda_grad", None),
         "s2dkd.width": getattr(args, "kd_width", None), "sparsify": getattr(args, "sparsify", None),
@@ -78,11 +82,22 @@ def _cache_mono(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from m2s_train.finetune import run_finetune
 
-    summary = run_finetune(_finetune_config(args), args.out, resume=args.resume, device=args.device,
-                           progress=not args.quiet)
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(summary))
+    _print_on_rank0(run_finetune(_finetune_config(args), args.out, resume=args.resume, device=args.device,
+                                 progress=not args.quiet))
     return 0
+
+
+def _run_flags(p: argparse.ArgumentParser, out_help: str) -> None:
+    """Flags of a training run, shared by pretrain and finetune (map to TrainConfig fields)."""
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--steps", type=int, help="total optimizer steps")
+    p.add_argument("--batch-size", type=int, help="pairs per step and process")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="random crop size, px")
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--seed", type=int, help="seed for weights, sample order and augmentation")
+    p.add_argument("--num-workers", type=int, help="data loader worker processes per training process")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
 
 
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
@@ -156,22 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoints every N steps (safetensors + optimizer/scheduler/RNG state). Flags override the "
                     "YAML config. Multi-GPU / multi-node: torchrun --nproc-per-node N -m m2s_train.cli pretrain ...")
     p.add_argument("--config", help="YAML config (configs/train/*.yaml)")
-    p.add_argument("--out", required=True, help="run directory: checkpoints/, tensorboard/, train_summary.json")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    _run_flags(p, "run directory: checkpoints/, tensorboard/, train_summary.json")
     p.add_argument("--model", help="registered model name (igev, igev-rt, igev-tiny)")
     p.add_argument("--init", help="checkpoint directory to initialise the weights from")
     p.add_argument("--dataset", action="append",
                    help="kind:path[:half] (synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder); repeatable")
-    p.add_argument("--steps", type=int, help="total optimizer steps")
-    p.add_argument("--batch-size", type=int, help="pairs per step and process")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="random crop size, px")
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--train-iters", type=int, help="GRU iterations during training (default: the model's)")
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--seed", type=int, help="seed for weights, sample order and augmentation")
-    p.add_argument("--num-workers", type=int, help="data loader worker processes per training process")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
     add_common_flags(p)
     p.set_defaults(handler=_pretrain)
@@ -189,20 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "pixels + lambda_grad * L1 of disparity gradients vs the aligned monocular teacher. The teacher "
                     "cache is filled first (see cache-mono). --no-s2dkd gives plain sparse fine-tuning.")
     _teacher_flags(p)
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    _run_flags(p, "run directory: checkpoints/, tensorboard/, train_summary.json")
     p.add_argument("--sparsify", choices=["lidar-like"], help="turn dense GT into KITTI-like sparse labels")
     p.add_argument("--no-s2dkd", action="store_true", help="sparse loss only (the ablation baseline)")
     p.add_argument("--lambda-kd", type=float, help="weight of the KL distillation term")
     p.add_argument("--lambda-grad", type=float, help="weight of the gradient (structure) term")
     p.add_argument("--kd-width", type=float, help="Laplacian width of the target distribution, candidates")
-    p.add_argument("--steps", type=int, help="total optimizer steps")
-    p.add_argument("--batch-size", type=int, help="pairs per step and process")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="random crop size, px")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--seed", type=int, help="seed")
-    p.add_argument("--num-workers", type=int, help="data loader workers per process")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     add_common_flags(p)
     p.set_defaults(handler=_finetune)
 
