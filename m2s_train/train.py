@@ -303,10 +303,11 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
         writer.close()
     divergence = rank_divergence(_unwrap(model)) if info.world > 1 else 0.0
     seconds = time.perf_counter() - t0
+    final = latest_checkpoint(out) if info.main else None
     summary = {"steps": step, "seconds": round(seconds, 2), "world_size": info.world, "device": str(info.device),
                "max_weight_difference_across_ranks": divergence,
                "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
-               "checkpoint": str(latest_checkpoint(out)) if info.main and latest_checkpoint(out) else None}
+               "checkpoint": str(final) if final else None}
     if info.main:
         (out / "train_summary.json").write_text(json.dumps({**summary, "config": full_config}, indent=2) + "\n")
     return summary
