@@ -12,6 +12,7 @@ is a disocclusion hole. Everything is vectorised over the whole image.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import cv2
@@ -36,7 +37,18 @@ class WarpResult(NamedTuple):
     right_disparity: np.ndarray
 
 
-def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0) -> WarpResult:
+@functools.cache
+def _numba_kernel():
+    """The compiled source-map kernel, or None where numba is not installed."""
+    try:
+        from m2s_train.synth._warp_numba import warp_maps
+    except ImportError:
+        return None
+    return warp_maps
+
+
+def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0,
+                 backend: str = "auto") -> WarpResult:
     """Warp the left image to the right view with ``x_R = x_L - d``.
 
     Args:
@@ -44,6 +56,9 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
         disparity: HxW left disparity in pixels, >= 0; NaN/inf/negative pixels are ignored.
         max_gap: visible neighbours further apart than this (right-view pixels) leave a hole
             between them instead of being interpolated (a depth discontinuity).
+        backend: ``"numba"`` (one compiled pass per row, ~3x faster), ``"numpy"`` (whole-image
+            array passes, no extra dependency), or ``"auto"``: numba when it is installed. Both
+            compute the same source map bit for bit.
 
     Returns:
         :class:`WarpResult`.
@@ -57,7 +72,42 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     if max_gap < 1.0:
         raise ShapeError(f"max_gap must be >= 1 pixel, got {max_gap}")
 
-    d = disparity.astype(np.float32, copy=False)
+    d = np.ascontiguousarray(disparity, dtype=np.float32)
+    if backend == "auto":
+        backend = "numba" if _numba_kernel() is not None else "numpy"
+    if backend == "numba":
+        kernel = _numba_kernel()
+        if kernel is None:
+            raise ShapeError("forward_warp(backend='numba') needs numba: pip install numba "
+                             "(or use backend='numpy')")
+        map_xy = np.empty((h, w, 2), np.float32)
+        hole = np.empty((h, w), bool)
+        visible = np.empty((h, w), bool)
+        right_disp = np.empty((h, w), np.float32)
+        kernel(d, np.float32(max_gap), map_xy, hole, visible, right_disp)
+        right = cv2.remap(image, map_xy, None, cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return WarpResult(right.reshape(image.shape), hole, visible, right_disp)
+    if backend != "numpy":
+        raise ShapeError(f"forward_warp backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+    map_x, visible = _maps_numpy(d, max_gap)
+    xs = np.arange(w, dtype=np.float32)
+    t = xs[None, :]
+    hole = map_x < 0
+
+    map_y = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
+    right = cv2.remap(image, map_x, np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    right = right.reshape(image.shape)  # holes sample only the zero border (map_x = -2)
+    # x_R = x_L - d is linear along the interpolated source, so the right-view disparity is exact.
+    right_disp = map_x - t
+    right_disp[hole] = np.nan
+    return WarpResult(right, hole, visible, right_disp)
+
+
+def _maps_numpy(d: np.ndarray, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """The source column of every right-view pixel (-2 = hole) and the visible mask, in numpy."""
+    h, w = d.shape
     with np.errstate(invalid="ignore"):
         usable = np.isfinite(d) & (d >= 0)
     xs = np.arange(w, dtype=np.float32)
@@ -121,11 +171,11 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     o_p = tt - x_p
     interp = p_ok & (g_p <= max_gap)
     fix = np.full(rows_f.size, -2.0, dtype=np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows without samples see the sentinel
         fix[interp] = np.where(o_p / g_p < 0.5, c_p, cn_p)[interp]
-    loose = p_ok & ~interp
-    fix[loose & (o_p <= 0.5)] = c_p[loose & (o_p <= 0.5)]
-    take_next = loose & (o_p > 0.5) & (cn_p >= 0) & (x_p + g_p - tt <= 0.5)
+        loose = p_ok & ~interp
+        fix[loose & (o_p <= 0.5)] = c_p[loose & (o_p <= 0.5)]
+        take_next = loose & (o_p > 0.5) & (cn_p >= 0) & (x_p + g_p - tt <= 0.5)
     fix[take_next] = cn_p[take_next]
     # before the first sample of a row: that sample, if within half a pixel
     first = row_start[rows_f]
@@ -134,15 +184,5 @@ def forward_warp(image: np.ndarray, disparity: np.ndarray, max_gap: float = 2.0)
     take_first = has_first & (s_xt[first_c] - tt <= 0.5)
     fix[take_first] = s_col[first_c][take_first]
     map_x[rows_f, cols_f] = fix
-    hole = map_x < 0
-
-    map_y = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
-    right = cv2.remap(image, map_x, np.ascontiguousarray(map_y), cv2.INTER_LINEAR,
-                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    right = right.reshape(image.shape)  # holes sample only the zero border (map_x = -2)
-    # x_R = x_L - d is linear along the interpolated source, so the right-view disparity is exact.
-    right_disp = map_x - t
-    right_disp[hole] = np.nan
-
     visible = visible_src & (xt >= -0.5) & (xt <= w - 0.5)
-    return WarpResult(right, hole, visible, right_disp)
+    return map_x, visible

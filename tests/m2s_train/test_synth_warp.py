@@ -114,3 +114,41 @@ class TestRoundTrip:
         assert ok.mean() > 0.75
         diff = np.abs(recon.astype(np.int16) - left.astype(np.int16))[ok]
         assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 10
+
+
+def _disparity_case(kind: int, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == 0:  # smooth-ish sub-pixel values
+        return rng.uniform(0, 20, (h, w)).astype(np.float32)
+    if kind == 1:  # integers with negatives (ignored) and many collisions
+        return np.round(rng.uniform(-2, 30, (h, w))).astype(np.float32)
+    if kind == 2:  # NaN / inf holes in the input
+        d = rng.uniform(0, 10, (h, w)).astype(np.float32)
+        d[rng.random((h, w)) < 0.2] = np.nan
+        d[rng.random((h, w)) < 0.05] = np.inf
+        return d
+    if kind == 3:  # a nearer band: occlusion + disocclusion
+        d = np.full((h, w), rng.uniform(0, 5), np.float32)
+        d[:, w // 3 : w // 2] += rng.uniform(0, 20)
+        return d
+    return (rng.uniform(0, 1, (h, w)) * rng.choice([0.5, 3.0, 100.0, 1e30])).astype(np.float32)  # extremes
+
+
+class TestBackends:
+    """The compiled backend is the numpy algorithm in one pass per row: same output, bit for bit."""
+
+    def test_numba_equals_numpy_bit_for_bit(self):
+        pytest.importorskip("numba", reason="numba not installed (optional compiled warp backend)")
+        rng = np.random.default_rng(0)
+        for case in range(40):
+            h, w = int(rng.integers(1, 30)), int(rng.integers(1, 70))
+            img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+            d = _disparity_case(case % 5, h, w, rng)
+            max_gap = float(rng.choice([1.0, 1.7, 2.0, 5.0]))
+            a = forward_warp(img, d, max_gap, backend="numpy")
+            b = forward_warp(img, d, max_gap, backend="numba")
+            for name in a._fields:
+                np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=f"case {case}: {name}")
+
+    def test_unknown_backend_is_an_error(self):
+        with pytest.raises(ShapeError, match="backend"):
+            forward_warp(np.zeros((4, 5), np.uint8), np.zeros((4, 5), np.float32), backend="cuda")
