@@ -219,26 +219,54 @@ def _salvage_mcap(path: Path) -> Iterator[tuple[str, str, bytes]]:
             pos += 9 + length
 
 
-def _salvage_sqlite(path: Path) -> Iterator[tuple[str, str, bytes]]:
-    """(topic, msgtype, cdr) rows a damaged rosbag2 sqlite3 file still gives, in insertion order."""
+def _salvage_sqlite(path: Path, max_misses: int = 256) -> Iterator[tuple[str, str, bytes]]:
+    """(topic, msgtype, cdr) rows a damaged rosbag2 sqlite3 file still gives, in id order.
+
+    A file cut short still declares its full page count, which SQLite refuses as corrupt
+    unless ``writable_schema`` is on (then it reads only the pages that exist; the connection
+    is read-only, so nothing is written). Rows are scanned in id order; past the first
+    unreadable B-tree page, each later id is looked up on its own (its leaf may still be
+    there), until ``max_misses`` ids in a row cannot be read.
+    """
     import sqlite3
 
-    for db in sorted(path.glob("*.db3")):
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    for db in sorted(path.glob("*.db3")) if path.is_dir() else [path]:
         try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        except sqlite3.Error:
+            continue
+        try:
+            con.execute("PRAGMA writable_schema=ON")
             topics = {i: (n, t) for i, n, t in con.execute("SELECT id, name, type FROM topics")}
-            cur = con.execute("SELECT topic_id, data FROM messages ORDER BY id")
+        except sqlite3.DatabaseError:
+            con.close()
+            continue
+        last = 0
+        try:
+            cur = con.execute("SELECT id, topic_id, data FROM messages ORDER BY id")
             while True:
                 try:
                     row = cur.fetchone()
                 except sqlite3.DatabaseError:
-                    return
+                    break
                 if row is None:
-                    return
+                    break
+                last = row[0]
+                if row[1] in topics:
+                    yield topics[row[1]][0], topics[row[1]][1], bytes(row[2])
+            misses, rowid = 0, last
+            while misses < max_misses:
+                rowid += 1
+                try:
+                    row = con.execute("SELECT topic_id, data FROM messages WHERE id = ?", (rowid,)).fetchone()
+                except sqlite3.DatabaseError:
+                    row = None
+                if row is None:
+                    misses += 1
+                    continue
+                misses = 0
                 if row[0] in topics:
                     yield topics[row[0]][0], topics[row[0]][1], bytes(row[1])
-        except sqlite3.DatabaseError:
-            return
         finally:
             con.close()
 
@@ -252,9 +280,7 @@ def _raw_messages(path: Path, warnings: list[str] | None) -> tuple[set[str], Ite
             raise
         salvaged = list(_salvage_mcap(path)) if list(path.glob("*.mcap")) or path.suffix == ".mcap" else list(_salvage_sqlite(path))
         if not salvaged:
-            hint = (" (sqlite3 bags cut mid-file cannot be read piecewise; try 'sqlite3 BAG.db3 .recover', "
-                    "and record with --storage mcap, which survives truncation)") if list(path.glob("*.db3")) else ""
-            raise BagError(f"{exc}; no readable messages could be salvaged{hint}") from None
+            raise BagError(f"{exc}; no readable messages could be salvaged") from None
         if warnings is not None:
             warnings.append(f"{path} is damaged ({exc}); evaluating the {len(salvaged)} messages that could be read")
         return {t for t, _, _ in salvaged}, iter(salvaged)
