@@ -246,11 +246,11 @@ class StereoCamera:
         )
 
     def depth_to_points(self, depth: np.ndarray, colors: np.ndarray | None = None, *, organized: bool = True,
-                        stride: int = 1) -> geometry.PointCloud:
+                        stride: int = 1, out: np.ndarray | None = None) -> geometry.PointCloud:
         """Points from an already computed depth map (m, NaN invalid); see :func:`calib.geometry.depth_to_points`."""
         self._check_size(depth)
         return geometry.depth_to_points(depth, fx=self.focal_px, fy=self.fy, cx=self.cx, cy=self.cy, colors=colors,
-                                        organized=organized, stride=stride)
+                                        organized=organized, stride=stride, out=out)
 
     def _check_size(self, image: np.ndarray) -> None:
         h, w = np.shape(image)[:2]

@@ -79,13 +79,16 @@ def disparity_to_depth(
     disparity = _check_image_2d("disparity", disparity)
     focal_px = _check_positive("focal_px", focal_px)
     baseline_m = _check_positive("baseline_m", baseline_m)
-    shifted = disparity.astype(np.float64) + float(doffs)
-    depth = np.full(disparity.shape, np.nan, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
+    # float32 throughout (within 2 ulp of a float64 evaluation): the node runs this per frame
+    shifted = disparity.astype(np.float32, copy=bool(doffs))
+    if doffs:
+        shifted += np.float32(doffs)
+    depth = np.full(disparity.shape, np.nan, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
         valid = (disparity > 0) & (shifted > 0) & np.isfinite(shifted)
-    np.divide(focal_px * baseline_m, shifted, out=depth, where=valid)
+        np.divide(np.float32(focal_px * baseline_m), shifted, out=depth, where=valid)
     _apply_depth_range(depth, min_depth, max_depth)
-    return depth.astype(np.float32)
+    return depth
 
 
 def depth_to_disparity(
@@ -186,15 +189,25 @@ def disparity_to_points(
 
 
 def depth_to_points(depth: np.ndarray, *, fx: float, fy: float, cx: float, cy: float, colors: np.ndarray | None = None,
-                    organized: bool = True, stride: int = 1) -> PointCloud:
+                    organized: bool = True, stride: int = 1, out: np.ndarray | None = None) -> PointCloud:
     """Back-project a depth map (metres, NaN = invalid) like :func:`disparity_to_points`.
 
     ``X = (u - cx) * Z / fx``, ``Y = (v - cy) * Z / fy``; ``stride`` decimates (``u = column * stride``).
     Use it when the depth is already computed (the ROS node publishes both).
+
+    ``out`` (organised only): a float32 array of shape (h', w', k >= 3), h' x w' the decimated
+    size, whose first three channels receive X, Y, Z (e.g. the x/y/z slots of a point-cloud
+    message buffer, so no separate copy is packed); the result's points are a view of it.
     """
     depth, colors = _decimate("depth", depth, colors, stride)
     fx, fy = _check_positive("fx", fx), _check_positive("fy", fy)
-    return _back_project(depth, fx, fy, cx, cy, colors, organized, stride)
+    if out is not None:
+        if not organized:
+            raise ShapeError("depth_to_points(out=...) writes an organised cloud; organized must be True")
+        if out.dtype != np.float32 or out.ndim != 3 or out.shape[:2] != depth.shape or out.shape[2] < 3:
+            raise ShapeError(f"out must be float32 of shape {depth.shape + (3,)} or more channels, "
+                             f"got {out.dtype} {out.shape}")
+    return _back_project(depth, fx, fy, cx, cy, colors, organized, stride, out)
 
 
 def _decimate(name: str, image: np.ndarray, colors: np.ndarray | None,
@@ -219,7 +232,7 @@ def _decimate(name: str, image: np.ndarray, colors: np.ndarray | None,
 
 
 def _back_project(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float, colors: np.ndarray | None,
-                  organized: bool, stride: int) -> PointCloud:
+                  organized: bool, stride: int, out: np.ndarray | None = None) -> PointCloud:
     """Points of an already decimated depth map whose pixel (i, j) is full-resolution (i, j) * stride."""
     depth = depth.astype(np.float32, copy=False)
     h, w = depth.shape
@@ -234,7 +247,7 @@ def _back_project(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float,
         return PointCloud(points, None if colors is None else np.take(colors.reshape(-1, 3), keep, axis=0))
     u = np.arange(w, dtype=np.float32) * stride
     v = np.arange(h, dtype=np.float32) * stride
-    points = np.empty((h, w, 3), dtype=np.float32)
+    points = np.empty((h, w, 3), dtype=np.float32) if out is None else out[:, :, :3]
     # NaN depth propagates into X and Y, so invalid pixels are NaN in all three coordinates.
     np.multiply(depth, ((u - np.float32(cx)) / np.float32(fx))[None, :], out=points[:, :, 0])
     np.multiply(depth, ((v - np.float32(cy)) / np.float32(fy))[:, None], out=points[:, :, 1])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 from calib import StereoCamera
-from m2s_stereo.image_codec import byte_array, float_image
+from m2s_stereo.image_codec import byte_buffer, float_image, new_message
 
 DELTA_D = 1.0 / 32.0  # the network regresses continuous disparity; report a fine increment
 
@@ -15,9 +16,9 @@ DELTA_D = 1.0 / 32.0  # the network regresses continuous disparity; report a fin
 def disparity_msg(types: Any, disparity: np.ndarray, camera: StereoCamera, header: Any, max_disparity: float) -> Any:
     """stereo_msgs/DisparityImage. Values follow the message's convention d = x_l - x_r - (cx_l - cx_r),
     i.e. the network's disparity plus ``doffs``; invalid pixels are NaN."""
-    msg = types.DisparityImage()
+    msg = new_message(types.DisparityImage)
     msg.header = header
-    msg.image = float_image(types.Image, disparity + np.float32(camera.doffs), header)
+    msg.image = float_image(types.Image, disparity, header, offset=camera.doffs)
     msg.f = float(camera.focal_px)
     msg.t = float(camera.baseline_m)
     h, w = disparity.shape
@@ -42,21 +43,34 @@ _XYZRGB = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "
 def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any, *, colors: np.ndarray | None,
                organized: bool, stride: int) -> Any:
     """sensor_msgs/PointCloud2 (x, y, z float32 m in the left optical frame, optional packed rgb),
-    16 bytes per point, from the depth map the node already computed (NaN = invalid)."""
-    cloud = camera.depth_to_points(depth, colors, organized=organized, stride=stride)
-    pts = cloud.points.reshape(-1, 3)
-    packed = np.empty((pts.shape[0], 4), np.float32)  # x, y, z, rgb-bits: one contiguous buffer
-    packed[:, :3] = pts
-    packed[:, 3] = 0
-    if cloud.colors is not None:
-        c = cloud.colors.reshape(-1, 3).astype(np.uint32)
-        packed[:, 3] = ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).view(np.float32)
-    msg = types.PointCloud2()
+    16 bytes per point, from the depth map the node already computed (NaN = invalid).
+
+    The points are back-projected by the camera model straight into a 16-byte-per-point buffer
+    (the message's own buffer when organised; valid-only clouds are compressed into it).
+    """
+    h, w = depth[::stride, ::stride].shape
+    if organized:
+        data, view = byte_buffer(h * w * 16)
+        packed = view.view(np.float32).reshape(h, w, 4)
+    else:
+        packed = np.empty((h, w, 4), np.float32)
+    cloud = camera.depth_to_points(depth, colors, organized=True, stride=stride, out=packed)
+    rgb = packed[:, :, 3].view(np.uint32)
+    if cloud.colors is not None:  # 0x00RRGGBB little-endian = bytes B, G, R, 0
+        bgra = cv2.cvtColor(np.ascontiguousarray(cloud.colors), cv2.COLOR_RGB2BGRA).view(np.uint32)[:, :, 0]
+        np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=rgb)
+    else:
+        rgb[...] = 0
+    msg = new_message(types.PointCloud2)
     msg.header = header
     if organized:
-        msg.height, msg.width = cloud.points.shape[:2]
+        msg.height, msg.width = h, w
     else:
-        msg.height, msg.width = 1, pts.shape[0]
+        keep = np.isfinite(packed[:, :, 2]).reshape(-1)
+        n = int(np.count_nonzero(keep))
+        data, view = byte_buffer(n * 16)
+        np.compress(keep, packed.reshape(-1, 4), axis=0, out=view.view(np.float32).reshape(n, 4))
+        msg.height, msg.width = 1, n
     names = ["x", "y", "z"] + (["rgb"] if cloud.colors is not None else [])
     # rgb as FLOAT32 carrying the packed 0x00RRGGBB bits: the PCL / rviz convention
     msg.fields = [types.PointField(name=n, offset=4 * i, datatype=types.PointField.FLOAT32, count=1)
@@ -65,7 +79,7 @@ def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any,
     msg.point_step = 16
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = not organized
-    msg.data = byte_array(packed)
+    msg.data = data
     return msg
 
 
