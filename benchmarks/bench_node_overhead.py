@@ -1,6 +1,6 @@
 """Per-frame overhead of the ROS node outside inference, next to a memcpy of the same bytes.
 
-    python benchmarks/bench_node_overhead.py [--repeats 30]
+    python benchmarks/bench_node_overhead.py [--repeats 30] [--no-points | --valid-only]
 
 The node's frame path (image decode, camera model, disparity / depth / point-cloud messages,
 publish to a live subscriber over loopback DDS) is timed with a zero-cost runtime that returns
@@ -62,6 +62,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--no-points", action="store_true", help="disparity and depth only (publish_points off)")
+    parser.add_argument("--valid-only", action="store_true", help="cloud of the valid points only instead of the default "
+                        "organised HxW cloud (NaN = invalid)")
     args = parser.parse_args()
     rclpy.init()
     sink = subprocess.Popen([sys.executable, "-c", SINK])
@@ -72,7 +74,8 @@ def main() -> int:
         disparity = rng.uniform(1, 100, (h, w)).astype(np.float32)
         camera = StereoCamera.ideal(w, h, focal_px=w * 0.8, baseline_m=0.12)
         node = StereoNode(runtime=FixedDisparity(disparity), parameter_overrides=[Parameter("model_path", value="fixed"),
-                                                                                   Parameter("publish_points", value=not args.no_points)])
+                                                                                   Parameter("publish_points", value=not args.no_points),
+                                                                                   Parameter("points_organized", value=not args.valid_only)])
         while (node.pub_points.get_subscription_count() == 0 or node.pub_depth.get_subscription_count() == 0
                or node.pub_disp.get_subscription_count() == 0):
             time.sleep(0.05)

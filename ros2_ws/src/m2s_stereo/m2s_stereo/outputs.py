@@ -8,17 +8,18 @@ import cv2
 import numpy as np
 
 from calib import StereoCamera
-from m2s_stereo.image_codec import byte_buffer, float_image, new_message
+from m2s_stereo.image_codec import BufferPool, take_buffer, float_image, new_message
 
 DELTA_D = 1.0 / 32.0  # the network regresses continuous disparity; report a fine increment
 
 
-def disparity_msg(types: Any, disparity: np.ndarray, camera: StereoCamera, header: Any, max_disparity: float) -> Any:
+def disparity_msg(types: Any, disparity: np.ndarray, camera: StereoCamera, header: Any, max_disparity: float,
+                  pool: BufferPool | None = None) -> Any:
     """stereo_msgs/DisparityImage. Values follow the message's convention d = x_l - x_r - (cx_l - cx_r),
     i.e. the network's disparity plus ``doffs``; invalid pixels are NaN."""
     msg = new_message(types.DisparityImage)
     msg.header = header
-    msg.image = float_image(types.Image, disparity, header, offset=camera.doffs)
+    msg.image = float_image(types.Image, disparity, header, offset=camera.doffs, pool=pool, name="disparity")
     msg.f = float(camera.focal_px)
     msg.t = float(camera.baseline_m)
     h, w = disparity.shape
@@ -30,9 +31,9 @@ def disparity_msg(types: Any, disparity: np.ndarray, camera: StereoCamera, heade
     return msg
 
 
-def depth_msg(types: Any, depth: np.ndarray, header: Any) -> Any:
+def depth_msg(types: Any, depth: np.ndarray, header: Any, pool: BufferPool | None = None) -> Any:
     """REP 118 depth image: 32FC1 metres along the optical axis, NaN where unknown."""
-    return float_image(types.Image, depth, header)
+    return float_image(types.Image, depth, header, pool=pool, name="depth")
 
 
 _XYZ = np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8], "itemsize": 16})
@@ -41,7 +42,7 @@ _XYZRGB = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "
 
 
 def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any, *, colors: np.ndarray | None,
-               organized: bool, stride: int) -> Any:
+               organized: bool, stride: int, pool: BufferPool | None = None) -> Any:
     """sensor_msgs/PointCloud2 (x, y, z float32 m in the left optical frame, optional packed rgb),
     16 bytes per point, from the depth map the node already computed (NaN = invalid).
 
@@ -50,10 +51,10 @@ def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any,
     """
     h, w = depth[::stride, ::stride].shape
     if organized:
-        data, view = byte_buffer(h * w * 16)
+        data, view = take_buffer(pool, "points", h * w * 16)
         packed = view.view(np.float32).reshape(h, w, 4)
-    else:
-        packed = np.empty((h, w, 4), np.float32)
+    else:  # scratch: all pixels, compressed into the message buffer below
+        packed = take_buffer(pool, "points_scratch", h * w * 16)[1].view(np.float32).reshape(h, w, 4)
     cloud = camera.depth_to_points(depth, colors, organized=True, stride=stride, out=packed)
     rgb = packed[:, :, 3].view(np.uint32)
     if cloud.colors is not None:  # 0x00RRGGBB little-endian = bytes B, G, R, 0
@@ -68,7 +69,7 @@ def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any,
     else:
         keep = np.isfinite(packed[:, :, 2]).reshape(-1)
         n = int(np.count_nonzero(keep))
-        data, view = byte_buffer(n * 16)
+        data, view = take_buffer(pool, "points", n * 16)
         np.compress(keep, packed.reshape(-1, 4), axis=0, out=view.view(np.float32).reshape(n, 4))
         msg.height, msg.width = 1, n
     names = ["x", "y", "z"] + (["rgb"] if cloud.colors is not None else [])

@@ -47,7 +47,7 @@ PARAMS: tuple[Param, ...] = (
     Param(PUBLISH_DEPTH, True, "Publish a 32FC1 depth image (m) on 'depth' (when subscribed)"),
     Param(PUBLISH_POINTS, True, "Publish sensor_msgs/PointCloud2 on 'points2' (when subscribed)"),
     Param(POINT_STRIDE, 1, "Keep every n-th row and column in the point cloud", range=(1, 16)),
-    Param(POINTS_ORGANIZED, False, "Organised HxW cloud with NaN for invalid points (else valid points only)"),
+    Param(POINTS_ORGANIZED, True, "Organised HxW cloud with NaN for invalid points, as stereo_image_proc (else valid points only)"),
     Param(POINT_COLORS, True, "Add packed rgb from the left image to the point cloud"),
     Param(SYNC_MODE, "exact", "Pair left/right by exact stamps, or approximately within 'slop'", True, choices=SYNC_MODES),
     Param(SLOP, 0.01, "Approximate sync: largest stamp difference of a pair, seconds", True, range=(0.0, 1.0)),

@@ -28,7 +28,7 @@ from stereo_msgs.msg import DisparityImage
 from calib import CalibrationError, StereoCamera
 from m2s_export.runtime import load_runtime
 from m2s_stereo import params as P
-from m2s_stereo.image_codec import EncodingError, image_to_rgb8
+from m2s_stereo.image_codec import BufferPool, EncodingError, image_to_rgb8
 from m2s_stereo.outputs import depth_msg, disparity_msg, points_msg
 from m2s_stereo.sync import PairSynchronizer, stamp_ns
 
@@ -121,6 +121,7 @@ class StereoNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         self.slot = LatestSlot()
+        self.buffers = BufferPool()  # output buffers, refilled each frame (only the worker publishes)
         self.counts = {"pairs_in": 0, "published": 0, "bad_frames": 0}
         self.recent_in: deque[float] = deque(maxlen=200)
         self.recent_out: deque[float] = deque(maxlen=200)
@@ -215,14 +216,15 @@ class StereoNode(Node):
         disparity = np.where(invalid, np.float32(np.nan), disparity)
         header = left_msg.header
         if want_disp:
-            self.pub_disp.publish(disparity_msg(MSGS, disparity, camera, header, self.max_disparity * scale))
+            self.pub_disp.publish(disparity_msg(MSGS, disparity, camera, header, self.max_disparity * scale, self.buffers))
         if want_depth or want_points:  # one depth map serves both outputs
             depth = camera.disparity_to_depth(disparity, v[P.MIN_DEPTH], v[P.MAX_DEPTH])
         if want_depth:
-            self.pub_depth.publish(depth_msg(MSGS, depth, header))
+            self.pub_depth.publish(depth_msg(MSGS, depth, header, self.buffers))
         if want_points:
             self.pub_points.publish(points_msg(MSGS, camera, depth, header, colors=left if v[P.POINT_COLORS] else None,
-                                               organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE]))
+                                               organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE],
+                                               pool=self.buffers))
         self.counts["published"] += 1
         self.recent_out.append(time.monotonic())
         now_ns = self.get_clock().now().nanoseconds
