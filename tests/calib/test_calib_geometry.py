@@ -110,6 +110,19 @@ class TestDisparityToPoints:
         dec = cam.disparity_to_points(d, stride=4).points
         np.testing.assert_array_equal(dec, full[::4, ::4])
 
+    def test_depth_to_points_into_a_padded_buffer(self):
+        cam = StereoCamera.ideal(40, 30, focal_px=100.0, baseline_m=0.1)
+        z = np.full((30, 40), 2.0, np.float32)
+        z[3, 4] = np.nan
+        buf = np.full((8, 10, 4), 7.0, np.float32)  # stride 4: 8 x 10 points, a 4th channel left alone
+        cloud = cam.depth_to_points(z, stride=4, out=buf)
+        np.testing.assert_array_equal(buf[:, :, :3], cam.depth_to_points(z, stride=4).points)
+        assert np.shares_memory(cloud.points, buf) and (buf[:, :, 3] == 7.0).all()
+        with pytest.raises(ShapeError, match="organised"):
+            cam.depth_to_points(z, organized=False, out=np.empty((30, 40, 4), np.float32))
+        with pytest.raises(ShapeError, match="out must be float32"):
+            cam.depth_to_points(z, out=np.empty((30, 40, 2), np.float32))
+
     def test_checks(self):
         with pytest.raises(ShapeError, match="stride"):
             disparity_to_points(np.ones((4, 4)), fx=1, fy=1, cx=0, cy=0, baseline_m=1, stride=0)

@@ -100,6 +100,32 @@ def test_point_cloud_fields_and_values():
     assert flat.height == 1 and flat.width == 11 and flat.is_dense and len(flat.fields) == 3
 
 
+def test_output_buffers_are_reused_and_refilled():
+    from m2s_stereo.image_codec import BufferPool
+    from m2s_stereo.outputs import depth_msg
+
+    cam = StereoCamera.ideal(8, 6, focal_px=100.0, baseline_m=0.5)
+    pool = BufferPool()
+    header = MSGS.Image().header
+    first = points_msg(MSGS, cam, cam.disparity_to_depth(np.full((6, 8), 10.0, np.float32)), header,
+                       colors=None, organized=True, stride=1, pool=pool)
+    z_first = unpack_points(first)[..., 2].copy()
+    second = points_msg(MSGS, cam, cam.disparity_to_depth(np.full((6, 8), 20.0, np.float32)), header,
+                        colors=None, organized=True, stride=1, pool=pool)
+    assert second.data is first.data  # same buffer, no allocation
+    np.testing.assert_allclose(unpack_points(second)[..., 2], z_first / 2)
+    d1 = depth_msg(MSGS, np.ones((6, 8), np.float32), header, pool)
+    assert depth_msg(MSGS, np.ones((6, 8), np.float32), header, pool).data is d1.data
+    assert depth_msg(MSGS, np.ones((3, 8), np.float32), header, pool).data is not d1.data  # new size: new buffer
+    # valid-only clouds through the pool equal the organised cloud's finite points
+    d = np.full((6, 8), 10.0, np.float32)
+    d[2, 3] = np.nan
+    depth = cam.disparity_to_depth(d)
+    valid = points_msg(MSGS, cam, depth, header, colors=None, organized=False, stride=1, pool=pool)
+    org = unpack_points(points_msg(MSGS, cam, depth, header, colors=None, organized=True, stride=1)).reshape(-1, 3)
+    np.testing.assert_array_equal(unpack_points(valid), org[np.isfinite(org[:, 2])])
+
+
 class TestParamsAndLaunch:
     def test_validation(self, tmp_path):
         model = tmp_path / "m.onnx"
