@@ -7,7 +7,8 @@ exported to ONNX at that size (verified against PyTorch: the mean |Δd| is print
 ``infer`` is timed through the one runtime interface for PyTorch eager (CPU, or CUDA when
 present), onnxruntime CPU, and onnxruntime CUDA / TensorRT execution providers where present.
 Median and p95 of the whole ``infer`` call (pre-processing, model, post-processing), and each
-backend's ratio to PyTorch eager from the same run.
+backend's ratio to PyTorch eager from the same run; the backends take turns (round-robin), so
+load on the machine affects them alike.
 """
 
 from __future__ import annotations
@@ -25,13 +26,17 @@ from m2s_export.runtime import OnnxRuntime, TorchRuntime
 from m2s_train.models import create_model, save_model
 
 
-def timed(runtime, left, right, repeats: int) -> dict[str, float]:
-    runtime.infer(left, right)  # warm-up (graph optimisation, allocations)
-    for q in runtime.timings.values():
-        q.clear()
+def timed(runtimes: dict, left, right, repeats: int) -> dict[str, dict[str, float]]:
+    """Round-robin: each repeat runs every backend once, so a slow spell of this shared machine
+    hits all of them alike instead of skewing one backend's figures."""
+    for rt in runtimes.values():
+        rt.infer(left, right)  # warm-up (graph optimisation, allocations)
+        for q in rt.timings.values():
+            q.clear()
     for _ in range(repeats):
-        runtime.infer(left, right)
-    return runtime.stats()["total"]
+        for rt in runtimes.values():
+            rt.infer(left, right)
+    return {label: rt.stats()["total"] for label, rt in runtimes.items()}
 
 
 def main() -> int:
@@ -66,8 +71,7 @@ def main() -> int:
                     if provider in providers:
                         runtimes[label] = OnnxRuntime(onnx_path, providers=[provider, "CPUExecutionProvider"])
                 base = None
-                for label, rt in runtimes.items():
-                    s = timed(rt, left, right, args.repeats)
+                for label, s in timed(runtimes, left, right, args.repeats).items():
                     base = base or s["median_ms"]
                     print(f"{name:8s} {size:>8s} {label:22s} {s['median_ms']:10.1f} {s['p95_ms']:9.1f} {s['median_ms'] / base:8.2f}x")
                 print(f"{name:8s} {size:>8s} onnx parity vs torch: mean |Δd| <= {parity:.2e} px over the verification pairs")

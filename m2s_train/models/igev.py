@@ -145,37 +145,48 @@ def disparity_band(corr: torch.Tensor, candidates: int) -> torch.Tensor:
     return band.permute(0, 1, 4, 2, 3)
 
 
-def linear_lookup(volume: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def pad_for_lookup(volume: torch.Tensor) -> torch.Tensor:
+    """``volume`` with one zero on each end of its last axis, as :func:`linear_lookup` wants it
+    (pad a volume once when it is looked up many times, e.g. in every GRU iteration)."""
+    return F.pad(volume, (1, 1))
+
+
+def linear_lookup(volume: torch.Tensor, positions: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
     """Sample ``volume[..., L]`` at fractional ``positions[..., K]`` (linear, zero outside [0, L-1]).
 
     Shapes: volume B,H,W,C,L; positions B,H,W,K -> B,H,W,C,K. Equals ``grid_sample`` with
     ``align_corners=True`` and zero padding along one axis, built from floor/gather/mul only.
+    ``padded``: ``volume`` already comes from :func:`pad_for_lookup` (its L includes the pads).
+    Out-of-range samples read the zero pads (no mask), and both neighbours of every position are
+    read by one gather.
     """
-    length = volume.shape[-1]
+    if not padded:
+        volume = pad_for_lookup(volume)
+    last = volume.shape[-1] - 1  # the right-hand zero pad
     p0 = torch.floor(positions)
     frac = (positions - p0).unsqueeze(3)  # B,H,W,1,K
-    i0 = p0.long()
-    i1 = i0 + 1
-    c = volume.shape[3]
-
-    def take(index: torch.Tensor) -> torch.Tensor:
-        inside = ((index >= 0) & (index < length)).unsqueeze(3).to(volume.dtype)
-        idx = index.clamp(0, length - 1).unsqueeze(3).expand(-1, -1, -1, c, -1)
-        return torch.gather(volume, 4, idx) * inside
-
-    return take(i0) * (1 - frac) + take(i1) * frac
+    k = positions.shape[-1]
+    index = torch.cat([p0 + 1, p0 + 2], -1).clamp(0, last).long()  # +1: the left pad
+    both = torch.gather(volume, 4, index.unsqueeze(3).expand(-1, -1, -1, volume.shape[3], -1))
+    return both[..., :k] * (1 - frac) + both[..., k:] * frac
 
 
-def convex_upsample(disp_low: torch.Tensor, weights: torch.Tensor, factor: int = 4) -> torch.Tensor:
+def convex_upsample(disp_low: torch.Tensor, logits: torch.Tensor, factor: int = 4) -> torch.Tensor:
     """Full-resolution disparity as a per-pixel convex combination of the 3x3 low-res neighbours.
 
-    disp_low B,1,h,w (in full-resolution px); weights B,9,h*f,w*f (softmax over the 9) -> B,1,H,W.
+    disp_low B,1,h,w (in full-resolution px); logits B,9,h*f,w*f, whose softmax over the 9 are
+    the weights -> B,1,H,W. In ONNX export the softmax is written out and normalised after the
+    sum (same values to float rounding): onnxruntime's Softmax over a 9-wide non-last axis costs
+    ~6x the whole written-out form at 640x480, while PyTorch's is faster than the written-out form.
     """
     b, _, h, w = disp_low.shape
     padded = F.pad(disp_low, (1, 1, 1, 1), mode="replicate")
     neighbours = torch.cat([padded[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 1)
     neighbours = F.interpolate(neighbours, scale_factor=factor, mode="nearest")  # B,9,H,W
-    return (neighbours * weights).sum(1, keepdim=True)
+    if torch.onnx.is_in_onnx_export():
+        e = torch.exp(logits - logits.amax(1, keepdim=True))
+        return (neighbours * e).sum(1, keepdim=True) / e.sum(1, keepdim=True)
+    return (neighbours * F.softmax(logits, 1)).sum(1, keepdim=True)
 
 
 class IGEVStereo(nn.Module):
@@ -222,15 +233,17 @@ class IGEVStereo(nn.Module):
 
     def _lookup(self, geo: list[torch.Tensor], corr: list[torch.Tensor], disp: torch.Tensor,
                 coords: torch.Tensor) -> torch.Tensor:
-        """Look-up features around ``disp`` (B,1,h,w, 1/4-res px): B, levels*(2r+1)*(G+1), h, w."""
+        """Look-up features around ``disp`` (B,1,h,w, 1/4-res px): B, levels*(2r+1)*(G+1), h, w.
+
+        ``geo`` and ``corr`` are the pyramids after :func:`pad_for_lookup`."""
         r = self.config.corr_radius
         offsets = torch.arange(-r, r + 1, device=disp.device, dtype=disp.dtype)  # K
         d = disp.squeeze(1).unsqueeze(-1)  # B,h,w,1
         out = []
         for level, (g, c) in enumerate(zip(geo, corr)):
             scale = 2.0**level
-            out.append(linear_lookup(g, d / scale + offsets).flatten(3))  # B,h,w,G*K
-            out.append(linear_lookup(c, (coords - d) / scale + offsets).flatten(3))  # B,h,w,K
+            out.append(linear_lookup(g, d / scale + offsets, padded=True).flatten(3))  # B,h,w,G*K
+            out.append(linear_lookup(c, (coords - d) / scale + offsets, padded=True).flatten(3))  # B,h,w,K
         return torch.cat(out, -1).permute(0, 3, 1, 2)
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int | None = None,
@@ -270,8 +283,7 @@ class IGEVStereo(nn.Module):
         candidates = torch.arange(self.candidates, device=left.device, dtype=init_prob.dtype).view(1, -1, 1, 1)
         init_disp = (init_prob * candidates).sum(1, keepdim=True)  # B,1,h,w in 1/4-res px
 
-        spx_weights = F.softmax(self.spx(self.spx2(self.spx4(feats_l[0]), stem2_l)), 1)
-        init_full = convex_upsample(init_disp * 4.0, spx_weights)
+        init_full = convex_upsample(init_disp * 4.0, self.spx(self.spx2(self.spx4(feats_l[0]), stem2_l)))
 
         ctx = self.context(images[:b])
         net = [torch.tanh(n) for n, _ in ctx]
@@ -284,6 +296,7 @@ class IGEVStereo(nn.Module):
         for _ in range(cfg.corr_levels - 1):  # halve the last axis (even by construction): Reshape + ReduceMean
             geo.append(geo[-1].unflatten(-1, (-1, 2)).mean(-1))
             corr.append(corr[-1].unflatten(-1, (-1, 2)).mean(-1))
+        geo, corr = [pad_for_lookup(g) for g in geo], [pad_for_lookup(c) for c in corr]  # once, not per iteration
         coords = torch.arange(w4, device=left.device, dtype=init_disp.dtype).view(1, 1, w4, 1)
 
         disp = init_disp
@@ -295,8 +308,8 @@ class IGEVStereo(nn.Module):
             disp = disp + delta
             if final_only and i < iters - 1:
                 continue
-            weights = F.softmax(self.spx_gru(self.spx2_gru(mask_feat, stem2_l)), 1)
-            predictions.append(convex_upsample(disp * 4.0, weights)[:, :, :h_in, :w_in])
+            logits = self.spx_gru(self.spx2_gru(mask_feat, stem2_l))
+            predictions.append(convex_upsample(disp * 4.0, logits)[:, :, :h_in, :w_in])
 
         init_full = init_full[:, :, :h_in, :w_in]
         return StereoOutput(predictions[-1], predictions, init_full, init_prob)

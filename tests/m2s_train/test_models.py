@@ -16,6 +16,7 @@ from m2s_train.models.igev import (  # noqa: E402
     convex_upsample,
     disparity_band,
     linear_lookup,
+    pad_for_lookup,
 )
 
 
@@ -48,10 +49,38 @@ class TestVolumes:
         ref = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         torch.testing.assert_close(ours, ref.view(2, 3, 4, 5, 9), rtol=1e-5, atol=1e-6)
 
+    def test_linear_lookup_on_a_prepadded_volume_is_the_same(self):
+        torch.manual_seed(2)
+        vol = torch.randn(1, 2, 3, 4, 11)
+        pos = torch.cat([torch.rand(1, 2, 3, 7) * 16 - 3, torch.tensor([-1.0, 0.0, 10.0, 11.0]).expand(1, 2, 3, 4)], -1)
+        torch.testing.assert_close(linear_lookup(pad_for_lookup(vol), pos, padded=True), linear_lookup(vol, pos),
+                                   rtol=0, atol=0)
+        edge = linear_lookup(vol, torch.tensor([-1.0, 10.0, 10.5, 11.0]).expand(1, 2, 3, 4))
+        torch.testing.assert_close(edge[..., 1], vol[..., 10])  # the last sample exactly
+        assert (edge[..., [0, 3]] == 0).all()  # one whole pixel outside: zero
+        torch.testing.assert_close(edge[..., 2], vol[..., 10] * 0.5)  # half-way to the zero outside
+
     def test_convex_upsample_of_constant(self):
-        w = torch.softmax(torch.randn(1, 9, 16, 20), 1)
-        up = convex_upsample(torch.full((1, 1, 4, 5), 7.0), w)
+        up = convex_upsample(torch.full((1, 1, 4, 5), 7.0), torch.randn(1, 9, 16, 20))
         torch.testing.assert_close(up, torch.full((1, 1, 16, 20), 7.0))
+
+    def test_conv_transpose3d_by_depth_phase_equals_conv_transpose3d(self):
+        from m2s_train.models.igev_blocks import conv_transpose3d_by_depth_phase
+
+        torch.manual_seed(4)
+        conv = torch.nn.ConvTranspose3d(6, 5, 4, 2, 1)
+        x = torch.randn(2, 6, 3, 5, 7)
+        torch.testing.assert_close(conv_transpose3d_by_depth_phase(x, conv.weight, conv.bias), conv(x),
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(conv_transpose3d_by_depth_phase(x, conv.weight, None),
+                                   F.conv_transpose3d(x, conv.weight, None, 2, 1), rtol=1e-5, atol=1e-5)
+
+    def test_convex_upsample_export_form_equals_eager(self, monkeypatch):
+        torch.manual_seed(3)
+        disp, logits = torch.rand(1, 1, 4, 5) * 30, torch.randn(1, 9, 16, 20) * 5
+        eager = convex_upsample(disp, logits)
+        monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        torch.testing.assert_close(convex_upsample(disp, logits), eager, rtol=1e-5, atol=1e-5)
 
 
 class TestArchitecture:
