@@ -1,56 +1,92 @@
 """Inference latency of one model through every available backend, in one run.
 
-    python benchmarks/bench_export.py [--models igev-rt igev] [--sizes 320x240 640x480] [--repeats 5]
+    python benchmarks/bench_export.py [--models igev-rt igev] [--sizes 320x240 640x480] [--repeats 6]
 
 For each model and size: a checkpoint (random weights; latency does not depend on them) is
 exported to ONNX at that size (verified against PyTorch: the mean |Δd| is printed), then
 ``infer`` is timed through the one runtime interface for PyTorch eager (CPU, or CUDA when
 present), onnxruntime CPU, and onnxruntime CUDA / TensorRT execution providers where present.
 Median and p95 of the whole ``infer`` call (pre-processing, model, post-processing), and each
-backend's ratio to PyTorch eager from the same run; the backends take turns (round-robin), so
-load on the machine affects them alike.
+backend's ratio to PyTorch eager from the same run.
+
+Each backend is timed in a fresh process of its own, in the order A B .. B A (so a drift in this
+shared machine's speed affects all alike), after one untimed call. Separate processes because
+backends in one process disturb each other: PyTorch's OpenMP threads keep spinning after a
+parallel region and onnxruntime's pool does too, and whatever ran first leaves glibc's malloc
+in a different state. PyTorch eager on CPU is timed twice: as a fresh process runs it (the
+baseline of the ratios), and with glibc told to keep freed memory (``MALLOC_MMAP_THRESHOLD_`` /
+``MALLOC_TRIM_THRESHOLD_``), since it allocates its activations anew on every call and otherwise
+pays page faults for them; onnxruntime reuses its own arena either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from m2s_export.onnx_export import export_onnx
-from m2s_export.runtime import OnnxRuntime, TorchRuntime
-from m2s_train.models import create_model, save_model
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 32)}
 
 
-def timed(runtimes: dict, left, right, repeats: int) -> dict[str, dict[str, float]]:
-    """Round-robin: each repeat runs every backend once, so a slow spell of this shared machine
-    hits all of them alike instead of skewing one backend's figures."""
-    for rt in runtimes.values():
-        rt.infer(left, right)  # warm-up (graph optimisation, allocations)
-        for q in rt.timings.values():
-            q.clear()
-    for _ in range(repeats):
-        for rt in runtimes.values():
-            rt.infer(left, right)
-    return {label: rt.stats()["total"] for label, rt in runtimes.items()}
+def pair(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    left = np.random.default_rng(0).integers(0, 255, (h, w, 3), np.uint8)
+    return left, np.roll(left, -8, axis=1)
+
+
+def worker(spec: dict) -> None:
+    """Time one backend (run in its own process); prints the call times in seconds as JSON."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from m2s_export.runtime import OnnxRuntime, TorchRuntime
+
+    h, w = spec["h"], spec["w"]
+    if spec["backend"] == "torch":
+        rt = TorchRuntime(spec["path"], input_size=(h, w))
+    else:
+        rt = OnnxRuntime(spec["path"], providers=spec["providers"], threads=spec["threads"])
+    left, right = pair(h, w)
+    rt.infer(left, right)  # untimed: graph optimisation, allocations
+    times = []
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        rt.infer(left, right)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps(times))
+
+
+def run_worker(spec: dict) -> list[float]:
+    env = {**os.environ, **(KEEP_FREED_MEMORY if spec.get("keep_freed_memory") else {})}
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["igev-rt", "igev"])
     parser.add_argument("--sizes", nargs="+", default=["320x240", "640x480"])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6, help="timed calls per backend (half on the way out, half back)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
     import onnxruntime as ort
+    import torch
+
+    from m2s_export.onnx_export import export_onnx
+    from m2s_train.models import create_model, save_model
 
     providers = ort.get_available_providers()
-    rng = np.random.default_rng(0)
     print(f"CPU threads {args.threads}; onnxruntime providers: {providers}; CUDA for torch: {torch.cuda.is_available()}")
     print(f"{'model':8s} {'size':>8s} {'backend':22s} {'median ms':>10s} {'p95 ms':>9s} {'vs torch':>9s}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,17 +99,27 @@ def main() -> int:
                 onnx_path = Path(tmp) / f"{name}_{w}x{h}.onnx"
                 meta = export_onnx(ckpt, onnx_path, h, w)
                 parity = max(r["mean_abs_px"] for r in meta["export_report"]["verification"])
-                left = rng.integers(0, 255, (h, w, 3), np.uint8)
-                right = np.roll(left, -8, axis=1)
-                runtimes = {"torch eager " + ("cuda" if torch.cuda.is_available() else "cpu"): TorchRuntime(ckpt, input_size=(h, w))}
-                runtimes["onnxruntime cpu"] = OnnxRuntime(onnx_path, providers=["CPUExecutionProvider"], threads=args.threads)
-                for provider, label in (("CUDAExecutionProvider", "onnxruntime cuda"), ("TensorrtExecutionProvider", "onnxruntime tensorrt")):
+                common = {"h": h, "w": w, "threads": args.threads, "repeats": max(1, args.repeats // 2)}
+                specs = {"torch eager " + ("cuda" if torch.cuda.is_available() else "cpu"):
+                         {**common, "backend": "torch", "path": str(ckpt)}}
+                if not torch.cuda.is_available():
+                    specs["torch eager cpu, kept"] = {**common, "backend": "torch", "path": str(ckpt),
+                                                         "keep_freed_memory": True}
+                specs |= {"onnxruntime cpu": {**common, "backend": "onnx", "path": str(onnx_path),
+                                             "providers": ["CPUExecutionProvider"]}}
+                for provider, label in (("CUDAExecutionProvider", "onnxruntime cuda"),
+                                        ("TensorrtExecutionProvider", "onnxruntime tensorrt")):
                     if provider in providers:
-                        runtimes[label] = OnnxRuntime(onnx_path, providers=[provider, "CPUExecutionProvider"])
+                        specs[label] = {**common, "backend": "onnx", "path": str(onnx_path),
+                                        "providers": [provider, "CPUExecutionProvider"]}
+                times: dict[str, list[float]] = {label: [] for label in specs}
+                for label in list(specs) + list(reversed(specs)):
+                    times[label] += run_worker(specs[label])
                 base = None
-                for label, s in timed(runtimes, left, right, args.repeats).items():
-                    base = base or s["median_ms"]
-                    print(f"{name:8s} {size:>8s} {label:22s} {s['median_ms']:10.1f} {s['p95_ms']:9.1f} {s['median_ms'] / base:8.2f}x")
+                for label, t in times.items():
+                    med, p95 = float(np.median(t)) * 1e3, float(np.percentile(t, 95)) * 1e3
+                    base = base or med
+                    print(f"{name:8s} {size:>8s} {label:22s} {med:10.1f} {p95:9.1f} {med / base:8.2f}x", flush=True)
                 print(f"{name:8s} {size:>8s} onnx parity vs torch: mean |Δd| <= {parity:.2e} px over the verification pairs")
     return 0
 
