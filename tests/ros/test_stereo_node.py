@@ -200,7 +200,10 @@ def test_overload_drops_stale_pairs_with_bounded_latency(onnx_model):
         lat = list(hx.node.latency_ms)[1:]
         third = max(len(lat) // 3, 1)
         assert np.median(lat[-third:]) < 2.0 * np.median(lat[:third]) + 50.0  # no growth over the run
-        assert np.max(lat) < 4 * infer_s * 1e3 + 200.0  # bounded: never a backlog of stale pairs
+        # bounded: never a backlog of stale pairs. An unbounded queue would reach ~3 s by the end of
+        # this 4 s, 4x overload; a one-off stall of the shared test machine (GC, scheduler) is not one.
+        assert np.percentile(lat, 95) < 4 * infer_s * 1e3 + 200.0, lat
+        assert np.max(lat) < 1500.0, lat
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         assert rss1 - rss0 < 200_000  # KiB: no unbounded queue
     finally:
