@@ -102,14 +102,8 @@ class BufferPool:
     def take(self, name: str, nbytes: int) -> tuple[array.array, np.ndarray]:
         entry = self._buffers.get(name)
         if entry is None or len(entry[0]) != nbytes:
-            self._buffers.pop(name, None)
             entry = self._buffers[name] = byte_buffer(nbytes)
         return entry
-
-
-def take_buffer(pool: BufferPool | None, name: str, nbytes: int) -> tuple[array.array, np.ndarray]:
-    """``pool``'s buffer ``name`` of ``nbytes``, or a new one when there is no pool."""
-    return byte_buffer(nbytes) if pool is None else pool.take(name, nbytes)
 
 
 def byte_array(data: np.ndarray) -> array.array:
@@ -134,7 +128,7 @@ def float_image(msg_type: type, array: np.ndarray, header: Any, offset: float = 
     msg.encoding = "32FC1"
     msg.is_bigendian = False
     msg.step = w * 4
-    data, view = take_buffer(pool, name, h * w * 4)
+    data, view = (pool or BufferPool()).take(name, h * w * 4)
     np.add(array, np.float32(offset), out=view.view(np.float32).reshape(h, w), casting="unsafe")
     msg.data = data
     return msg

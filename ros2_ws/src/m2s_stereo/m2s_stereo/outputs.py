@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from calib import StereoCamera
-from m2s_stereo.image_codec import BufferPool, take_buffer, float_image, new_message
+from m2s_stereo.image_codec import BufferPool, float_image, new_message
 
 DELTA_D = 1.0 / 32.0  # the network regresses continuous disparity; report a fine increment
 
@@ -49,12 +49,13 @@ def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any,
     The points are back-projected by the camera model straight into a 16-byte-per-point buffer
     (the message's own buffer when organised; valid-only clouds are compressed into it).
     """
+    pool = pool or BufferPool()  # none given: fresh buffers
     h, w = depth[::stride, ::stride].shape
     if organized:
-        data, view = take_buffer(pool, "points", h * w * 16)
+        data, view = pool.take("points", h * w * 16)
         packed = view.view(np.float32).reshape(h, w, 4)
     else:  # scratch: all pixels, compressed into the message buffer below
-        packed = take_buffer(pool, "points_scratch", h * w * 16)[1].view(np.float32).reshape(h, w, 4)
+        packed = pool.take("points_scratch", h * w * 16)[1].view(np.float32).reshape(h, w, 4)
     cloud = camera.depth_to_points(depth, colors, organized=True, stride=stride, out=packed)
     rgb = packed[:, :, 3].view(np.uint32)
     if cloud.colors is not None:  # 0x00RRGGBB little-endian = bytes B, G, R, 0
@@ -69,7 +70,7 @@ def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any,
     else:
         keep = np.isfinite(packed[:, :, 2]).reshape(-1)
         n = int(np.count_nonzero(keep))
-        data, view = take_buffer(pool, "points", n * 16)
+        data, view = pool.take("points", n * 16)
         np.compress(keep, packed.reshape(-1, 4), axis=0, out=view.view(np.float32).reshape(n, 4))
         msg.height, msg.width = 1, n
     names = ["x", "y", "z"] + (["rgb"] if cloud.colors is not None else [])
