@@ -1,6 +1,7 @@
 """Stereo camera model, calibration and disparity/depth/points geometry.
 
-numpy + OpenCV only: this package runs on the robot without the training stack.
+numpy + OpenCV only (numba, where installed, compiles the per-frame output pass):
+this package runs on the robot without the training stack.
 """
 
 from calib.camera import CameraInfo, StereoCamera
@@ -9,6 +10,7 @@ from calib.geometry import (
     depth_to_disparity,
     disparity_to_depth,
     disparity_to_points,
+    fill_outputs,
     q_matrix,
 )
 
@@ -22,5 +24,6 @@ __all__ = [
     "depth_to_disparity",
     "disparity_to_depth",
     "disparity_to_points",
+    "fill_outputs",
     "q_matrix",
 ]

@@ -252,6 +252,13 @@ class StereoCamera:
         return geometry.depth_to_points(depth, fx=self.focal_px, fy=self.fy, cx=self.cx, cy=self.cy, colors=colors,
                                         organized=organized, stride=stride, out=out)
 
+    def fill_outputs(self, disparity: np.ndarray, **outputs: Any) -> None:
+        """Shifted disparity, depth, points and packed colours of one frame into the caller's
+        buffers, with this pair's fx, fy, cx, cy, B and doffs; see :func:`calib.geometry.fill_outputs`."""
+        self._check_size(disparity)
+        geometry.fill_outputs(disparity, fx=self.focal_px, fy=self.fy, cx=self.cx, cy=self.cy,
+                              baseline_m=self.baseline_m, doffs=self.doffs, **outputs)
+
     def _check_size(self, image: np.ndarray) -> None:
         h, w = np.shape(image)[:2]
         if (w, h) != self.image_size:

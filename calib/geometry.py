@@ -13,6 +13,7 @@ Conventions (DESIGN.md §4):
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "depth_to_points",
     "disparity_to_depth",
     "disparity_to_points",
+    "fill_outputs",
     "q_matrix",
 ]
 
@@ -253,3 +255,120 @@ def _back_project(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float,
     np.multiply(depth, ((v - np.float32(cy)) / np.float32(fy))[:, None], out=points[:, :, 1])
     points[:, :, 2] = depth
     return PointCloud(points, None if colors is None else np.ascontiguousarray(colors))
+
+
+@functools.cache
+def _numba_fill():
+    """The compiled one-pass kernel of :func:`fill_outputs`, or None where numba is not installed."""
+    try:
+        from calib._outputs_numba import fill
+    except ImportError:
+        return None
+    return fill
+
+
+def fill_outputs_backend() -> str:
+    """The backend ``fill_outputs(backend="auto")`` uses here: ``"numba"`` or ``"numpy"``."""
+    return "numba" if _numba_fill() is not None else "numpy"
+
+
+def fill_outputs(
+    disparity: np.ndarray,
+    *,
+    fx: float,
+    fy: float,
+    cx: float,
+    cy: float,
+    baseline_m: float,
+    doffs: float = 0.0,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+    disparity_out: np.ndarray | None = None,
+    depth_out: np.ndarray | None = None,
+    points_out: np.ndarray | None = None,
+    rgb_out: np.ndarray | None = None,
+    colors: np.ndarray | None = None,
+    stride: int = 1,
+    backend: str = "auto",
+) -> None:
+    """Everything a stereo frame publishes, written into the caller's buffers in one go.
+
+    The values are those of the functions above, bit for bit:
+
+    - ``disparity_out`` (HxW float32): ``d + doffs`` where ``d > 0``, NaN elsewhere: the disparity
+      for which ``Z = fx * B / d`` (the ``stereo_msgs/DisparityImage`` convention);
+    - ``depth_out`` (HxW float32): :func:`disparity_to_depth` with ``min_depth`` / ``max_depth``;
+    - ``points_out`` (h' x w' x k, k >= 3, float32, any strides): X, Y, Z of the organised cloud of
+      :func:`depth_to_points` with ``stride`` (h' x w' the decimated size) in its first 3 channels;
+    - ``rgb_out`` (h' x w' uint32, any strides): ``0x00RRGGBB`` of ``colors`` (HxWx3 RGB or HxW mono
+      uint8) at the same pixels, 0 without colours (the packed-rgb field of a point cloud).
+
+    Outputs left as None are not computed. ``backend``: ``"numba"`` (one compiled pass over the
+    frame, row by row while it is in cache), ``"numpy"`` (whole-array passes, no extra dependency)
+    or ``"auto"``: numba when it is installed.
+    """
+    disparity = _check_image_2d("disparity", disparity)
+    fx, fy = _check_positive("fx", fx), _check_positive("fy", fy)
+    baseline_m = _check_positive("baseline_m", baseline_m)
+    if min_depth is not None and max_depth is not None and min_depth > max_depth:
+        raise ShapeError(f"min_depth ({min_depth}) must not exceed max_depth ({max_depth})")
+    _, colors = _decimate("disparity", disparity, colors, stride)
+    h, w = disparity.shape
+    hs, ws = -(-h // stride), -(-w // stride)
+    for name, out, shape, dtype in (("disparity_out", disparity_out, (h, w), np.float32),
+                                    ("depth_out", depth_out, (h, w), np.float32),
+                                    ("points_out", points_out, (hs, ws), np.float32),
+                                    ("rgb_out", rgb_out, (hs, ws), np.uint32)):
+        if out is None:
+            continue
+        ok = out.dtype == dtype and out.shape[:2] == shape and (
+            out.ndim == 3 and out.shape[2] >= 3 if name == "points_out" else out.ndim == 2)
+        if not ok or not out.flags.writeable:
+            want = f"{shape + (3,)} or more channels" if name == "points_out" else str(shape)
+            raise ShapeError(f"{name} must be a writeable {np.dtype(dtype)} array of shape {want}, "
+                             f"got {out.dtype} {out.shape}")
+    if backend == "auto":
+        backend = fill_outputs_backend()
+    if backend == "numba":
+        kernel = _numba_fill()
+        if kernel is None:
+            raise ShapeError("fill_outputs(backend='numba') needs numba: pip install numba (or use backend='numpy')")
+        f32 = np.float32
+        u = np.arange(ws, dtype=f32) * stride  # the factors exactly as _back_project forms them
+        v = np.arange(hs, dtype=f32) * stride
+        none2, none3 = np.empty((0, 0), f32), np.empty((0, 0, 3), f32)
+        kernel(np.ascontiguousarray(disparity, dtype=f32), f32(doffs), f32(fx * baseline_m),
+               f32(-np.inf if min_depth is None else min_depth), f32(np.inf if max_depth is None else max_depth),
+               (u - f32(cx)) / f32(fx), (v - f32(cy)) / f32(fy), int(stride),
+               np.empty((0, 0, 3), np.uint8) if colors is None else colors,
+               none2 if disparity_out is None else disparity_out, none2 if depth_out is None else depth_out,
+               none3 if points_out is None else points_out,
+               np.empty((0, 0), np.uint32) if rgb_out is None else rgb_out)
+        return
+    if backend != "numpy":
+        raise ShapeError(f"fill_outputs backend must be 'auto', 'numba' or 'numpy', got {backend!r}")
+    if disparity_out is not None:
+        with np.errstate(invalid="ignore"):
+            np.add(disparity, np.float32(doffs), out=disparity_out, casting="unsafe")
+            disparity_out[~(disparity > 0)] = np.nan
+    if depth_out is None and points_out is None:
+        if rgb_out is not None:
+            _pack_rgb(colors, rgb_out)
+        return
+    depth = disparity_to_depth(disparity, fx, baseline_m, doffs, min_depth, max_depth)
+    if depth_out is not None:
+        depth_out[...] = depth
+    if points_out is not None:
+        _back_project(depth[::stride, ::stride], fx, fy, cx, cy, None, True, stride, points_out)
+    if rgb_out is not None:
+        _pack_rgb(colors, rgb_out)
+
+
+def _pack_rgb(colors: np.ndarray | None, out: np.ndarray) -> None:
+    """``0x00RRGGBB`` of an HxWx3 RGB uint8 image into ``out`` (uint32), 0 without colours."""
+    if colors is None:
+        out[...] = 0
+        return
+    np.left_shift(colors[:, :, 0], 16, out=out, dtype=np.uint32)
+    out |= np.left_shift(colors[:, :, 1], 8, dtype=np.uint32)
+    out |= colors[:, :, 2]

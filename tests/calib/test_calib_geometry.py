@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -129,3 +131,101 @@ class TestDisparityToPoints:
         with pytest.raises(ShapeError, match="colors"):
             disparity_to_points(np.ones((4, 4)), fx=1, fy=1, cx=0, cy=0, baseline_m=1,
                                 colors=np.zeros((4, 5, 3), np.uint8))
+
+
+def _camera(w, h, focal_px, baseline_m, doffs=0.0):
+    """An ideal pair whose right principal point is ``doffs`` pixels right of the left one."""
+    ideal = StereoCamera.ideal(w, h, focal_px=focal_px, baseline_m=baseline_m)
+    p_right = ideal.right.P.copy()
+    p_right[0, 2] += doffs
+    return StereoCamera(ideal.left, dataclasses.replace(ideal.right, P=p_right))
+
+
+def _fill_case(rng, h, w):
+    """Disparities with every kind of invalid value, and an RGB image."""
+    d = rng.uniform(-3.0, 60.0, (h, w)).astype(np.float32)
+    bad = rng.random((h, w)) < 0.15
+    d[bad] = rng.choice(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30], np.float32), int(bad.sum()))
+    return d, rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _fill_all(cam, d, colors, stride, backend, **kw):
+    h, w = d.shape
+    hs, ws = -(-h // stride), -(-w // stride)
+    disp, depth = np.full((h, w), 7.0, np.float32), np.full((h, w), 7.0, np.float32)
+    packed = np.full((hs, ws, 4), 7.0, np.float32)
+    cam.fill_outputs(d, disparity_out=disp, depth_out=depth, points_out=packed, rgb_out=packed[:, :, 3].view(np.uint32),
+                     colors=colors, stride=stride, backend=backend, **kw)
+    return disp, depth, packed
+
+
+def _assert_same_bits(a, b, msg=""):
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    np.testing.assert_array_equal(nan_a, nan_b, err_msg=msg)
+    np.testing.assert_array_equal(a.view(np.uint32)[~nan_a], b.view(np.uint32)[~nan_b], err_msg=msg)
+
+
+class TestFillOutputs:
+    """One pass for everything the node publishes: the values of the separate functions, exactly."""
+
+    @pytest.mark.parametrize("stride", [1, 3])
+    def test_numpy_path_equals_the_separate_functions(self, rng, stride):
+        cam = _camera(23, 17, 30.0, 0.2, doffs=1.5)
+        d, rgb = _fill_case(rng, 17, 23)
+        disp, depth, packed = _fill_all(cam, d, rgb, stride, "numpy", min_depth=0.3, max_depth=3.0)
+        with np.errstate(invalid="ignore"):
+            _assert_same_bits(disp, np.where(d > 0, d + np.float32(1.5), np.float32(np.nan)))
+        _assert_same_bits(depth, cam.disparity_to_depth(d, 0.3, 3.0))
+        cloud = cam.disparity_to_points(d, rgb, stride=stride, min_depth=0.3, max_depth=3.0)
+        _assert_same_bits(packed[:, :, :3], cloud.points)
+        c = cloud.colors.astype(np.uint32)
+        np.testing.assert_array_equal(packed[:, :, 3].view(np.uint32), (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2])
+
+    def test_numba_equals_numpy_bit_for_bit(self):
+        pytest.importorskip("numba", reason="numba not installed (optional compiled output pass)")
+        rng = np.random.default_rng(1)
+        for case in range(30):
+            h, w = int(rng.integers(1, 25)), int(rng.integers(1, 40))
+            cam = _camera(w, h, float(rng.uniform(5, 80)), float(rng.uniform(0.05, 1)),
+                          doffs=float(rng.choice([0.0, 2.25, -1.0])))
+            d, rgb = _fill_case(rng, h, w)
+            colors = [rgb, rgb[:, :, 1], None][case % 3]
+            kw = {"stride": int(rng.integers(1, 4)), "min_depth": [None, 0.5][case % 2], "max_depth": [None, 4.0][case % 4 // 2]}
+            a = _fill_all(cam, d, colors, backend="numpy", **kw)
+            b = _fill_all(cam, d, colors, backend="numba", **kw)
+            for name, x, y in zip(("disparity", "depth", "points+rgb"), a, b):
+                _assert_same_bits(x, y, f"case {case}: {name}")
+
+    @pytest.mark.parametrize("backend", ["numpy", "auto"])
+    def test_only_the_outputs_asked_for(self, backend):
+        cam = StereoCamera.ideal(8, 6, focal_px=100.0, baseline_m=0.5)
+        d = np.full((6, 8), 10.0, np.float32)
+        depth = np.zeros((6, 8), np.float32)
+        cam.fill_outputs(d, depth_out=depth, backend=backend)
+        np.testing.assert_array_equal(depth, 5.0)
+        packed = np.full((6, 8, 4), 9.0, np.float32)
+        cam.fill_outputs(d, points_out=packed, backend=backend)  # x, y, z only: the 4th channel untouched
+        assert (packed[:, :, 3] == 9.0).all() and (packed[:, :, 2] == 5.0).all()
+        rgb = np.full((6, 8), 1, np.uint32)
+        cam.fill_outputs(d, rgb_out=rgb, backend=backend)  # no colours: packed rgb 0
+        assert (rgb == 0).all()
+
+    def test_checks(self):
+        cam = StereoCamera.ideal(8, 6, focal_px=100.0, baseline_m=0.5)
+        d = np.ones((6, 8), np.float32)
+        with pytest.raises(ShapeError, match="depth_out must be a writeable float32 array of shape \\(6, 8\\)"):
+            cam.fill_outputs(d, depth_out=np.zeros((6, 7), np.float32))
+        with pytest.raises(ShapeError, match="points_out"):
+            cam.fill_outputs(d, points_out=np.zeros((6, 8, 4), np.float64))
+        with pytest.raises(ShapeError, match="points_out"):
+            cam.fill_outputs(d, stride=2, points_out=np.zeros((6, 8, 4), np.float32))
+        frozen = np.zeros((6, 8), np.float32)
+        frozen.flags.writeable = False
+        with pytest.raises(ShapeError, match="writeable"):
+            cam.fill_outputs(d, disparity_out=frozen)
+        with pytest.raises(ShapeError, match="must not exceed"):
+            cam.fill_outputs(d, depth_out=np.zeros((6, 8), np.float32), min_depth=3.0, max_depth=1.0)
+        with pytest.raises(ShapeError, match="backend"):
+            cam.fill_outputs(d, depth_out=np.zeros((6, 8), np.float32), backend="cuda")
+        with pytest.raises(Exception, match="image is 8x5"):
+            cam.fill_outputs(np.ones((5, 8), np.float32))
