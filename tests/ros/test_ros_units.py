@@ -15,8 +15,8 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from calib import StereoCamera  # noqa: E402
 from m2s_stereo import params as P  # noqa: E402
-from m2s_stereo.image_codec import EncodingError, array_to_image, image_to_rgb8  # noqa: E402
-from m2s_stereo.outputs import points_msg, unpack_points  # noqa: E402
+from m2s_stereo.image_codec import BufferPool, EncodingError, array_to_image, image_to_array, image_to_rgb8  # noqa: E402
+from m2s_stereo.outputs import frame_messages, unpack_points, warm_up  # noqa: E402
 from m2s_stereo.stereo_node import MSGS  # noqa: E402
 from m2s_stereo.sync import PairSynchronizer  # noqa: E402
 
@@ -85,45 +85,57 @@ class TestSync:
         assert len(got) == 1
 
 
-def test_point_cloud_fields_and_values():
+def _frame(cam, d, pool=None, **kw):
+    args = dict(disparity_out=True, depth_out=True, points_out=True, colors=None, organized=True, stride=1,
+                min_depth=None, max_depth=None, max_disparity=64.0, pool=pool)
+    return frame_messages(MSGS, cam, d, MSGS.Image().header, **(args | kw))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "auto"])
+def test_frame_messages_fields_and_values(backend):
     cam = StereoCamera.ideal(8, 6, focal_px=100.0, baseline_m=0.5)
     d = np.full((6, 8), 10.0, np.float32)
-    d[0, 0] = np.nan
+    d[0, 0], d[0, 1] = np.nan, -2.0
     rgb = np.full((6, 8, 3), (10, 20, 30), np.uint8)
-    msg = points_msg(MSGS, cam, cam.disparity_to_depth(d), MSGS.Image().header, colors=rgb, organized=True, stride=1)
-    assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb"] and msg.point_step == 16 and not msg.is_dense
-    xyz = unpack_points(msg)
-    np.testing.assert_allclose(xyz, cam.disparity_to_points(d).points, equal_nan=True)
-    rgb_bits = np.frombuffer(bytes(msg.data), np.uint32).reshape(-1, 4)[:, 3]
+    out = _frame(cam, d, colors=rgb, backend=backend, max_depth=100.0)
+    disp = image_to_array(out.disparity.image)
+    assert out.disparity.image.encoding == "32FC1" and out.disparity.f == 100.0 and out.disparity.t == 0.5
+    assert out.disparity.max_disparity == 64.0 and out.disparity.valid_window.width == 8
+    assert np.isnan(disp[0, :2]).all() and (disp.reshape(-1)[2:] == 10.0).all()
+    np.testing.assert_array_equal(image_to_array(out.depth), cam.disparity_to_depth(d))
+    cloud = out.points
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb"] and cloud.point_step == 16 and not cloud.is_dense
+    assert (cloud.height, cloud.width, cloud.row_step) == (6, 8, 128)
+    np.testing.assert_allclose(unpack_points(cloud), cam.disparity_to_points(d).points, equal_nan=True)
+    rgb_bits = np.frombuffer(bytes(cloud.data), np.uint32).reshape(-1, 4)[:, 3]
     assert rgb_bits[5] == (10 << 16) | (20 << 8) | 30
-    flat = points_msg(MSGS, cam, cam.disparity_to_depth(d), MSGS.Image().header, colors=None, organized=False, stride=2)
+    flat = _frame(cam, d, organized=False, stride=2, disparity_out=False, depth_out=False, backend=backend).points
     assert flat.height == 1 and flat.width == 11 and flat.is_dense and len(flat.fields) == 3
+    only = _frame(cam, d, disparity_out=False, points_out=False)
+    assert only.disparity is None and only.points is None and only.depth is not None
 
 
 def test_output_buffers_are_reused_and_refilled():
-    from m2s_stereo.image_codec import BufferPool
-    from m2s_stereo.outputs import depth_msg
-
     cam = StereoCamera.ideal(8, 6, focal_px=100.0, baseline_m=0.5)
     pool = BufferPool()
-    header = MSGS.Image().header
-    first = points_msg(MSGS, cam, cam.disparity_to_depth(np.full((6, 8), 10.0, np.float32)), header,
-                       colors=None, organized=True, stride=1, pool=pool)
-    z_first = unpack_points(first)[..., 2].copy()
-    second = points_msg(MSGS, cam, cam.disparity_to_depth(np.full((6, 8), 20.0, np.float32)), header,
-                        colors=None, organized=True, stride=1, pool=pool)
-    assert second.data is first.data  # same buffer, no allocation
-    np.testing.assert_allclose(unpack_points(second)[..., 2], z_first / 2)
-    d1 = depth_msg(MSGS, np.ones((6, 8), np.float32), header, pool)
-    assert depth_msg(MSGS, np.ones((6, 8), np.float32), header, pool).data is d1.data
-    assert depth_msg(MSGS, np.ones((3, 8), np.float32), header, pool).data is not d1.data  # new size: new buffer
+    first = _frame(cam, np.full((6, 8), 10.0, np.float32), pool)
+    z_first = unpack_points(first.points)[..., 2].copy()
+    second = _frame(cam, np.full((6, 8), 20.0, np.float32), pool)
+    for a, b in ((first.points, second.points), (first.depth, second.depth), (first.disparity.image, second.disparity.image)):
+        assert a.data is b.data  # same buffer, no allocation
+    np.testing.assert_allclose(unpack_points(second.points)[..., 2], z_first / 2)
+    small = _frame(StereoCamera.ideal(8, 3, focal_px=100.0, baseline_m=0.5), np.ones((3, 8), np.float32), pool)
+    assert small.depth.data is not first.depth.data  # new size: new buffer
     # valid-only clouds through the pool equal the organised cloud's finite points
     d = np.full((6, 8), 10.0, np.float32)
     d[2, 3] = np.nan
-    depth = cam.disparity_to_depth(d)
-    valid = points_msg(MSGS, cam, depth, header, colors=None, organized=False, stride=1, pool=pool)
-    org = unpack_points(points_msg(MSGS, cam, depth, header, colors=None, organized=True, stride=1)).reshape(-1, 3)
+    valid = _frame(cam, d, pool, organized=False).points
+    org = unpack_points(_frame(cam, d).points).reshape(-1, 3)
     np.testing.assert_array_equal(unpack_points(valid), org[np.isfinite(org[:, 2])])
+
+
+def test_warm_up_builds_every_output():
+    assert warm_up(MSGS) in ("numba", "numpy")
 
 
 class TestParamsAndLaunch:

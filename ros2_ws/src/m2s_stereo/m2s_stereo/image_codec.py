@@ -117,23 +117,6 @@ def byte_array(data: np.ndarray) -> array.array:
     return out
 
 
-def float_image(msg_type: type, array: np.ndarray, header: Any, offset: float = 0.0,
-                pool: BufferPool | None = None, name: str = "float_image") -> Any:
-    """A 32FC1 sensor_msgs/Image (REP 118 for depth) from an HxW array, plus ``offset``,
-    written straight into the message buffer (one pass; ``pool``'s buffer ``name`` if given)."""
-    h, w = array.shape
-    msg = new_message(msg_type)
-    msg.header = header
-    msg.height, msg.width = h, w
-    msg.encoding = "32FC1"
-    msg.is_bigendian = False
-    msg.step = w * 4
-    data, view = (pool or BufferPool()).take(name, h * w * 4)
-    np.add(array, np.float32(offset), out=view.view(np.float32).reshape(h, w), casting="unsafe")
-    msg.data = data
-    return msg
-
-
 def array_to_image(msg_type: type, array: np.ndarray, encoding: str, header: Any = None) -> Any:
     """An Image message from an HxW[xC] uint8/uint16 array (tests, bag tools)."""
     array = np.ascontiguousarray(array)

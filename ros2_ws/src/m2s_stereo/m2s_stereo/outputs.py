@@ -2,38 +2,117 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 
 from calib import StereoCamera
-from m2s_stereo.image_codec import BufferPool, float_image, new_message
+from calib.geometry import fill_outputs_backend
+from m2s_stereo.image_codec import BufferPool, new_message
 
 DELTA_D = 1.0 / 32.0  # the network regresses continuous disparity; report a fine increment
 
 
-def disparity_msg(types: Any, disparity: np.ndarray, camera: StereoCamera, header: Any, max_disparity: float,
-                  pool: BufferPool | None = None) -> Any:
-    """stereo_msgs/DisparityImage. Values follow the message's convention d = x_l - x_r - (cx_l - cx_r),
-    i.e. the network's disparity plus ``doffs``; invalid pixels are NaN."""
-    msg = new_message(types.DisparityImage)
-    msg.header = header
-    msg.image = float_image(types.Image, disparity, header, offset=camera.doffs, pool=pool, name="disparity")
-    msg.f = float(camera.focal_px)
-    msg.t = float(camera.baseline_m)
+class FrameOutputs(NamedTuple):
+    """The messages of one frame (None for an output not asked for)."""
+
+    disparity: Any
+    depth: Any
+    points: Any
+
+
+def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, header: Any, *, disparity_out: bool,
+                   depth_out: bool, points_out: bool, colors: np.ndarray | None, organized: bool, stride: int,
+                   min_depth: float | None, max_depth: float | None, max_disparity: float,
+                   pool: BufferPool | None = None, backend: str = "auto") -> FrameOutputs:
+    """The frame's ``stereo_msgs/DisparityImage``, REP 118 depth ``sensor_msgs/Image`` and
+    ``sensor_msgs/PointCloud2``, all stamped with ``header``.
+
+    Every payload is computed by the camera model (:meth:`calib.StereoCamera.fill_outputs`, one
+    pass over the frame with numba) straight into the messages' own buffers (``pool``'s, reused
+    from frame to frame), so nothing is copied before ``publish``:
+
+    - disparity: 32FC1, ``d + doffs`` (so that ``Z = f * T / d``, the message's convention), NaN
+      where the network gave no positive disparity; f, T, min/max disparity, delta_d, valid window;
+    - depth: 32FC1 metres along the optical axis, NaN where unknown or outside
+      [min_depth, max_depth];
+    - points: x, y, z float32 (m, left optical frame) + optional packed rgb, 16 bytes per point,
+      every ``stride``-th pixel; organised (h x w, NaN = invalid, as stereo_image_proc) or the
+      valid points only (1 x n, is_dense).
+    """
+    pool = pool or BufferPool()  # none given: fresh buffers
     h, w = disparity.shape
-    msg.valid_window.x_offset, msg.valid_window.y_offset = 0, 0
-    msg.valid_window.width, msg.valid_window.height = w, h
-    msg.min_disparity = 0.0
-    msg.max_disparity = float(max_disparity)
-    msg.delta_d = DELTA_D
+    fill: dict[str, Any] = {"min_depth": min_depth, "max_depth": max_depth, "stride": stride, "backend": backend}
+    buffers = {}
+    for name, wanted in (("disparity", disparity_out), ("depth", depth_out)):
+        if wanted:
+            buffers[name], view = pool.take(name, h * w * 4)
+            fill[f"{name}_out"] = view.view(np.float32).reshape(h, w)
+    if points_out:
+        hs, ws = -(-h // stride), -(-w // stride)
+        # organised: the message buffer itself; valid-only: a scratch cloud compressed into it below
+        packed = pool.take("points" if organized else "points_scratch", hs * ws * 16)[1].view(np.float32)
+        packed = packed.reshape(hs, ws, 4)
+        fill.update(points_out=packed, rgb_out=packed[:, :, 3].view(np.uint32), colors=colors)
+    camera.fill_outputs(disparity, **fill)
+    disp_msg = depth = cloud = None
+    if disparity_out:
+        disp_msg = new_message(types.DisparityImage)
+        disp_msg.header = header
+        disp_msg.image = _float_image(types.Image, buffers["disparity"], h, w, header)
+        disp_msg.f = float(camera.focal_px)
+        disp_msg.t = float(camera.baseline_m)
+        disp_msg.valid_window.x_offset, disp_msg.valid_window.y_offset = 0, 0
+        disp_msg.valid_window.width, disp_msg.valid_window.height = w, h
+        disp_msg.min_disparity = 0.0
+        disp_msg.max_disparity = float(max_disparity)
+        disp_msg.delta_d = DELTA_D
+    if depth_out:
+        depth = _float_image(types.Image, buffers["depth"], h, w, header)
+    if points_out:
+        cloud = new_message(types.PointCloud2)
+        cloud.header = header
+        if organized:
+            data = pool.take("points", packed.nbytes)[0]
+            cloud.height, cloud.width = packed.shape[:2]
+        else:
+            keep = np.isfinite(packed[:, :, 2]).reshape(-1)
+            n = int(np.count_nonzero(keep))
+            data, view = pool.take("points", n * 16)
+            np.compress(keep, packed.reshape(-1, 4), axis=0, out=view.view(np.float32).reshape(n, 4))
+            cloud.height, cloud.width = 1, n
+        names = ["x", "y", "z"] + (["rgb"] if colors is not None else [])
+        # rgb as FLOAT32 carrying the packed 0x00RRGGBB bits: the PCL / rviz convention
+        cloud.fields = [types.PointField(name=n, offset=4 * i, datatype=types.PointField.FLOAT32, count=1)
+                        for i, n in enumerate(names)]
+        cloud.is_bigendian = False
+        cloud.point_step = 16
+        cloud.row_step = cloud.point_step * cloud.width
+        cloud.is_dense = not organized
+        cloud.data = data
+    return FrameOutputs(disp_msg, depth, cloud)
+
+
+def warm_up(types: Any) -> str:
+    """Build every output of a tiny frame once, so that the first real frame does not pay for
+    compiling (or loading the cached) output pass; returns the backend in use (numba / numpy)."""
+    camera = StereoCamera.ideal(4, 2, focal_px=2.0, baseline_m=0.1)
+    frame_messages(types, camera, np.ones((2, 4), np.float32), types.Image().header, disparity_out=True,
+                   depth_out=True, points_out=True, colors=np.zeros((2, 4, 3), np.uint8), organized=True, stride=1,
+                   min_depth=None, max_depth=None, max_disparity=1.0)
+    return fill_outputs_backend()
+
+
+def _float_image(msg_type: type, data: Any, h: int, w: int, header: Any) -> Any:
+    """A 32FC1 sensor_msgs/Image around an already filled ``array.array('B')`` buffer."""
+    msg = new_message(msg_type)
+    msg.header = header
+    msg.height, msg.width = h, w
+    msg.encoding = "32FC1"
+    msg.is_bigendian = False
+    msg.step = w * 4
+    msg.data = data
     return msg
-
-
-def depth_msg(types: Any, depth: np.ndarray, header: Any, pool: BufferPool | None = None) -> Any:
-    """REP 118 depth image: 32FC1 metres along the optical axis, NaN where unknown."""
-    return float_image(types.Image, depth, header, pool=pool, name="depth")
 
 
 _XYZ = np.dtype({"names": ["x", "y", "z"], "formats": ["<f4"] * 3, "offsets": [0, 4, 8], "itemsize": 16})
@@ -41,52 +120,8 @@ _XYZRGB = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4", "<f4", "
                     "offsets": [0, 4, 8, 12], "itemsize": 16})
 
 
-def points_msg(types: Any, camera: StereoCamera, depth: np.ndarray, header: Any, *, colors: np.ndarray | None,
-               organized: bool, stride: int, pool: BufferPool | None = None) -> Any:
-    """sensor_msgs/PointCloud2 (x, y, z float32 m in the left optical frame, optional packed rgb),
-    16 bytes per point, from the depth map the node already computed (NaN = invalid).
-
-    The points are back-projected by the camera model straight into a 16-byte-per-point buffer
-    (the message's own buffer when organised; valid-only clouds are compressed into it).
-    """
-    pool = pool or BufferPool()  # none given: fresh buffers
-    h, w = depth[::stride, ::stride].shape
-    if organized:
-        data, view = pool.take("points", h * w * 16)
-        packed = view.view(np.float32).reshape(h, w, 4)
-    else:  # scratch: all pixels, compressed into the message buffer below
-        packed = pool.take("points_scratch", h * w * 16)[1].view(np.float32).reshape(h, w, 4)
-    cloud = camera.depth_to_points(depth, colors, organized=True, stride=stride, out=packed)
-    rgb = packed[:, :, 3].view(np.uint32)
-    if cloud.colors is not None:  # 0x00RRGGBB little-endian = bytes B, G, R, 0
-        bgra = cv2.cvtColor(np.ascontiguousarray(cloud.colors), cv2.COLOR_RGB2BGRA).view(np.uint32)[:, :, 0]
-        np.bitwise_and(bgra, np.uint32(0x00FFFFFF), out=rgb)
-    else:
-        rgb[...] = 0
-    msg = new_message(types.PointCloud2)
-    msg.header = header
-    if organized:
-        msg.height, msg.width = h, w
-    else:
-        keep = np.isfinite(packed[:, :, 2]).reshape(-1)
-        n = int(np.count_nonzero(keep))
-        data, view = pool.take("points", n * 16)
-        np.compress(keep, packed.reshape(-1, 4), axis=0, out=view.view(np.float32).reshape(n, 4))
-        msg.height, msg.width = 1, n
-    names = ["x", "y", "z"] + (["rgb"] if cloud.colors is not None else [])
-    # rgb as FLOAT32 carrying the packed 0x00RRGGBB bits: the PCL / rviz convention
-    msg.fields = [types.PointField(name=n, offset=4 * i, datatype=types.PointField.FLOAT32, count=1)
-                  for i, n in enumerate(names)]
-    msg.is_bigendian = False
-    msg.point_step = 16
-    msg.row_step = msg.point_step * msg.width
-    msg.is_dense = not organized
-    msg.data = data
-    return msg
-
-
 def unpack_points(msg: Any) -> np.ndarray:
-    """x, y, z of a PointCloud2 written by :func:`points_msg` as HxWx3 (organised) or Nx3."""
+    """x, y, z of a PointCloud2 written by :func:`frame_messages` as HxWx3 (organised) or Nx3."""
     raw = np.frombuffer(bytes(msg.data), dtype=_XYZRGB if len(msg.fields) == 4 else _XYZ)
     xyz = np.stack([raw["x"], raw["y"], raw["z"]], -1)
     return xyz.reshape(msg.height, msg.width, 3) if msg.height > 1 else xyz

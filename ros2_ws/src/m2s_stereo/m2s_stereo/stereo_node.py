@@ -29,7 +29,7 @@ from calib import CalibrationError, StereoCamera
 from m2s_export.runtime import load_runtime
 from m2s_stereo import params as P
 from m2s_stereo.image_codec import BufferPool, EncodingError, image_to_rgb8
-from m2s_stereo.outputs import depth_msg, disparity_msg, points_msg
+from m2s_stereo.outputs import frame_messages, warm_up
 from m2s_stereo.sync import PairSynchronizer, stamp_ns
 
 MSGS = SimpleNamespace(Image=Image, DisparityImage=DisparityImage, PointCloud2=PointCloud2, PointField=PointField)
@@ -130,12 +130,14 @@ class StereoNode(Node):
         self._last_error: dict[str, float] = {}
         self._camera_key: Any = None
         self._camera: StereoCamera | None = None
+        self.output_backend = warm_up(MSGS)  # compile/load the output pass now, not on the first frame
         self._stop = threading.Event()
         self.worker = threading.Thread(target=self._work, name="m2s_stereo_worker", daemon=True)
         self.worker.start()
         self.create_timer(self.values[P.DIAGNOSTICS_PERIOD], self._diagnostics)
         self.get_logger().info(f"m2s_stereo: {getattr(self.runtime, 'backend', '?')} runtime, input "
-                               f"{getattr(self.runtime, 'input_size', None)}, sync {self.values[P.SYNC_MODE]} via {self.sync_backend}")
+                               f"{getattr(self.runtime, 'input_size', None)}, sync {self.values[P.SYNC_MODE]} via "
+                               f"{self.sync_backend}, outputs via {self.output_backend}")
 
     # -- parameters -----------------------------------------------------------------------------
     def _on_set_parameters(self, changes: list[Any]) -> SetParametersResult:
@@ -212,19 +214,13 @@ class StereoNode(Node):
         self.infer_ms.append((time.perf_counter() - t0) * 1e3)
         v = self.values
         scale = left.shape[1] / (self.runtime.input_size[1] if getattr(self.runtime, "input_size", None) else left.shape[1])
-        invalid = ~(disparity > 0)
-        disparity = np.where(invalid, np.float32(np.nan), disparity)
-        header = left_msg.header
-        if want_disp:
-            self.pub_disp.publish(disparity_msg(MSGS, disparity, camera, header, self.max_disparity * scale, self.buffers))
-        if want_depth or want_points:  # one depth map serves both outputs
-            depth = camera.disparity_to_depth(disparity, v[P.MIN_DEPTH], v[P.MAX_DEPTH])
-        if want_depth:
-            self.pub_depth.publish(depth_msg(MSGS, depth, header, self.buffers))
-        if want_points:
-            self.pub_points.publish(points_msg(MSGS, camera, depth, header, colors=left if v[P.POINT_COLORS] else None,
-                                               organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE],
-                                               pool=self.buffers))
+        out = frame_messages(MSGS, camera, disparity, left_msg.header, disparity_out=want_disp, depth_out=want_depth,
+                             points_out=want_points, colors=left if v[P.POINT_COLORS] else None,
+                             organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE], min_depth=v[P.MIN_DEPTH],
+                             max_depth=v[P.MAX_DEPTH], max_disparity=self.max_disparity * scale, pool=self.buffers)
+        for pub, msg in ((self.pub_disp, out.disparity), (self.pub_depth, out.depth), (self.pub_points, out.points)):
+            if msg is not None:
+                pub.publish(msg)
         self.counts["published"] += 1
         self.recent_out.append(time.monotonic())
         now_ns = self.get_clock().now().nanoseconds
