@@ -1,11 +1,13 @@
 """Per-frame overhead of the ROS node outside inference, next to a memcpy of the same bytes.
 
-    python benchmarks/bench_node_overhead.py [--repeats 30] [--no-points | --valid-only]
+    python benchmarks/bench_node_overhead.py [--repeats 30] [--no-points | --valid-only] [--period-ms 50]
 
 The node's frame path (image decode, camera model, disparity / depth / point-cloud messages,
 publish to a live subscriber over loopback DDS) is timed with a zero-cost runtime that returns
 a fixed disparity map, so inference is excluded. The subscriber runs in another process, as it
-would on a robot (in-process it would compete for the GIL while deserialising). Baseline from
+would on a robot (in-process it would compete for the GIL while deserialising). Frames come one
+per ``--period-ms`` (default 50 ms, a camera's pace; inference would fill the gap on a robot) so
+that the subscriber keeps up as a real one must; ``--period-ms 0`` runs them back to back. Baseline from
 the same run: a memcpy of the input and output bytes of one frame, "hot" (the same two buffers
 over and over: cache-resident where they fit) and "cold" (eight buffer pairs in turn, beyond the
 last-level cache, as each new frame's data is). "of which publish" is the
@@ -63,6 +65,9 @@ except BaseException:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--period-ms", type=float, default=50.0,
+                        help="one frame per period, as a camera (and inference) would pace them; 0 = back to back, "
+                             "where the subscriber falls behind and competes for the cores")
     parser.add_argument("--no-points", action="store_true", help="disparity and depth only (publish_points off)")
     parser.add_argument("--valid-only", action="store_true", help="cloud of the valid points only instead of the default "
                         "organised HxW cloud (NaN = invalid)")
@@ -93,7 +98,10 @@ def main() -> int:
                 publish_s[0] += time.perf_counter() - t
             pub.publish = timed_publish
         times, publishing = [], []
+        next_frame = time.perf_counter()
         for _ in range(args.repeats):
+            next_frame += args.period_ms / 1e3
+            time.sleep(max(0.0, next_frame - time.perf_counter()))
             publish_s[0] = 0.0
             t0 = time.perf_counter()
             node._process(lmsg, rmsg, infos[0], infos[1], time.monotonic())
