@@ -34,17 +34,22 @@ from m2s_stereo.stereo_node import StereoNode
 
 
 class FixedDisparity:
-    """A runtime that costs nothing: returns a precomputed map (to time everything else)."""
+    """A runtime that costs nothing: returns precomputed maps in turn (to time everything else).
+
+    The maps differ in how many pixels are invalid, as real frames do, so a valid-only cloud
+    changes size from frame to frame."""
 
     backend = "fixed"
     input_size = None
     meta = {"max_disp": 192}
 
-    def __init__(self, disparity: np.ndarray) -> None:
-        self.disparity = disparity
+    def __init__(self, disparities: list[np.ndarray]) -> None:
+        self.disparities = disparities
+        self.calls = 0
 
     def infer(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.disparity
+        self.calls += 1
+        return self.disparities[self.calls % len(self.disparities)]
 
 
 SINK = """
@@ -80,8 +85,9 @@ def main() -> int:
         rng = np.random.default_rng(0)
         left = rng.integers(0, 255, (h, w, 3), np.uint8)
         disparity = rng.uniform(1, 100, (h, w)).astype(np.float32)
+        maps = [np.where(rng.random((h, w)) < p, np.float32(0), disparity) for p in (0.01, 0.03, 0.02, 0.05)]
         camera = StereoCamera.ideal(w, h, focal_px=w * 0.8, baseline_m=0.12)
-        node = StereoNode(runtime=FixedDisparity(disparity), parameter_overrides=[Parameter("model_path", value="fixed"),
+        node = StereoNode(runtime=FixedDisparity(maps), parameter_overrides=[Parameter("model_path", value="fixed"),
                                                                                    Parameter("publish_points", value=not args.no_points),
                                                                                    Parameter("points_organized", value=not args.valid_only)])
         while (node.pub_points.get_subscription_count() == 0 or node.pub_depth.get_subscription_count() == 0
