@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -76,11 +77,11 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
             data = pool.take("points", packed.nbytes)[0]
             cloud.height, cloud.width = packed.shape[:2]
         else:
-            keep = np.isfinite(packed[:, :, 2]).reshape(-1)
-            n = int(np.count_nonzero(keep))
-            data, view = pool.take("points", n * 16)
-            np.compress(keep, packed.reshape(-1, 4), axis=0, out=view.view(np.float32).reshape(n, 4))
-            cloud.height, cloud.width = 1, n
+            # each point's 16 bytes as one complex128 item: boolean selection copies whole points
+            kept = packed.reshape(-1, 4).view(np.complex128)[:, 0][np.isfinite(packed[:, :, 2]).reshape(-1)]
+            data = array.array("B")  # a fresh buffer of exactly the valid points (its size varies per frame)
+            data.frombytes(kept.view(np.uint8))
+            cloud.height, cloud.width = 1, kept.size
         names = ["x", "y", "z"] + (["rgb"] if colors is not None else [])
         # rgb as FLOAT32 carrying the packed 0x00RRGGBB bits: the PCL / rviz convention
         cloud.fields = [types.PointField(name=n, offset=4 * i, datatype=types.PointField.FLOAT32, count=1)
