@@ -31,7 +31,8 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
 
     Every payload is computed by the camera model (:meth:`calib.StereoCamera.fill_outputs`, one
     pass over the frame with numba) straight into the messages' own buffers (``pool``'s, reused
-    from frame to frame), so nothing is copied before ``publish``:
+    from frame to frame), so nothing is copied before ``publish`` (a valid-only cloud is gathered
+    once from a scratch cloud into a buffer of its exact size):
 
     - disparity: 32FC1, ``d + doffs`` (so that ``Z = f * T / d``, the message's convention), NaN
       where the network gave no positive disparity; f, T, min/max disparity, delta_d, valid window;
@@ -51,7 +52,7 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
             fill[f"{name}_out"] = view.view(np.float32).reshape(h, w)
     if points_out:
         hs, ws = -(-h // stride), -(-w // stride)
-        # organised: the message buffer itself; valid-only: a scratch cloud compressed into it below
+        # organised: the message buffer itself; valid-only: a scratch cloud gathered from below
         packed = pool.take("points" if organized else "points_scratch", hs * ws * 16)[1].view(np.float32)
         packed = packed.reshape(hs, ws, 4)
         fill.update(points_out=packed, rgb_out=packed[:, :, 3].view(np.uint32), colors=colors)
