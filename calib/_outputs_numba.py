@@ -15,7 +15,9 @@ from numba import njit
 @njit(cache=True, nogil=True, fastmath=False, error_model="numpy")  # x/0 -> inf, as numpy
 def fill(disp, doffs, fb, lo, hi, col_factor, row_factor, stride, colors,
          disp_out, depth_out, points, rgb):  # pragma: no cover - compiled
-    """Unwanted outputs are passed as arrays with a zero-length first axis."""
+    """Unwanted outputs are passed as arrays with a zero-length first axis. ``colors`` is the
+    full-resolution image (read at every ``stride``-th pixel), so that one compiled version
+    serves every stride."""
     h, w = disp.shape
     nan = np.float32(np.nan)
     inf = np.float32(np.inf)
@@ -53,7 +55,8 @@ def fill(disp, doffs, fb, lo, hi, col_factor, row_factor, stride, colors,
         if want_rgb:
             for pj in range(rgb.shape[1]):
                 if with_colors:
-                    rgb[pi, pj] = ((np.uint32(colors[pi, pj, 0]) << np.uint32(16))
-                                   | (np.uint32(colors[pi, pj, 1]) << np.uint32(8)) | np.uint32(colors[pi, pj, 2]))
+                    j = pj * stride
+                    rgb[pi, pj] = ((np.uint32(colors[i, j, 0]) << np.uint32(16))
+                                   | (np.uint32(colors[i, j, 1]) << np.uint32(8)) | np.uint32(colors[i, j, 2]))
                 else:
                     rgb[pi, pj] = np.uint32(0)

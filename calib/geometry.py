@@ -312,7 +312,9 @@ def fill_outputs(
     baseline_m = _check_positive("baseline_m", baseline_m)
     if min_depth is not None and max_depth is not None and min_depth > max_depth:
         raise ShapeError(f"min_depth ({min_depth}) must not exceed max_depth ({max_depth})")
-    _, colors = _decimate("disparity", disparity, colors, stride)
+    if int(stride) != stride or stride < 1:
+        raise ShapeError(f"stride must be an integer >= 1, got {stride}")
+    _, colors = _decimate("disparity", disparity, colors, 1)  # checked, mono -> RGB, full resolution
     h, w = disparity.shape
     hs, ws = -(-h // stride), -(-w // stride)
     for name, out, shape, dtype in (("disparity_out", disparity_out, (h, w), np.float32),
@@ -340,7 +342,7 @@ def fill_outputs(
         kernel(np.ascontiguousarray(disparity, dtype=f32), f32(doffs), f32(fx * baseline_m),
                f32(-np.inf if min_depth is None else min_depth), f32(np.inf if max_depth is None else max_depth),
                (u - f32(cx)) / f32(fx), (v - f32(cy)) / f32(fy), int(stride),
-               np.empty((0, 0, 3), np.uint8) if colors is None else colors,
+               np.empty((0, 0, 3), np.uint8) if colors is None else np.ascontiguousarray(colors),
                none2 if disparity_out is None else disparity_out, none2 if depth_out is None else depth_out,
                none3 if points_out is None else points_out,
                np.empty((0, 0), np.uint32) if rgb_out is None else rgb_out)
@@ -353,7 +355,7 @@ def fill_outputs(
             disparity_out[~(disparity > 0)] = np.nan
     if depth_out is None and points_out is None:
         if rgb_out is not None:
-            _pack_rgb(colors, rgb_out)
+            _pack_rgb(colors, rgb_out, stride)
         return
     depth = disparity_to_depth(disparity, fx, baseline_m, doffs, min_depth, max_depth)
     if depth_out is not None:
@@ -361,14 +363,16 @@ def fill_outputs(
     if points_out is not None:
         _back_project(depth[::stride, ::stride], fx, fy, cx, cy, None, True, stride, points_out)
     if rgb_out is not None:
-        _pack_rgb(colors, rgb_out)
+        _pack_rgb(colors, rgb_out, stride)
 
 
-def _pack_rgb(colors: np.ndarray | None, out: np.ndarray) -> None:
-    """``0x00RRGGBB`` of an HxWx3 RGB uint8 image into ``out`` (uint32), 0 without colours."""
+def _pack_rgb(colors: np.ndarray | None, out: np.ndarray, stride: int) -> None:
+    """``0x00RRGGBB`` of every ``stride``-th pixel of an HxWx3 RGB uint8 image into ``out``
+    (uint32), 0 without colours."""
     if colors is None:
         out[...] = 0
         return
+    colors = colors[::stride, ::stride]
     np.left_shift(colors[:, :, 0], 16, out=out, dtype=np.uint32)
     out |= np.left_shift(colors[:, :, 1], 8, dtype=np.uint32)
     out |= colors[:, :, 2]
