@@ -52,11 +52,11 @@ def fill(disp, doffs, fb, lo, hi, col_factor, row_factor, stride, colors,
                 points[pi, pj, 0] = zj * col_factor[pj]
                 points[pi, pj, 1] = zj * fy
                 points[pi, pj, 2] = zj
-        if want_rgb:
+        if want_rgb and with_colors:
+            row = colors[i, ::stride]  # the image row, at every stride-th pixel
             for pj in range(rgb.shape[1]):
-                if with_colors:
-                    j = pj * stride
-                    rgb[pi, pj] = ((np.uint32(colors[i, j, 0]) << np.uint32(16))
-                                   | (np.uint32(colors[i, j, 1]) << np.uint32(8)) | np.uint32(colors[i, j, 2]))
-                else:
-                    rgb[pi, pj] = np.uint32(0)
+                rgb[pi, pj] = ((np.uint32(row[pj, 0]) << np.uint32(16)) | (np.uint32(row[pj, 1]) << np.uint32(8))
+                               | np.uint32(row[pj, 2]))
+        elif want_rgb:
+            for pj in range(rgb.shape[1]):
+                rgb[pi, pj] = np.uint32(0)
