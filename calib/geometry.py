@@ -212,13 +212,23 @@ def depth_to_points(depth: np.ndarray, *, fx: float, fy: float, cx: float, cy: f
     return _back_project(depth, fx, fy, cx, cy, colors, organized, stride, out)
 
 
+def _check_stride(stride: int) -> None:
+    if int(stride) != stride or stride < 1:
+        raise ShapeError(f"stride must be an integer >= 1, got {stride}")
+
+
+def _ray_factors(index: np.ndarray, stride: int, c: float, f: float) -> np.ndarray:
+    """``(index * stride - c) / f`` in float32: X/Z (or Y/Z) of the pixels whose decimated column
+    (or row) is ``index``; every back-projection path uses these same numbers."""
+    return (index.astype(np.float32, copy=False) * stride - np.float32(c)) / np.float32(f)
+
+
 def _decimate(name: str, image: np.ndarray, colors: np.ndarray | None,
               stride: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Check ``image`` (HxW), ``stride`` and ``colors`` (HxWx3 or HxW uint8, mono replicated to RGB),
     then keep every ``stride``-th row and column of both."""
     image = _check_image_2d(name, image)
-    if int(stride) != stride or stride < 1:
-        raise ShapeError(f"stride must be an integer >= 1, got {stride}")
+    _check_stride(stride)
     if colors is not None:
         colors = np.asarray(colors)
         if colors.shape[:2] != image.shape or colors.ndim not in (2, 3) or (colors.ndim == 3 and colors.shape[2] != 3):
@@ -243,16 +253,14 @@ def _back_project(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float,
         z = depth.ravel()[keep]
         rows, cols = np.divmod(keep, w)
         points = np.empty((keep.size, 3), dtype=np.float32)
-        np.multiply((cols.astype(np.float32) * stride - np.float32(cx)) / np.float32(fx), z, out=points[:, 0])
-        np.multiply((rows.astype(np.float32) * stride - np.float32(cy)) / np.float32(fy), z, out=points[:, 1])
+        np.multiply(_ray_factors(cols, stride, cx, fx), z, out=points[:, 0])
+        np.multiply(_ray_factors(rows, stride, cy, fy), z, out=points[:, 1])
         points[:, 2] = z
         return PointCloud(points, None if colors is None else np.take(colors.reshape(-1, 3), keep, axis=0))
-    u = np.arange(w, dtype=np.float32) * stride
-    v = np.arange(h, dtype=np.float32) * stride
     points = np.empty((h, w, 3), dtype=np.float32) if out is None else out[:, :, :3]
     # NaN depth propagates into X and Y, so invalid pixels are NaN in all three coordinates.
-    np.multiply(depth, ((u - np.float32(cx)) / np.float32(fx))[None, :], out=points[:, :, 0])
-    np.multiply(depth, ((v - np.float32(cy)) / np.float32(fy))[:, None], out=points[:, :, 1])
+    np.multiply(depth, _ray_factors(np.arange(w), stride, cx, fx)[None, :], out=points[:, :, 0])
+    np.multiply(depth, _ray_factors(np.arange(h), stride, cy, fy)[:, None], out=points[:, :, 1])
     points[:, :, 2] = depth
     return PointCloud(points, None if colors is None else np.ascontiguousarray(colors))
 
@@ -312,8 +320,7 @@ def fill_outputs(
     baseline_m = _check_positive("baseline_m", baseline_m)
     if min_depth is not None and max_depth is not None and min_depth > max_depth:
         raise ShapeError(f"min_depth ({min_depth}) must not exceed max_depth ({max_depth})")
-    if int(stride) != stride or stride < 1:
-        raise ShapeError(f"stride must be an integer >= 1, got {stride}")
+    _check_stride(stride)
     _, colors = _decimate("disparity", disparity, colors, 1)  # checked, mono -> RGB, full resolution
     h, w = disparity.shape
     hs, ws = -(-h // stride), -(-w // stride)
@@ -336,12 +343,10 @@ def fill_outputs(
         if kernel is None:
             raise ShapeError("fill_outputs(backend='numba') needs numba: pip install numba (or use backend='numpy')")
         f32 = np.float32
-        u = np.arange(ws, dtype=f32) * stride  # the factors exactly as _back_project forms them
-        v = np.arange(hs, dtype=f32) * stride
         none2, none3 = np.empty((0, 0), f32), np.empty((0, 0, 3), f32)
         kernel(np.ascontiguousarray(disparity, dtype=f32), f32(doffs), f32(fx * baseline_m),
                f32(-np.inf if min_depth is None else min_depth), f32(np.inf if max_depth is None else max_depth),
-               (u - f32(cx)) / f32(fx), (v - f32(cy)) / f32(fy), int(stride),
+               _ray_factors(np.arange(ws), stride, cx, fx), _ray_factors(np.arange(hs), stride, cy, fy), int(stride),
                np.empty((0, 0, 3), np.uint8) if colors is None else np.ascontiguousarray(colors),
                none2 if disparity_out is None else disparity_out, none2 if depth_out is None else depth_out,
                none3 if points_out is None else points_out,
