@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 
 from calib.errors import ShapeError
@@ -53,9 +54,9 @@ def _apply_depth_range(depth: np.ndarray, min_depth: float | None, max_depth: fl
         raise ShapeError(f"min_depth ({min_depth}) must not exceed max_depth ({max_depth})")
     with np.errstate(invalid="ignore"):
         if min_depth is not None:
-            depth[depth < min_depth] = np.nan
+            np.copyto(depth, np.nan, where=depth < min_depth)
         if max_depth is not None:
-            depth[depth > max_depth] = np.nan
+            np.copyto(depth, np.nan, where=depth > max_depth)
 
 
 def disparity_to_depth(
@@ -377,7 +378,6 @@ def _pack_rgb(colors: np.ndarray | None, out: np.ndarray, stride: int) -> None:
     if colors is None:
         out[...] = 0
         return
-    colors = colors[::stride, ::stride]
-    np.left_shift(colors[:, :, 0], 16, out=out, dtype=np.uint32)
-    out |= np.left_shift(colors[:, :, 1], 8, dtype=np.uint32)
-    out |= colors[:, :, 2]
+    # RGB -> BGRA gives the bytes B, G, R, 255: the little-endian uint32 0xFFRRGGBB
+    bgra = cv2.cvtColor(np.ascontiguousarray(colors[::stride, ::stride]), cv2.COLOR_RGB2BGRA)
+    np.bitwise_and(bgra.view("<u4")[:, :, 0], np.uint32(0x00FFFFFF), out=out)
