@@ -53,8 +53,8 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
     if points_out:
         hs, ws = -(-h // stride), -(-w // stride)
         # organised: the message buffer itself; valid-only: a scratch cloud gathered from below
-        packed = pool.take("points" if organized else "points_scratch", hs * ws * 16)[1].view(np.float32)
-        packed = packed.reshape(hs, ws, 4)
+        buffers["points"], view = pool.take("points" if organized else "points_scratch", hs * ws * 16)
+        packed = view.view(np.float32).reshape(hs, ws, 4)
         fill.update(points_out=packed, rgb_out=packed[:, :, 3].view(np.uint32), colors=colors)
     camera.fill_outputs(disparity, **fill)
     disp_msg = depth = cloud = None
@@ -75,7 +75,7 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
         cloud = new_message(types.PointCloud2)
         cloud.header = header
         if organized:
-            data = pool.take("points", packed.nbytes)[0]
+            data = buffers["points"]
             cloud.height, cloud.width = packed.shape[:2]
         else:
             # each point's 16 bytes as one complex128 item: boolean selection copies whole points
