@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 
 from calib import geometry
-from calib.camera_info_io import format_camera_info_yaml, read_camera_info_yaml, write_text_atomic
+from calib.camera_info_io import format_camera_info_yaml, read_camera_info_yaml
 from calib.errors import CalibrationError
+from calib.safe_files import write_text_atomic
 
 _SUPPORTED_DISTORTION = ("plumb_bob", "rational_polynomial", "equidistant")
 

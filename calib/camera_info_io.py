@@ -17,7 +17,6 @@ Floats are written with Python's shortest round-trip repr, so write -> read is l
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +119,3 @@ def format_camera_info_yaml(
         "projection_matrix": _block(P, 3, 4),
     }
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=1000)
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file + rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from calib.safe_files import write_bytes_atomic
 from m2s_train.errors import DatasetError
 
 FORMAT = "m2s-synth-v1"
@@ -102,21 +102,6 @@ def decode_sample(path: str | os.PathLike) -> StereoSample:
                                 npy("hole.npy"), npy("ea_mask.npy"), npy("visible.npy"), meta)
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise DatasetError(f"corrupt sample file {path}: {exc}") from None
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """temp file in the same directory -> fsync -> rename: readers see all of it or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def manifest_line(meta: dict[str, Any]) -> str:
