@@ -1,8 +1,14 @@
-"""Typed configs loaded from YAML: nested frozen dataclasses, validated with errors that name the key."""
+"""Typed configs loaded from YAML: nested frozen dataclasses, validated with errors that name the key.
+
+Numeric fields declare their valid range once, where they are defined (:func:`num`), and every
+config's ``__post_init__`` calls :func:`check_fields`, so a config is checked the same way
+whether it comes from YAML, a CLI flag or code. Floats must be finite everywhere.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -14,6 +20,41 @@ import yaml
 from m2s_train.errors import ConfigError
 
 T = TypeVar("T")
+
+_BOUNDS = "m2s_bounds"
+
+
+def num(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """A numeric dataclass field (``default``, or ``factory`` for lists) with its valid range,
+    applied to each element of a list/tuple; checked by :func:`check_fields`."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={_BOUNDS: (ge, gt, le, lt)})
+
+
+def _range_problem(name: str, value: Any, bounds: tuple[Any, ...] | None) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    if bounds is None:
+        return None
+    ge, gt, le, lt = bounds
+    for ok, text, limit in ((ge is None or value >= ge, ">=", ge), (gt is None or value > gt, ">", gt),
+                            (le is None or value <= le, "<=", le), (lt is None or value < lt, "<", lt)):
+        if not ok:
+            return f"{name} must be {text} {limit:g}, got {value}"
+    return None
+
+
+def check_fields(config: Any) -> None:
+    """Raise ``ValueError`` naming the field if a numeric field of ``config`` is out of range or not finite."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            problem = _range_problem(f.name, item, f.metadata.get(_BOUNDS))
+            if problem:
+                raise ValueError(problem)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -52,6 +93,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from m2s_train.config import check_fields, num
 from m2s_train.errors import ConfigError
 from m2s_train.losses import gt_valid_mask, sequence_loss
 from m2s_train.models.igev import StereoOutput
@@ -46,10 +47,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AlignConfig:
-    min_labels: int = 50
-    max_residual: float = 3.0  # px, median absolute residual after the fit
-    iterations: int = 10
-    huber: float = 1.0  # px, IRLS Huber threshold
+    min_labels: int = num(50, ge=2)
+    max_residual: float = num(3.0, gt=0)  # px, median absolute residual after the fit
+    iterations: int = num(10, ge=1)
+    huber: float = num(1.0, gt=0)  # px, IRLS Huber threshold
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -239,11 +243,14 @@ class DistillationDataset(torch.utils.data.Dataset):
 @dataclass(frozen=True)
 class S2DKDConfig:
     enabled: bool = True
-    lambda_kd: float = 0.5
-    lambda_grad: float = 0.5
-    width: float = 1.0  # Laplacian width b of the target distribution, in 1/4-resolution candidates
-    all_pixels_weight: float = 0.1  # KL weight on pixels that do have GT (0: unlabelled pixels only)
-    gamma: float = 0.9
+    lambda_kd: float = num(0.5, ge=0)
+    lambda_grad: float = num(0.5, ge=0)
+    width: float = num(1.0, gt=0)  # Laplacian width b of the target distribution, in 1/4-resolution candidates
+    all_pixels_weight: float = num(0.1, ge=0)  # KL weight on pixels that do have GT (0: unlabelled pixels only)
+    gamma: float = num(0.9, gt=0, le=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def laplacian_target(teacher_q: torch.Tensor, candidates: int, width: float) -> torch.Tensor:

@@ -12,17 +12,21 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from m2s_train.config import check_fields, num
 from m2s_train.errors import ShapeError
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    crop: tuple[int, int] | None = (256, 512)  # (height, width); None keeps the full image
-    brightness: float = 0.3  # factor drawn from [1 - b, 1 + b]
-    contrast: float = 0.3
-    saturation: float = 0.3
-    gamma: tuple[float, float] = (0.8, 1.2)
-    asymmetric_prob: float = 0.2  # probability that the right view gets its own draw
+    crop: tuple[int, int] | None = num((256, 512), ge=1)  # (height, width); None keeps the full image
+    brightness: float = num(0.3, ge=0, lt=1)  # factor drawn from [1 - b, 1 + b]
+    contrast: float = num(0.3, ge=0, lt=1)
+    saturation: float = num(0.3, ge=0, le=1)
+    gamma: tuple[float, float] = num((0.8, 1.2), gt=0)
+    asymmetric_prob: float = num(0.2, ge=0, le=1)  # probability that the right view gets its own draw
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def pad_to(size: tuple[int, int], *arrays: np.ndarray) -> list[np.ndarray]:

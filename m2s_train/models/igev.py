@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2s_train.config import check_fields, num
 from m2s_train.errors import ShapeError
 from m2s_train.models.igev_blocks import ContextNet, ConvNormAct, FeatureNet, UpConcat, UpdateBlock
 from m2s_train.models.registry import register_model
@@ -35,25 +36,26 @@ from m2s_train.models.registry import register_model
 class IGEVConfig:
     """Architecture options. Defaults are the paper's (12.6 M parameters in the reference)."""
 
-    max_disp: int = 192  # disparity range at full resolution, px (volume has max_disp / 4 candidates)
-    train_iters: int = 22
-    valid_iters: int = 32
-    groups: int = 8  # group-wise correlation groups = channels of the 3-D cost volume
-    corr_levels: int = 2  # look-up pyramid levels
-    corr_radius: int = 4  # look-up radius, candidates
-    gru_levels: int = 3  # ConvGRUs at 1/4, 1/8, 1/16
-    hidden_dim: int = 128  # GRU hidden and context channels
-    backbone_width: float = 1.0  # MobileNetV2 width multiplier
-    context_width: int = 128  # context encoder width
-    stem_dims: tuple[int, int] = (32, 48)  # image stems at 1/2 and 1/4 (detail for matching and upsampling)
-    spx_dim: int = 24  # features of the initial-disparity upsampler
-    motion_dim: int = 128
-    head_dim: int = 256  # hidden channels of the disparity-update head
-    cost_base: int = 8  # channels of the first hourglass level (x2, x4, x6 deeper)
+    max_disp: int = num(192, ge=16, le=1024)  # disparity range at full resolution, px (volume has max_disp / 4 candidates)
+    train_iters: int = num(22, ge=1)
+    valid_iters: int = num(32, ge=1)
+    groups: int = num(8, ge=1)  # group-wise correlation groups = channels of the 3-D cost volume
+    corr_levels: int = num(2, ge=1, le=4)  # look-up pyramid levels
+    corr_radius: int = num(4, ge=1, le=16)  # look-up radius, candidates
+    gru_levels: int = num(3, ge=1, le=3)  # ConvGRUs at 1/4, 1/8, 1/16
+    hidden_dim: int = num(128, ge=1)  # GRU hidden and context channels
+    backbone_width: float = num(1.0, gt=0, le=4)  # MobileNetV2 width multiplier
+    context_width: int = num(128, ge=1)  # context encoder width
+    stem_dims: tuple[int, int] = num((32, 48), ge=1)  # image stems at 1/2 and 1/4 (detail for matching and upsampling)
+    spx_dim: int = num(24, ge=1)  # features of the initial-disparity upsampler
+    motion_dim: int = num(128, ge=1)
+    head_dim: int = num(256, ge=1)  # hidden channels of the disparity-update head
+    cost_base: int = num(8, ge=1)  # channels of the first hourglass level (x2, x4, x6 deeper)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # input normalisation from [0, 1] images
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = num((0.5, 0.5, 0.5), gt=0)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.max_disp % 16 or self.max_disp < 16:
             raise ValueError(f"max_disp must be a positive multiple of 16, got {self.max_disp}")
         if not 1 <= self.gru_levels <= 3:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from m2s_train.config import check_fields, num
 from m2s_train.errors import ShapeError, SynthesisError
 
 
@@ -25,13 +26,14 @@ class DisparityScaling:
     ``overshoot_prob``: probability of drawing in ``(max_max_disparity, overshoot_max]`` instead.
     """
 
-    min_max_disparity: float = 40.0
-    max_max_disparity: float = 196.0
-    overshoot_prob: float = 0.01
-    overshoot_max: float = 230.0
-    flying_pixel_threshold: float = 3.0
+    min_max_disparity: float = num(40.0, gt=0)
+    max_max_disparity: float = num(196.0, gt=0)
+    overshoot_prob: float = num(0.01, ge=0, le=1)
+    overshoot_max: float = num(230.0, gt=0)
+    flying_pixel_threshold: float = num(3.0, gt=0)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not 0 < self.min_max_disparity <= self.max_max_disparity <= self.overshoot_max:
             raise ShapeError(
                 "disparity scaling needs 0 < min_max_disparity <= max_max_disparity <= overshoot_max, got "

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from m2s_train.config import check_fields, num
 from m2s_train.errors import ConfigError, ShapeError, SynthesisError
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,13 @@ log = logging.getLogger(__name__)
 class EAMaskConfig:
     """Pixels unless noted. ``jump``: disparity step that separates foreground from background."""
 
-    jump: float = 1.0
-    flying_width: int = 2
-    bg_grow: int = 1
-    context_band: int = 8
+    jump: float = num(1.0, gt=0)
+    flying_width: int = num(2, ge=0, le=64)
+    bg_grow: int = num(1, ge=0, le=64)
+    context_band: int = num(8, ge=0, le=256)
 
     def __post_init__(self) -> None:
-        if self.jump <= 0 or min(self.flying_width, self.bg_grow, self.context_band) < 0:
-            raise ValueError("jump must be > 0 and the widths >= 0")
+        check_fields(self)
 
 
 class EAMask(NamedTuple):

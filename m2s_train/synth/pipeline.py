@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from calib.errors import DataError
 from calib.image_io import read_rgb
-from m2s_train.config import to_dict
+from m2s_train.config import check_fields, num, to_dict
 from m2s_train.errors import ConfigError, DatasetError, SynthesisError
 from m2s_train.synth.depth import DepthEstimator, create_depth_estimator
 from m2s_train.synth.disparity import DisparityScaling, inverse_depth_to_disparity
@@ -39,7 +39,10 @@ class DepthConfig:
     precomputed_kind: str = "inverse_depth"  # inverse_depth | depth
     device: str = "auto"
     fp16: bool | None = None  # None: fp16 on CUDA only
-    batch_size: int = 4
+    batch_size: int = num(4, ge=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def depth_estimator_from_config(config: DepthConfig, seed: int = 0) -> DepthEstimator:
@@ -52,13 +55,14 @@ def depth_estimator_from_config(config: DepthConfig, seed: int = 0) -> DepthEsti
 @dataclass(frozen=True)
 class InpaintConfig:
     method: str = "telea"  # telea | ns | sd
-    radius: int = 3  # classical inpainting radius, px (cost grows with its square)
+    radius: int = num(3, ge=1, le=64)  # classical inpainting radius, px (cost grows with its square)
     ea: EAMaskConfig = field(default_factory=EAMaskConfig)
     sd_model: str | None = None  # Stable Diffusion inpainting weights (local), for method 'sd'
-    sd_steps: int = 20
-    sd_tile: int = 512
+    sd_steps: int = num(20, ge=1)
+    sd_tile: int = num(512, ge=64)
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.method not in ("telea", "ns", "sd"):
             raise ValueError(f"inpaint.method must be telea, ns or sd, got '{self.method}'")
         if self.method == "sd" and not self.sd_model:
@@ -70,12 +74,13 @@ class SynthConfig:
     seed: int = 0
     depth: DepthConfig = field(default_factory=DepthConfig)
     disparity: DisparityScaling = field(default_factory=DisparityScaling)
-    max_gap: float = 2.0  # warp: visible neighbours further apart leave a hole, px
+    max_gap: float = num(2.0, gt=0)  # warp: visible neighbours further apart leave a hole, px
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
-    min_side: int = 64  # smaller images are skipped
-    max_side: int = 1280  # larger images are downscaled so the longer side fits
+    min_side: int = num(64, ge=16)  # smaller images are skipped
+    max_side: int = num(1280, ge=16, le=16384)  # larger images are downscaled so the longer side fits
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.min_side < 16 or self.max_side < self.min_side:
             raise ValueError(f"need 16 <= min_side <= max_side, got {self.min_side}, {self.max_side}")
 
