@@ -7,7 +7,16 @@ import json
 import os
 import sys
 
-from calib.console import add_common_flags, run_command
+from calib.console import (
+    CliParser,
+    add_common_flags,
+    bounded,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
 from m2s_train.config import load_config
 
 
@@ -55,7 +64,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     overrides = {**_run_overrides(args), "train_iters": args.train_iters,
                  "freeze_bn": True if args.freeze_bn else None, "mixed_precision": False if args.no_amp else None}
     config = load_config(TrainConfig, args.config, overrides)
-    _print_on_rank0(train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet))
+    _print_on_rank0(train(config, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                          progress=not args.quiet))
     return 0
 
 
@@ -82,22 +92,25 @@ def _cache_mono(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from m2s_train.finetune import run_finetune
 
-    _print_on_rank0(run_finetune(_finetune_config(args), args.out, resume=args.resume, device=args.device,
-                                 progress=not args.quiet))
+    _print_on_rank0(run_finetune(_finetune_config(args), args.out, resume=args.resume, overwrite=args.overwrite,
+                                 device=args.device, progress=not args.quiet))
     return 0
 
 
 def _run_flags(p: argparse.ArgumentParser, out_help: str) -> None:
     """Flags of a training run, shared by pretrain and finetune (map to TrainConfig fields)."""
     p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("--steps", type=int, help="total optimizer steps")
-    p.add_argument("--batch-size", type=int, help="pairs per step and process")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="random crop size, px")
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--seed", type=int, help="seed for weights, sample order and augmentation")
-    p.add_argument("--num-workers", type=int, help="data loader worker processes per training process")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the run's newest intact checkpoint (damaged newer ones are set aside)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run: delete its checkpoints, logs and summary, then start again")
+    p.add_argument("--steps", type=positive_int, help="total optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, help="pairs per step and process")
+    p.add_argument("--crop", type=bounded_crop, nargs=2, metavar=("H", "W"), help="random crop size, px (>= 32)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--seed", type=non_negative_int, help="seed for weights, sample order and augmentation")
+    p.add_argument("--num-workers", type=non_negative_int, help="data loader worker processes per training process")
+    p.add_argument("--checkpoint-every", type=positive_int, help="steps between checkpoints")
 
 
 def _teacher_flags(p: argparse.ArgumentParser) -> None:
@@ -111,6 +124,9 @@ def _teacher_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth-model", help="Depth Anything V2 directory or cached Hugging Face id")
     p.add_argument("--depth-dir", help="precomputed teacher maps <stem>.npy (with --depth-backend precomputed)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
+
+
+bounded_crop = bounded(int, ge=32)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -133,7 +149,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m2s-train", description="Mono2Stereo training pipeline.")
+    parser = CliParser(prog="m2s-train", description="Mono2Stereo training pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -150,18 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-dir", help="directory of precomputed <stem>.npy / 16-bit <stem>.png maps")
     p.add_argument("--depth-kind", choices=["inverse_depth", "depth"], help="what the precomputed maps hold")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N for the depth and diffusion models")
-    p.add_argument("--batch-size", type=int, help="images per depth forward pass")
-    p.add_argument("--min-disp", type=float, help="lower bound of the sampled maximum disparity, px")
-    p.add_argument("--max-disp", type=float, help="upper bound of the sampled maximum disparity, px")
+    p.add_argument("--batch-size", type=positive_int, help="images per depth forward pass")
+    p.add_argument("--min-disp", type=positive_float, help="lower bound of the sampled maximum disparity, px")
+    p.add_argument("--max-disp", type=positive_float, help="upper bound of the sampled maximum disparity, px")
     p.add_argument("--inpaint", choices=["telea", "ns", "sd"], help="hole filler on the edge-aware mask")
     p.add_argument("--sd-model", help="Stable Diffusion inpainting weights directory (for --inpaint sd)")
-    p.add_argument("--max-side", type=int, help="downscale images whose longer side exceeds this, px")
-    p.add_argument("--seed", type=int, help="global seed (per-sample draws also depend on the image bytes)")
+    p.add_argument("--max-side", type=bounded(int, ge=16, le=16384),
+                   help="downscale images whose longer side exceeds this, px")
+    p.add_argument("--seed", type=non_negative_int, help="global seed (per-sample draws also depend on the image bytes)")
     p.add_argument("--shard", help="i/n: process images k with k %% n == i (default: torchrun RANK/WORLD_SIZE)")
     p.add_argument("--resume", action="store_true", help="continue a killed run; finished samples are kept")
-    p.add_argument("--preview", type=int, default=0, metavar="N",
+    p.add_argument("--preview", type=non_negative_int, default=0, metavar="N",
                    help="write side-by-side preview PNGs for the first N new samples")
-    p.add_argument("--limit", type=int, help="process at most this many images of this shard")
+    p.add_argument("--limit", type=non_negative_int, help="process at most this many images of this shard")
     add_common_flags(p)
     p.set_defaults(handler=_synth)
 
@@ -176,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="checkpoint directory to initialise the weights from")
     p.add_argument("--dataset", action="append",
                    help="kind:path[:half] (synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder); repeatable")
-    p.add_argument("--train-iters", type=int, help="GRU iterations during training (default: the model's)")
+    p.add_argument("--train-iters", type=positive_int, help="GRU iterations during training (default: the model's)")
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--device", default="auto", help="auto (CUDA when available) | cpu | cuda")
@@ -199,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     _run_flags(p, "run directory: checkpoints/, tensorboard/, train_summary.json")
     p.add_argument("--sparsify", choices=["lidar-like"], help="turn dense GT into KITTI-like sparse labels")
     p.add_argument("--no-s2dkd", action="store_true", help="sparse loss only (the ablation baseline)")
-    p.add_argument("--lambda-kd", type=float, help="weight of the KL distillation term")
-    p.add_argument("--lambda-grad", type=float, help="weight of the gradient (structure) term")
-    p.add_argument("--kd-width", type=float, help="Laplacian width of the target distribution, candidates")
+    p.add_argument("--lambda-kd", type=non_negative_float, help="weight of the KL distillation term")
+    p.add_argument("--lambda-grad", type=non_negative_float, help="weight of the gradient (structure) term")
+    p.add_argument("--kd-width", type=positive_float, help="Laplacian width of the target distribution, candidates")
     add_common_flags(p)
     p.set_defaults(handler=_finetune)
 
@@ -211,11 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "maps) under --out. 'aloe' is the built-in real Middlebury pair from opencv-doc ('aloe:half').")
     p.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + model.json)")
     p.add_argument("--dataset", action="append", required=True, help="kind:path[:half] or aloe[:half]; repeatable")
-    p.add_argument("--iters", type=int, help="GRU iterations (default: the model's valid_iters)")
+    p.add_argument("--iters", type=positive_int, help="GRU iterations (default: the model's valid_iters)")
     p.add_argument("--sgbm", action="store_true", help="also evaluate OpenCV StereoSGBM on the same pairs")
     p.add_argument("--out", help="directory for metrics.json / metrics.md / error maps")
-    p.add_argument("--error-maps", type=int, default=0, metavar="N", help="write error-map PNGs for the first N pairs")
-    p.add_argument("--max-images", type=int, help="evaluate at most N pairs per dataset")
+    p.add_argument("--error-maps", type=non_negative_int, default=0, metavar="N",
+                   help="write error-map PNGs for the first N pairs")
+    p.add_argument("--max-images", type=positive_int, help="evaluate at most N pairs per dataset")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     add_common_flags(p)
     p.set_defaults(handler=_eval)

@@ -51,8 +51,8 @@ def cache_mono(config: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
     return {"cache": str(cache.dir), "model_id": cache.model_id, **counts}
 
 
-def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "auto",
-                 progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+                 device: str = "auto", progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     tc = config.train
     base = build_dataset("+".join(tc.datasets))
     cache = teacher_cache(config, base, progress)[0] if config.s2dkd.enabled else None
@@ -64,5 +64,5 @@ def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool
         return s2dkd_loss(output, batch, model_cfg, config.s2dkd)
 
     extra = {k: v for k, v in to_dict(config).items() if k != "train"}
-    return train(tc, Path(out), resume=resume, device=device, progress=progress, loss_fn=loss_fn, dataset=dataset,
-                 stop_after=stop_after, extra_config=extra)
+    return train(tc, Path(out), resume=resume, overwrite=overwrite, device=device, progress=progress, loss_fn=loss_fn,
+                 dataset=dataset, stop_after=stop_after, extra_config=extra)

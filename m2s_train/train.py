@@ -13,11 +13,9 @@ resumed reaches the same weights at step n as an uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,12 +27,19 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from m2s_train.config import to_dict
+from calib.safe_files import write_json_atomic
+from m2s_train.checkpoints import (
+    find_resume_checkpoint,
+    latest_checkpoint,
+    prepare_run_dir,
+    save_checkpoint,
+)
+from m2s_train.config import check_fields, num, to_dict
 from m2s_train.data.augment import AugmentConfig
 from m2s_train.data.stereo_datasets import build_dataset
 from m2s_train.errors import ConfigError
 from m2s_train.losses import sequence_loss
-from m2s_train.models import create_model, load_model, save_model
+from m2s_train.models import create_model, load_model
 from m2s_train.models.registry import check_state_fits
 
 log = logging.getLogger(__name__)
@@ -46,29 +51,28 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init: str | None = None  # checkpoint directory to start from (weights only)
     datasets: list[str] = field(default_factory=lambda: ["synth:data/synth"])
-    crop: list[int] = field(default_factory=lambda: [256, 512])  # height, width
-    batch_size: int = 4  # per process
-    steps: int = 200_000
-    lr: float = 2e-4
-    weight_decay: float = 1e-5
-    pct_start: float = 0.01  # one-cycle warm-up fraction
-    grad_clip: float = 1.0
-    gamma: float = 0.9  # sequence-loss decay
-    train_iters: int | None = None  # None: the model config's train_iters
+    crop: list[int] = num(factory=lambda: [256, 512], ge=32)  # height, width
+    batch_size: int = num(4, ge=1)  # per process
+    steps: int = num(200_000, ge=1)
+    lr: float = num(2e-4, gt=0)
+    weight_decay: float = num(1e-5, ge=0)
+    pct_start: float = num(0.01, gt=0, lt=1)  # one-cycle warm-up fraction
+    grad_clip: float = num(1.0, gt=0)
+    gamma: float = num(0.9, gt=0, le=1)  # sequence-loss decay
+    train_iters: int | None = num(None, ge=1)  # None: the model config's train_iters
     mixed_precision: bool = True  # on CUDA only (bfloat16 where supported, else float16 + scaler)
     freeze_bn: bool = False
-    seed: int = 0
-    num_workers: int = 2
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    image_every: int = 1000
+    seed: int = num(0, ge=0)
+    num_workers: int = num(2, ge=0)
+    checkpoint_every: int = num(1000, ge=1)
+    keep_checkpoints: int = num(3, ge=1)  # newest checkpoints kept; older ones are deleted
+    log_every: int = num(50, ge=1)
+    image_every: int = num(1000, ge=1)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.steps < 1 or self.checkpoint_every < 1:
-            raise ValueError("batch_size, steps and checkpoint_every must be >= 1")
-        if len(self.crop) != 2 or min(self.crop) < 32:
-            raise ValueError(f"crop must be [height, width] >= 32, got {self.crop}")
+        check_fields(self)
+        if len(self.crop) != 2:
+            raise ValueError(f"crop must be [height, width], got {self.crop}")
 
 
 @dataclass
@@ -136,35 +140,6 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer, scheduler, scaler,
-                    config: dict[str, Any], device: torch.device, keep: int) -> Path:
-    """``checkpoints/step_N/`` (model.safetensors, model.json, state.pt, train.json) via a temp dir + rename."""
-    root = out / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(device)}, tmp / "state.pt")
-    (tmp / "train.json").write_text(json.dumps({"step": step, "config": config}, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    (root / ".latest.tmp").write_text(final.name + "\n")
-    os.replace(root / ".latest.tmp", root / "latest")
-    for old in sorted(root.glob("step_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    pointer = out / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = out / "checkpoints" / pointer.read_text().strip()
-    return path if path.is_dir() else None
-
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -181,17 +156,21 @@ def rank_divergence(model: torch.nn.Module) -> float:
     return float(worst)
 
 
-def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, device: str = "auto",
-          progress: bool = True, loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]] | None = None,
+def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          device: str = "auto", progress: bool = True,
+          loss_fn: Callable[..., tuple[torch.Tensor, dict[str, float]]] | None = None,
           dataset: Any | None = None, stop_after: int | None = None,
           extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns a summary. ``stop_after`` ends the run early (tests, kill simulation).
 
+    ``out`` holding a run is refused unless ``resume`` (continue from its newest intact
+    checkpoint, see :mod:`m2s_train.checkpoints`) or ``overwrite`` (delete it first).
     ``loss_fn(output, batch, model_config)`` replaces the sequence loss (fine-tuning plugs S2DKD
     here); ``extra_config`` (its settings) is saved with checkpoints and checked on resume too.
     """
     out = Path(out)
     info = setup_distributed(device)
+    prepare_run_dir(out, resume=resume, overwrite=overwrite, main=info.main)
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model = create_model(config.model, **config.model_overrides)
     if config.init:
@@ -216,18 +195,17 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
 
     full_config = {**to_dict(config), **({"extra": extra_config} if extra_config else {})}
     step = 0
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = find_resume_checkpoint(out, main=info.main) if resume else None
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from step 0", out)
     if checkpoint is not None:
-        saved = json.loads((checkpoint / "train.json").read_text())["config"]
+        saved = checkpoint.config
         if saved != full_config:
             changed = sorted(k for k in set(saved) | set(full_config) if saved.get(k) != full_config.get(k))
-            raise ConfigError(f"{checkpoint} was trained with another config (differs in: {', '.join(changed)}); "
+            raise ConfigError(f"{checkpoint.path} was trained with another config (differs in: {', '.join(changed)}); "
                               "resume with the same config or start a new --out")
-        weights = load_model(checkpoint)
-        model.load_state_dict(weights.state_dict())
-        state = torch.load(checkpoint / "state.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(checkpoint.model.state_dict())
+        state = checkpoint.state
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -235,7 +213,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
         if "cuda" in state["rng"] and info.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], info.device)
         step = int(state["step"])
-        log.info("resumed from %s at step %d", checkpoint, step)
+        log.info("resumed from %s at step %d", checkpoint.path, step)
 
     if info.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -296,8 +274,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                 disp = output.disparity[0].detach().clamp(min=0)
                 writer.add_image("train/disparity", disp / disp.max().clamp(min=1e-6), step)
             if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint(out, step, _unwrap(model), optimizer, scheduler, scaler, full_config, info.device,
-                                config.keep_checkpoints)
+                save_checkpoint(out, step, _unwrap(model), optimizer, scheduler, scaler, full_config,
+                                _rng_state(info.device), config.keep_checkpoints)
     bar.close()
     if writer is not None:
         writer.close()
@@ -309,6 +287,6 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
                "checkpoint": str(final) if final else None}
     if info.main:
-        (out / "train_summary.json").write_text(json.dumps({**summary, "config": full_config}, indent=2) + "\n")
+        write_json_atomic(out / "train_summary.json", {**summary, "config": full_config})
     return summary
 

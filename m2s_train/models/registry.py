@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from calib.safe_files import read_json, write_json_atomic
 from m2s_train.config import from_dict
 from m2s_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, tuple[type, Any, Callable[[Any], nn.Module]]] = {}
 
@@ -67,7 +71,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
 
 
 def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` + ``model.json`` (name and config) atomically into ``directory``."""
+    """Write ``model.safetensors`` (the name and config also in its metadata) + ``model.json`` atomically."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -76,34 +80,75 @@ def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     tmp = directory / ".model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"model": json.dumps(describe(model))})
     os.replace(tmp, directory / "model.safetensors")
-    tmp_json = directory / ".model.json.tmp"
-    tmp_json.write_text(json.dumps(describe(model), indent=2) + "\n")
-    os.replace(tmp_json, directory / "model.json")
+    write_json_atomic(directory / "model.json", describe(model))
     return directory
 
 
+def checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint directory of ``path`` (the directory itself or its ``model.safetensors``), checked
+    to hold both ``model.safetensors`` and ``model.json``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"checkpoint {path} not found")
+    directory = path if path.is_dir() else path.parent
+    missing = [n for n in ("model.safetensors", "model.json") if not (directory / n).is_file()]
+    if missing or (path.is_file() and path.name != "model.safetensors"):
+        raise ConfigError(f"{path} is not a model checkpoint: expected a directory with model.safetensors and "
+                          f"model.json{' (missing ' + ', '.join(missing) + ')' if missing else ''}")
+    return directory
+
+
+def _config_differences(a: Any, b: Any) -> list[str]:
+    return [f"{f.name} {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}" for f in dataclasses.fields(a)
+            if getattr(a, f.name) != getattr(b, f.name)]
+
+
 def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a model from a checkpoint directory (or its ``model.safetensors``); weights must match exactly."""
-    from safetensors import SafetensorError
+    """Rebuild a model from a checkpoint directory (or its ``model.safetensors``); weights must match exactly.
+
+    ``model.json`` must agree with the name and config stored inside ``model.safetensors`` (an edited
+    model.json would otherwise build another network around the weights, e.g. another max_disp,
+    and give wrong disparities without any error). Files saved before the config was stored there
+    are accepted on model.json alone, with a warning.
+    """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
-    directory = path if path.is_dir() else path.parent
+    directory = checkpoint_dir(path)
     weights = directory / "model.safetensors"
     meta_path = directory / "model.json"
-    if not weights.is_file() or not meta_path.is_file():
-        raise ConfigError(f"{directory} is not a model checkpoint: expected model.safetensors and model.json")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path, "model config", ConfigError)
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{meta_path}: expected a JSON object with 'name' and 'config'")
     _ensure_builtin()
     name = meta.get("name")
     if name not in _REGISTRY:
         raise ConfigError(f"{meta_path}: unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     config = from_dict(_REGISTRY[name][0], meta.get("config", {}), str(meta_path))
-    model = create_model(name, config)
     try:
+        with safe_open(str(weights), framework="pt") as f:
+            stored = (f.metadata() or {}).get("model")
         state = load_file(str(weights), device=map_location)
-    except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"cannot read {weights}: {exc}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {weights} (corrupt or truncated?): {exc}") from None
+    if stored is None:
+        log.warning("%s carries no model config of its own (saved by an older version): trusting %s", weights, meta_path)
+    else:
+        try:
+            stored_meta = json.loads(stored)
+            stored_name = stored_meta["name"]
+            stored_config = from_dict(_REGISTRY[stored_name][0], stored_meta.get("config", {}), f"{weights} metadata")
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{weights}: unreadable model metadata ({exc})") from None
+        if stored_name != name:
+            raise ConfigError(f"{meta_path} says model '{name}' but {weights.name} was saved from '{stored_name}'; "
+                              "model.json was edited or belongs to another checkpoint")
+        diffs = _config_differences(config, stored_config)
+        if diffs:
+            raise ConfigError(f"{meta_path} does not match the config saved inside {weights.name} "
+                              f"({'; '.join(diffs)}): model.json was edited or belongs to another checkpoint. "
+                              "Restore it (the weights' own config is authoritative) or re-save the model")
+    model = create_model(name, config)
     check_state_fits(model, state, str(weights))
     model.load_state_dict(state)
     return model
