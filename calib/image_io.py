@@ -6,7 +6,12 @@ same way everywhere: unreadable -> :class:`DataError` naming the file; other for
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -15,16 +20,60 @@ import numpy as np
 from calib.errors import DataError
 
 
+_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG", "Bogus", "Invalid JPEG", "Unsupported marker")
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """What C libraries write to file descriptor 2 inside the block (libjpeg reports damaged data
+    there as a warning and decodes anyway). Lines that are not libjpeg's are written back."""
+    lines: list[str] = []
+    with _stderr_lock, tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace")
+            lines.extend(text.splitlines())
+            others = [line for line in lines if not line.startswith(_JPEG_DAMAGE)]
+            if others:
+                print("\n".join(others), file=sys.stderr)
+
+
+def decode_image(data: bytes | np.ndarray, where: str) -> np.ndarray:
+    """Decode encoded image bytes (any format OpenCV reads) with ``IMREAD_UNCHANGED``.
+
+    A JPEG that libjpeg reports as damaged (corrupt data, premature end: it would fill the rest
+    with grey) is refused like an unreadable file, not returned half-decoded.
+    """
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    if not buf.size:
+        raise DataError(f"cannot decode image {where} (empty file)")
+    if buf[:2].tobytes() == b"\xff\xd8":
+        with _captured_stderr() as messages:
+            image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        damage = [m for m in messages if m.startswith(_JPEG_DAMAGE)]
+        if damage:
+            raise DataError(f"damaged JPEG {where}: libjpeg reports '{damage[0].strip()}'")
+    else:
+        image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"cannot decode image {where} (corrupt, truncated or not an image)")
+    return image
+
+
 def _read_any(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     # imdecode on the bytes (not imread) so that non-ASCII paths work and errors stay ours.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DataError(f"cannot decode image {path} (corrupt, truncated or not an image)")
-    return image
+    return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path))
 
 
 def _to_uint8(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:

@@ -42,10 +42,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """``data`` to ``path`` via a temp file + fsync + rename; mode 0666 & ~umask like any new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _temp_file(path: Path, data: bytes) -> Path:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
     try:
@@ -53,11 +50,41 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` to ``path`` via a temp file + fsync + rename; mode 0666 & ~umask like any new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_file(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes_if_absent(path: str | os.PathLike, data: bytes) -> bool:
+    """Create ``path`` with ``data`` atomically unless it exists (then leave it); True if this call made it.
+
+    Safe when several processes race to create the same file: exactly one wins, none sees half of it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_file(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -156,4 +183,4 @@ def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
 
 
 __all__ = ["dumps_json", "json_safe", "load_npy", "read_json", "staged_directory", "write_bytes_atomic",
-           "write_json_atomic", "write_text_atomic"]
+           "write_bytes_if_absent", "write_json_atomic", "write_text_atomic"]

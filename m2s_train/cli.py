@@ -21,7 +21,7 @@ from m2s_train.config import load_config
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from m2s_train.synth.pipeline import SynthConfig, list_images, run_synthesis, shard_from_env
+    from m2s_train.synth.pipeline import SynthConfig, image_root, list_images, run_synthesis, shard_from_env
 
     config = load_config(SynthConfig, args.config, {
         "seed": args.seed,
@@ -38,7 +38,8 @@ def _synth(args: argparse.Namespace) -> int:
         "max_side": args.max_side,
     })
     summary = run_synthesis(list_images(args.images), args.out, config, shard=shard_from_env(args.shard),
-                            resume=args.resume, previews=args.preview, progress=not args.quiet, limit=args.limit)
+                            resume=args.resume, previews=args.preview, progress=not args.quiet, limit=args.limit,
+                            root=image_root(args.images))
     print(json.dumps({k: (len(v) if k == "skipped" else v) for k, v in summary.items()}))
     return 0
 

@@ -24,6 +24,7 @@ for ablations. Per training image:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from calib.safe_files import load_npy, write_bytes_atomic, write_text_atomic
 from m2s_train.config import check_fields, num
 from m2s_train.errors import ConfigError
 from m2s_train.losses import gt_valid_mask, sequence_loss
@@ -136,7 +138,7 @@ class TeacherCache:
         key = hashlib.sha256(model_id.encode()).hexdigest()[:12]
         self.dir = Path(root) / key
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "model_id.txt").write_text(model_id + "\n")
+        write_text_atomic(self.dir / "model_id.txt", model_id + "\n")
 
     @staticmethod
     def image_key(image: np.ndarray) -> str:
@@ -150,17 +152,16 @@ class TeacherCache:
         if not path.is_file():
             return None
         try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError):
-            log.warning("corrupt teacher cache entry %s: recomputing", path)
+            return load_npy(path, "teacher cache entry", ConfigError)
+        except ConfigError as exc:
+            log.warning("%s: recomputing", exc)
             return None
 
     def put(self, image: np.ndarray, inv_depth: np.ndarray) -> None:
         path = self.path(image)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(inv_depth, np.float32), allow_pickle=False)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(inv_depth, np.float32), allow_pickle=False)
+        write_bytes_atomic(path, buf.getvalue())
 
 
 def fill_teacher_cache(dataset: Any, cache: TeacherCache, estimator: Any, progress: bool = True) -> dict[str, int]:

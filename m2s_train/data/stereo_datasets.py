@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from calib.image_io import read_rgb
+from calib.safe_files import load_npy
 from m2s_train.data.augment import AugmentConfig, color_jitter, random_crop
 from m2s_train.errors import DatasetError
 
@@ -66,7 +67,7 @@ def read_disparity(path: str | os.PathLike) -> np.ndarray:
     elif path.suffix == ".png":
         disp = read_kitti_disparity(path)
     elif path.suffix == ".npy":
-        disp = np.load(path, allow_pickle=False).astype(np.float32)
+        disp = load_npy(path, "disparity", DatasetError).astype(np.float32)
     else:
         raise DatasetError(f"{path}: unknown disparity format (use .pfm, 16-bit .png or .npy)")
     disp = np.where(np.isfinite(disp) & (disp > 0), disp, np.nan).astype(np.float32)

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from calib.safe_files import load_npy
 from m2s_train.errors import ConfigError, SynthesisError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,16 @@ class DepthEstimator(ABC):
     @abstractmethod
     def estimate(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray]:
         """One HxW float32 relative inverse-depth map per image (``names`` are file stems)."""
+
+    def estimate_each(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[np.ndarray | SynthesisError]:
+        """Like :meth:`estimate`, but an image the backend cannot handle (e.g. its precomputed map is
+        missing) gives its :class:`SynthesisError` in its place instead of failing the whole batch."""
+        try:
+            return list(self.estimate(images, names))
+        except SynthesisError as exc:
+            if len(images) == 1:
+                return [exc]
+        return [self.estimate_each([image], [name])[0] for image, name in zip(images, names)]
 
 
 def _torch_device(device: str) -> str:
@@ -125,10 +136,7 @@ class PrecomputedDepthEstimator(DepthEstimator):
         else:
             raise SynthesisError(f"no precomputed depth {name}.npy or {name}.png in {self.directory}")
         if path.suffix == ".npy":
-            try:
-                array = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise SynthesisError(f"cannot read {path}: {exc}") from None
+            array = load_npy(path, "precomputed depth map", SynthesisError)
         else:
             array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if array is None:

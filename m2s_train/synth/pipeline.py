@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import os
 import time
@@ -18,12 +17,13 @@ from tqdm import tqdm
 
 from calib.errors import DataError
 from calib.image_io import read_rgb
+from calib.safe_files import dumps_json, read_json, write_bytes_if_absent, write_json_atomic
 from m2s_train.config import check_fields, num, to_dict
 from m2s_train.errors import ConfigError, DatasetError, SynthesisError
 from m2s_train.synth.depth import DepthEstimator, create_depth_estimator
 from m2s_train.synth.disparity import DisparityScaling, inverse_depth_to_disparity
 from m2s_train.synth.inpaint import EAMaskConfig, StableDiffusionInpainter, ea_fill, ea_inpaint_mask
-from m2s_train.synth.shards import FORMAT, ShardWriter, StereoSample, write_bytes_atomic
+from m2s_train.synth.shards import FORMAT, ShardWriter, StereoSample, read_sample_meta
 from m2s_train.synth.warp import forward_warp
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,26 @@ class SynthConfig:
             raise ValueError(f"need 16 <= min_side <= max_side, got {self.min_side}, {self.max_side}")
 
 
+def image_root(spec: str) -> Path:
+    """The folder ``--images`` names: the directory itself, or a glob's part before its first wildcard.
+
+    Samples are identified by their image's path relative to it, so ``photos/``, ``./photos/*.jpg``
+    and an absolute spelling of the same folder give the same dataset.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        return path.resolve()
+    parts = []
+    for part in path.parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    base = Path(*parts) if parts else Path(".")
+    if base == path:  # a single file
+        base = path.parent
+    return base.resolve()
+
+
 def list_images(spec: str) -> list[Path]:
     """Image files of a directory (recursive) or a glob, sorted; clear error when none."""
     path = Path(spec)
@@ -95,6 +115,14 @@ def list_images(spec: str) -> list[Path]:
     if not files:
         raise DataError(f"no images found at '{spec}' (a directory or a quoted glob like 'photos/*.jpg')")
     return sorted(files)
+
+
+def source_name(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as a POSIX string (the identity of a source image)."""
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise ConfigError(f"{path} is not inside the image root {root}") from None
 
 
 def _fit_size(image: np.ndarray, config: SynthConfig) -> np.ndarray:
@@ -149,9 +177,11 @@ def preview_image(sample: StereoSample) -> np.ndarray:
     return np.hstack([sample.left, sample.right, colour, masks])
 
 
-def sample_id_for(index: int, path: Path) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.stem)[:48]
-    return f"{index:06d}_{stem}"
+def sample_id_for(source: str) -> str:
+    """A stable id from the source image's relative path: readable stem + a hash of the whole path,
+    so adding or removing other images never renames a sample."""
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.rsplit(".", 1)[0])[-40:]
+    return f"{stem}_{hashlib.sha1(source.encode()).hexdigest()[:8]}"
 
 
 def shard_from_env(shard: str | None) -> tuple[int, int]:
@@ -168,43 +198,77 @@ def shard_from_env(shard: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _check_dataset_json(out: Path, config: SynthConfig, resume: bool) -> None:
+def _check_dataset_json(out: Path, config: SynthConfig) -> None:
+    """Create ``dataset.json`` or check that it describes this config (every shard does this)."""
     info = {"format": FORMAT, "config": to_dict(config)}
     path = out / "dataset.json"
-    if path.is_file():
-        existing = json.loads(path.read_text())
-        if not resume and any((out / "samples").glob("*.npz")):
-            raise DatasetError(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
-        if existing.get("config") != info["config"]:
-            raise DatasetError(f"{out} was synthesized with a different config; resume with the same config "
-                               "or write to a new --out")
-        return
-    write_bytes_atomic(path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_if_absent(path, (dumps_json(info, indent=2, sort_keys=True) + "\n").encode())
+    existing = read_json(path, "dataset description", DatasetError)
+    if not isinstance(existing, dict) or existing.get("format") != FORMAT:
+        found = existing.get("format") if isinstance(existing, dict) else None
+        raise DatasetError(f"{out} holds a dataset of format {found!r}, not {FORMAT!r}; write to a new --out")
+    if existing.get("config") != info["config"]:
+        changed = _differences(existing.get("config") or {}, info["config"])
+        raise DatasetError(f"{out} was synthesized with a different config (differs in: {', '.join(changed)}); "
+                           "use the same config or write to a new --out")
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfig, *, shard: tuple[int, int] = (0, 1),
                   resume: bool = False, previews: int = 0, estimator: DepthEstimator | None = None,
-                  progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+                  progress: bool = True, limit: int | None = None, root: str | os.PathLike | None = None
+                  ) -> dict[str, Any]:
     """Synthesize this shard's part of ``images`` into ``out``; returns a summary dict.
 
-    Image ``k`` of the sorted list belongs to shard ``k % n``; its random draws depend only on
-    the seed and the image bytes, so any sharding and any resume give the same samples.
+    Images are identified by their path relative to ``root`` (the ``--images`` folder, see
+    :func:`image_root`; default: the folder that holds them all). Image ``k`` of the sorted list
+    belongs to shard ``k % n``; its random draws depend only on the seed and the image bytes, so
+    any sharding and any resume give the same samples. A resume also sets aside (into
+    ``orphans/``) the samples of images that are gone or whose content changed, and redoes the
+    latter.
     """
+    if limit is not None and limit < 0:
+        raise ConfigError(f"--limit must be >= 0, got {limit}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index, count = shard
-    if index == 0:
-        _check_dataset_json(out, config, resume)
+    _check_dataset_json(out, config)
     writer = ShardWriter(out, index, count)
-    mine = [(k, p) for k, p in enumerate(images) if k % count == index]
+    root = Path(root).resolve() if root is not None else Path(os.path.commonpath([p.resolve().parent for p in images]))
+    sources = [(source_name(p, root), p) for p in images]
+    ids = [sample_id_for(name) for name, _ in sources]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"two images under {root} map to one sample id; rename one of them")
+    mine = [(sid, name, p) for k, (sid, (name, p)) in enumerate(zip(ids, sources)) if k % count == index]
     if limit is not None:
         mine = mine[:limit]
-    order = [sample_id_for(k, p) for k, p in mine]
+    writer.remove_stale_temporaries(sid for sid, _, _ in mine)
     if resume:
-        writer.reconcile(order)
+        expected = set(ids)
+        gone = [p.stem for p in writer.samples_dir.glob("*.npz") if p.stem not in expected]
+        writer.set_aside(gone, "their source image is no longer in the image list")
+        changed = [sid for sid, _, path in mine if writer.is_done(sid)
+                   and read_sample_meta(writer.sample_path(sid)).get("source_sha256") != _file_sha256(path)]
+        writer.set_aside(changed, "their source image changed since they were made; making them again")
+        writer.reconcile([sid for sid, _, _ in mine])
     elif writer.listed_ids():
-        raise DatasetError(f"{writer.manifest} exists; pass --resume to continue")
-    todo = [(k, p) for k, p in mine if not writer.is_done(sample_id_for(k, p))]
+        raise DatasetError(f"{out} already holds this shard's samples ({writer.manifest.name}); pass --resume to "
+                           "continue it or choose another --out")
+    todo = [(sid, name, p) for sid, name, p in mine if not writer.is_done(sid)]
     estimator = estimator or depth_estimator_from_config(config.depth, config.seed)
     diffusion = None
     if config.inpaint.method == "sd":
@@ -215,35 +279,38 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
     written = 0
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"synth shard {index}/{count}", unit="pair", disable=not progress)
+
+    def skip(path: Path, exc: Exception) -> None:
+        log.warning("skipping %s: %s", path, exc)
+        skipped.append({"file": str(path), "reason": str(exc)})
+        bar.update(1)
+
     batch = max(1, config.depth.batch_size)
     for start in range(0, len(todo), batch):
         loaded = []
-        for k, path in todo[start : start + batch]:
+        for sid, name, path in todo[start : start + batch]:
             try:
                 raw = path.read_bytes()
                 image = _fit_size(read_rgb(path), config)
-                loaded.append((k, path, image, hashlib.sha256(raw).hexdigest()))
+                loaded.append((sid, name, path, image, hashlib.sha256(raw).hexdigest()))
             except (DataError, SynthesisError, OSError) as exc:
-                log.warning("skipping %s: %s", path, exc)
-                skipped.append({"file": str(path), "reason": str(exc)})
-                bar.update(1)
+                skip(path, exc)
         if not loaded:
             continue
-        depths = estimator.estimate([x[2] for x in loaded], [x[1].stem for x in loaded])
-        for (k, path, image, sha), inv in zip(loaded, depths):
-            sample_id = sample_id_for(k, path)
+        depths = estimator.estimate_each([x[3] for x in loaded], [x[2].stem for x in loaded])
+        for (sample_id, name, path, image, sha), inv in zip(loaded, depths):
             rng = np.random.default_rng([config.seed, int(sha[:16], 16)])
             max_disp = config.disparity.sample(rng)
             try:
+                if isinstance(inv, Exception):
+                    raise inv
                 pair = synthesize_pair(image, inv, max_disp, config, diffusion)
             except SynthesisError as exc:
-                log.warning("skipping %s: %s", path, exc)
-                skipped.append({"file": str(path), "reason": str(exc)})
-                bar.update(1)
+                skip(path, exc)
                 continue
             h, w = image.shape[:2]
             meta = {
-                "sample_id": sample_id, "source": str(path), "source_sha256": sha, "width": w, "height": h,
+                "sample_id": sample_id, "source": name, "source_sha256": sha, "width": w, "height": h,
                 "max_disparity": max_disp, "seed": config.seed, "depth_model": estimator.model_id,
                 "inpainter": inpainter, "hole_fraction": float(pair["hole"].mean()),
                 "ea_fraction": float(pair["ea_mask"].mean()),
@@ -263,5 +330,5 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
         "written": written, "skipped": skipped, "depth_model": estimator.model_id, "inpainter": inpainter,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    write_bytes_atomic(out / f"summary-{index:04d}-of-{count:04d}.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_json_atomic(out / f"summary-{index:04d}-of-{count:04d}.json", summary)
     return summary

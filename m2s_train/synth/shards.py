@@ -2,25 +2,31 @@
 
 Layout of a dataset directory::
 
-    dataset.json                      format version and the synthesis config (checked on resume)
+    dataset.json                      format version and the synthesis config (checked by every shard)
     samples/<sample_id>.npz           one sample (a zip of .npy / .png / .json members)
     manifest-<i>-of-<n>.jsonl         per-shard index, one JSON line per finished sample
     previews/<sample_id>.png          optional side-by-side previews
+    orphans/<sample_id>.npz           samples a resume set aside: their source is gone or has changed
 
 A sample file holds ``left.png`` and ``right.png`` (RGB, PNG-encoded), ``disparity.npy``
 (float32 HxW, exact, left reference), ``hole.npy``/``ea_mask.npy`` (bool, right view),
 ``visible.npy`` (bool, left pixels seen in the right view) and ``meta.json``. It is written to a
 temporary name and renamed, so a killed run never leaves half a sample; the zip members carry a
 fixed timestamp, so the same inputs give byte-identical files. A sample file that exists is
-complete; manifests are rebuilt from sample files on resume.
+complete; manifests are rebuilt from sample files on resume. Shards of one dataset may run at
+the same time: manifest changes and the setting aside of orphans hold a lock on ``.lock``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import logging
 import os
 import zipfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +34,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from calib.safe_files import write_bytes_atomic
+from calib.safe_files import read_json, write_bytes_atomic
 from m2s_train.errors import DatasetError
 
-FORMAT = "m2s-synth-v1"
+log = logging.getLogger(__name__)
+
+FORMAT = "m2s-synth-v2"  # v2: sample ids and sources from the image path relative to the --images root
+READABLE_FORMATS = ("m2s-synth-v1", FORMAT)
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
@@ -110,6 +119,27 @@ def manifest_line(meta: dict[str, Any]) -> str:
     return json.dumps({k: meta[k] for k in keys if k in meta}, sort_keys=True)
 
 
+def read_sample_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the ``meta.json`` member of a sample file (cheap: no image is decoded)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read("meta.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+        raise DatasetError(f"corrupt sample file {path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def dataset_lock(root: Path) -> Iterator[None]:
+    """Exclusive lock over a dataset's manifests (shards running at the same time take turns)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 class ShardWriter:
     """Writes samples of shard ``index`` of ``count`` into ``root``; resumable."""
 
@@ -120,8 +150,6 @@ class ShardWriter:
         self.samples_dir = self.root / "samples"
         self.samples_dir.mkdir(parents=True, exist_ok=True)
         self.manifest = self.root / f"manifest-{index:04d}-of-{count:04d}.jsonl"
-        for stale in self.samples_dir.glob(".*.tmp"):  # left by a killed writer
-            stale.unlink(missing_ok=True)
 
     def sample_path(self, sample_id: str) -> Path:
         return self.samples_dir / f"{sample_id}.npz"
@@ -129,15 +157,34 @@ class ShardWriter:
     def is_done(self, sample_id: str) -> bool:
         return self.sample_path(sample_id).is_file()
 
+    def remove_stale_temporaries(self, sample_ids: Iterable[str]) -> None:
+        """Delete temp files a killed writer left for these (this shard's) samples; other shards'
+        temp files may belong to a writer that is still running."""
+        for sample_id in sample_ids:
+            for stale in self.samples_dir.glob(f".{sample_id}.npz.*.tmp"):
+                stale.unlink(missing_ok=True)
+
     def listed_ids(self) -> list[str]:
-        if not self.manifest.is_file():
+        return _manifest_ids(self.manifest)
+
+    def set_aside(self, sample_ids: Iterable[str], reason: str) -> list[str]:
+        """Move samples out of the dataset into ``orphans/`` (kept, not deleted) and drop them from
+        every manifest. Returns the ids moved."""
+        ids = [i for i in sample_ids if self.sample_path(i).is_file()]
+        if not ids:
             return []
-        ids = []
-        for line in self.manifest.read_text().splitlines():
-            try:
-                ids.append(json.loads(line)["sample_id"])
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a kill; rewritten by reconcile()
+        aside = self.root / "orphans"
+        aside.mkdir(exist_ok=True)
+        with dataset_lock(self.root):
+            for sample_id in ids:
+                os.replace(self.sample_path(sample_id), aside / f"{sample_id}.npz")
+            drop = set(ids)
+            for manifest in sorted(self.root.glob("manifest-*.jsonl")):
+                lines = manifest.read_text().splitlines()
+                kept = [line for line in lines if _line_id(line) not in drop]
+                if len(kept) != len(lines):
+                    write_bytes_atomic(manifest, "".join(line + "\n" for line in kept).encode())
+        log.warning("set aside %d sample(s) in %s: %s", len(ids), aside, reason)
         return ids
 
     def reconcile(self, expected_order: list[str]) -> None:
@@ -149,15 +196,29 @@ class ShardWriter:
         for sample_id in expected_order:
             path = self.sample_path(sample_id)
             if path.is_file():
-                lines.append(manifest_line(decode_sample(path).meta))
-        write_bytes_atomic(self.manifest, "".join(line + "\n" for line in lines).encode())
+                lines.append(manifest_line(read_sample_meta(path)))
+        with dataset_lock(self.root):
+            write_bytes_atomic(self.manifest, "".join(line + "\n" for line in lines).encode())
 
     def write(self, sample: StereoSample) -> None:
         write_bytes_atomic(self.sample_path(sample.sample_id), encode_sample(sample))
-        with open(self.manifest, "a") as f:
+        with dataset_lock(self.root), open(self.manifest, "a") as f:
             f.write(manifest_line(sample.meta) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+def _line_id(line: str) -> str | None:
+    try:
+        return json.loads(line)["sample_id"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # a line cut by a kill; rewritten by reconcile()
+
+
+def _manifest_ids(manifest: Path) -> list[str]:
+    if not manifest.is_file():
+        return []
+    return [i for i in map(_line_id, manifest.read_text().splitlines()) if i is not None]
 
 
 def read_manifests(root: str | os.PathLike) -> list[dict[str, Any]]:
@@ -165,9 +226,10 @@ def read_manifests(root: str | os.PathLike) -> list[dict[str, Any]]:
     root = Path(root)
     if not (root / "dataset.json").is_file():
         raise DatasetError(f"{root} is not a synthesized dataset: dataset.json is missing (run 'm2s-train synth')")
-    info = json.loads((root / "dataset.json").read_text())
-    if info.get("format") != FORMAT:
-        raise DatasetError(f"{root}: dataset format {info.get('format')!r}, expected {FORMAT!r}")
+    info = read_json(root / "dataset.json", "dataset description", DatasetError)
+    if not isinstance(info, dict) or info.get("format") not in READABLE_FORMATS:
+        found = info.get("format") if isinstance(info, dict) else None
+        raise DatasetError(f"{root}: dataset format {found!r}, expected one of {', '.join(READABLE_FORMATS)}")
     entries: dict[str, dict[str, Any]] = {}
     for manifest in sorted(root.glob("manifest-*.jsonl")):
         for n, line in enumerate(manifest.read_text().splitlines(), 1):

@@ -13,7 +13,7 @@ from m2s_train.cli import main as train_main
 from m2s_train.config import load_config
 from m2s_train.errors import ConfigError, DatasetError
 from m2s_train.synth.depth import SegmentPlaneDepthPrior
-from m2s_train.synth.pipeline import SynthConfig, list_images, run_synthesis
+from m2s_train.synth.pipeline import SynthConfig, list_images, run_synthesis, sample_id_for
 from m2s_train.synth.shards import decode_sample, read_manifests
 
 CONFIG = {"disparity.min_max_disparity": 6.0, "disparity.max_max_disparity": 20.0, "disparity.overshoot_max": 24.0}
@@ -85,7 +85,7 @@ class TestDatasetAndResume:
             run_synthesis(images, part, cfg, progress=False, estimator=KillAfter(3))
         assert len(list((part / "samples").glob("*.npz"))) == 3
         # what a kill can also leave behind: a half-written temp file and a cut manifest line
-        (part / "samples" / ".000004_img4.npz.abc.tmp").write_bytes(b"PK\x03\x04 half")
+        (part / "samples" / f".{sample_id_for('img4.png')}.npz.abc.tmp").write_bytes(b"PK\x03\x04 half")
         manifest = next(part.glob("manifest-*.jsonl"))
         manifest.write_text(manifest.read_text()[:-25])
         with pytest.raises(DatasetError, match="--resume"):
@@ -149,7 +149,7 @@ class TestBadInput:
         reasons = {Path(s["file"]).stem: s["reason"] for s in summary["skipped"]}
         assert set(reasons) == {"all_inf", "constant"}
         assert "NaN/inf" in reasons["all_inf"] and "constant" in reasons["constant"]
-        sample = decode_sample(next((tmp_path / "ds" / "samples").glob("*few_nans.npz")))
+        sample = decode_sample(next((tmp_path / "ds" / "samples").glob("few_nans_*.npz")))
         assert np.isfinite(sample.disparity).all()
 
     def test_config_errors_name_the_key(self, tmp_path):
@@ -200,3 +200,70 @@ class TestCli:
         assert summary["written"] == 2
         assert train_main(["synth", "--images", str(tmp_path / "none/*.jpg"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
         assert "no images found" in capsys.readouterr().err
+
+
+class TestResumeSafety:
+    """A dataset is never mixed from two configs or stale sources (each of these failed before)."""
+
+    def test_every_shard_checks_the_dataset_config(self, photos, tmp_path):
+        images = list_images(str(photos))
+        run_synthesis(images, tmp_path / "d", _config(), shard=(0, 2), progress=False)
+        with pytest.raises(DatasetError, match="different config.*seed"):
+            run_synthesis(images, tmp_path / "d", _config(seed=99), shard=(1, 2), progress=False)
+        assert not (tmp_path / "d" / "manifest-0001-of-0002.jsonl").exists()
+
+    def test_resume_does_not_depend_on_how_the_images_are_spelled(self, photos, tmp_path, monkeypatch):
+        from m2s_train.synth.pipeline import image_root
+
+        cfg = _config(**{"depth.batch_size": 1})
+        run_synthesis(list_images(str(photos)), tmp_path / "full", cfg, progress=False, root=image_root(str(photos)))
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(KeyboardInterrupt):  # relative folder spelling, killed after 3
+            run_synthesis(list_images("photos"), tmp_path / "part", cfg, progress=False, estimator=KillAfter(3),
+                          root=image_root("photos"))
+        spec = str(photos.resolve() / "*.png")  # resumed with an absolute glob
+        summary = run_synthesis(list_images(spec), tmp_path / "part", cfg, progress=False, resume=True,
+                                root=image_root(spec))
+        assert summary["already_done"] == 3 and summary["written"] == 3
+        assert _dataset_bytes(tmp_path / "part") == _dataset_bytes(tmp_path / "full")
+        assert {e["source"] for e in read_manifests(tmp_path / "part")} == {f"img{i}.png" for i in range(6)}
+
+    def test_changed_and_removed_sources_are_set_aside_on_resume(self, photos, tmp_path):
+        out = tmp_path / "d"
+        run_synthesis(list_images(str(photos)), out, _config(), progress=False)
+        old = decode_sample(out / "samples" / f"{sample_id_for('img1.png')}.npz")
+        cv2.imwrite(str(photos / "img1.png"), _photo(np.random.default_rng(99)))  # content changed
+        (photos / "img2.png").unlink()  # image removed
+        summary = run_synthesis(list_images(str(photos)), out, _config(), progress=False, resume=True)
+        assert summary["written"] == 1 and summary["already_done"] == 4
+        entries = read_manifests(out)
+        assert {e["source"] for e in entries} == {"img0.png", "img1.png", "img3.png", "img4.png", "img5.png"}
+        new = decode_sample(out / "samples" / f"{sample_id_for('img1.png')}.npz")
+        assert new.meta["source_sha256"] != old.meta["source_sha256"]
+        assert not np.array_equal(new.left, old.left)
+        orphans = sorted(p.name for p in (out / "orphans").glob("*.npz"))  # kept, not deleted
+        assert orphans == sorted([f"{sample_id_for('img1.png')}.npz", f"{sample_id_for('img2.png')}.npz"])
+
+    def test_negative_limit_is_an_error(self, photos, tmp_path):
+        with pytest.raises(ConfigError, match="--limit"):
+            run_synthesis(list_images(str(photos)), tmp_path / "d", _config(), progress=False, limit=-1)
+
+    def test_damaged_jpeg_and_missing_depth_map_are_skipped(self, photos, tmp_path):
+        rng = np.random.default_rng(5)
+        ok, buf = cv2.imencode(".jpg", _photo(rng, 96, 128))
+        damaged = bytearray(buf.tobytes())
+        damaged[len(damaged) // 2 : len(damaged) // 2 + 80] = bytes(80)  # zeroed mid-stream: libjpeg warns, decodes grey
+        (photos / "damaged.jpg").write_bytes(bytes(damaged))
+        depth = tmp_path / "depth"
+        depth.mkdir()
+        for i in range(6):
+            if i != 3:  # img3 has no precomputed map
+                np.save(depth / f"img{i}.npy", rng.uniform(0.5, 2.0, (72, 96)).astype(np.float32))
+        np.save(depth / "damaged.npy", rng.uniform(0.5, 2.0, (96, 128)).astype(np.float32))
+        cfg = _config(**{"depth.backend": "precomputed", "depth.precomputed_dir": str(depth), "depth.batch_size": 4})
+        summary = run_synthesis(list_images(str(photos)), tmp_path / "d", cfg, progress=False)
+        reasons = {Path(s["file"]).name: s["reason"] for s in summary["skipped"]}
+        assert set(reasons) == {"damaged.jpg", "img3.png"}
+        assert "damaged JPEG" in reasons["damaged.jpg"] and "Corrupt JPEG data" in reasons["damaged.jpg"]
+        assert "img3.npy" in reasons["img3.png"]
+        assert summary["written"] == 5

@@ -20,6 +20,7 @@ import numpy as np
 
 from calib import StereoCamera
 from calib.errors import DataError
+from calib.safe_files import load_npy
 
 LEFT, RIGHT = "left/image_rect", "right/image_rect"
 LEFT_INFO, RIGHT_INFO = "left/camera_info", "right/camera_info"
@@ -395,7 +396,7 @@ def frames_from_folder(root: Path, camera: StereoCamera | None, rate_hz: float, 
         gt = None
         dp = next(iter(sorted((root / "disparity").glob(lp.stem + ".*"))), None) if (root / "disparity").is_dir() else None
         if dp is not None:
-            gt = np.load(dp).astype(np.float32) if dp.suffix == ".npy" else _read_disp_file(dp)
+            gt = load_npy(dp, "disparity", BagError).astype(np.float32) if dp.suffix == ".npy" else _read_disp_file(dp)
         yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt)
 
 
