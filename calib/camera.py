@@ -192,6 +192,13 @@ class StereoCamera:
     def image_size(self) -> tuple[int, int]:
         return self.left.image_size
 
+    def check_image_size(self, width: int, height: int) -> None:
+        """Raise :class:`CalibrationError` unless images of ``width`` x ``height`` are what this
+        calibration describes (a camera_info for another resolution gives wrong depth everywhere)."""
+        if (int(width), int(height)) != self.image_size:
+            w, h = self.image_size
+            raise CalibrationError(f"camera_info is {w}x{h} but images are {width}x{height}")
+
     @property
     def fx(self) -> float:
         return float(self.left.P[0, 0])

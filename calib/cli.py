@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from calib.camera import StereoCamera
-from calib.camera_info_io import write_text_atomic
-from calib.console import add_common_flags, run_command
+from calib.console import CliParser, add_common_flags, finite_float, positive_float, run_command
 from calib.errors import CalibrationError
 from calib.image_io import read_rgb, write_rgb
-from calib.stereo_calibration import Board, Rectifier, calibrate_stereo, pair_image_files
+from calib.safe_files import dumps_json, write_json_atomic
+from calib.stereo_calibration import (
+    DEFAULT_MAX_RMS_PX,
+    Board,
+    Rectifier,
+    calibrate_stereo,
+    pair_image_files,
+    quality_problems,
+)
 
 log = logging.getLogger("m2s-calib")
 
@@ -23,9 +29,17 @@ def _stereo(args: argparse.Namespace) -> int:
         raise CalibrationError(f"--alpha must be in [0, 1], got {args.alpha}")
     board = Board.parse(args.board, args.square)
     camera, report = calibrate_stereo(args.left, args.right, board, alpha=args.alpha, progress=not args.quiet)
+    problems = quality_problems(camera, report, args.max_rms)
+    if problems and not args.force:
+        raise CalibrationError("calibration failed the quality gate, nothing written: " + "; ".join(problems)
+                               + ". Fix the input, or pass --force to write it anyway")
+    for problem in problems:
+        log.warning("written despite the quality gate (--force): %s", problem)
     out = Path(args.out)
+    result = {**report.to_dict(), "quality_gate": {"max_rms_px": args.max_rms, "problems": problems,
+                                                   "passed": not problems, "forced": bool(problems)}}
+    write_json_atomic(out / "report.json", result)
     camera.to_dir(out)
-    write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     summary = {
         "pairs_used": report.pairs_used,
         "skipped": len(report.skipped),
@@ -33,9 +47,10 @@ def _stereo(args: argparse.Namespace) -> int:
         "epipolar_mean_px": round(report.epipolar_mean_px, 4),
         "focal_px": round(report.focal_px, 3),
         "baseline_m": round(report.baseline_m, 5),
+        "quality_gate": "passed" if not problems else "forced",
         "out": str(out),
     }
-    print(json.dumps(summary))
+    print(dumps_json(summary))
     return 0
 
 
@@ -51,14 +66,14 @@ def _rectify(args: argparse.Namespace) -> int:
         left, right = rectifier(read_rgb(lp), read_rgb(rp))
         write_rgb(out / f"rect_{lp.stem}.png", left)
         write_rgb(out / f"rect_{rp.stem}.png", right)
-    print(json.dumps({"pairs": len(pairs), "out": str(out)}))
+    print(dumps_json({"pairs": len(pairs), "out": str(out)}))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     camera = StereoCamera.from_dir(args.calib)
     w, h = camera.image_size
-    print(json.dumps({
+    print(dumps_json({
         "image_size": [w, h], "focal_px": camera.focal_px, "baseline_m": camera.baseline_m,
         "cx": camera.cx, "cy": camera.cy, "doffs": camera.doffs, "Q": camera.q_matrix.tolist(),
     }, indent=2))
@@ -66,7 +81,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m2s-calib", description="Stereo calibration and the camera model.")
+    parser = CliParser(prog="m2s-calib", description="Stereo calibration and the camera model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("stereo", help="calibrate a stereo pair from chessboard images",
@@ -77,10 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--left", required=True, help="glob of left images, quoted, e.g. 'data/left*.jpg'")
     p.add_argument("--right", required=True, help="glob of right images, quoted, e.g. 'data/right*.jpg'")
     p.add_argument("--board", default="9x6", help="inner corners per row x per column (default: 9x6)")
-    p.add_argument("--square", type=float, default=0.025, help="chessboard square size in metres (default: 0.025)")
-    p.add_argument("--alpha", type=float, default=0.0,
+    p.add_argument("--square", type=positive_float, default=0.025,
+                   help="chessboard square size in metres (default: 0.025)")
+    p.add_argument("--alpha", type=finite_float, default=0.0,
                    help="rectification free scaling in [0, 1]: 0 crops to valid pixels, 1 keeps all (default: 0)")
     p.add_argument("--out", required=True, help="output directory for left.yaml, right.yaml, report.json")
+    p.add_argument("--max-rms", type=positive_float, default=DEFAULT_MAX_RMS_PX,
+                   help=f"quality gate: largest RMS reprojection error accepted, px (default {DEFAULT_MAX_RMS_PX:g})")
+    p.add_argument("--force", action="store_true",
+                   help="write the calibration even if it fails the quality gate (RMS, focal length, baseline)")
     add_common_flags(p)
     p.set_defaults(handler=_stereo)
 

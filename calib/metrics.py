@@ -7,6 +7,7 @@ disparity). Definitions:
 - bad-t: fraction with error > t px, for t in 1, 2, 3.
 Inputs are numpy arrays or torch tensors (converted on the CPU; no torch import here).
 A non-finite prediction on a valid pixel counts as an error of +inf (bad everywhere, EPE inf).
+Where there is no valid pixel, every metric is NaN (``null`` in JSON), never 0: nothing was measured.
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ class ErrorCounts:
             self.bad[t] += other.bad[t]
 
     def summary(self) -> dict[str, float]:
-        n = max(self.pixels, 1)
-        out = {"epe": self.abs_error_sum / n if self.pixels else float("nan"), "d1": self.d1 / n, "pixels": self.pixels}
+        """EPE, D1, bad-t and the pixel count; every rate is NaN when no pixel was valid."""
+        if not self.pixels:
+            return {"epe": float("nan"), "d1": float("nan"), "pixels": 0,
+                    **{f"bad{t:g}": float("nan") for t in self.bad}}
+        n = self.pixels
+        out = {"epe": self.abs_error_sum / n, "d1": self.d1 / n, "pixels": n}
         out.update({f"bad{t:g}": self.bad[t] / n for t in self.bad})
         return out
 

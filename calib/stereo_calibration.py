@@ -27,6 +27,12 @@ from calib.image_io import read_gray
 log = logging.getLogger(__name__)
 
 MIN_PAIRS = 3
+MAX_CORNERS = (200, 200)  # inner corners per side: larger is a typo, and would only allocate
+SQUARE_RANGE_M = (1e-4, 1.0)  # 0.1 mm .. 1 m chessboard squares
+
+DEFAULT_MAX_RMS_PX = 1.0
+FOCAL_RANGE = (0.1, 20.0)  # focal length / image width: ~170 deg fisheye .. a long telephoto
+BASELINE_RANGE_M = (1e-3, 10.0)
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,12 @@ class Board:
                 f"board {cols}x{rows}: need at least 2x2 inner corners and cols != rows "
                 "(a square grid makes the orientation ambiguous)"
             )
-        if not np.isfinite(square_m) or square_m <= 0:
-            raise CalibrationError(f"square size must be a positive length in metres, got {square_m}")
+        if cols > MAX_CORNERS[0] or rows > MAX_CORNERS[1]:
+            raise CalibrationError(f"board {cols}x{rows}: more than {MAX_CORNERS[0]}x{MAX_CORNERS[1]} inner corners "
+                                   "is not a real chessboard; --board counts inner corners, e.g. 9x6")
+        if not np.isfinite(square_m) or not SQUARE_RANGE_M[0] <= square_m <= SQUARE_RANGE_M[1]:
+            raise CalibrationError(f"square size must be a length in metres in [{SQUARE_RANGE_M[0]:g}, "
+                                   f"{SQUARE_RANGE_M[1]:g}], got {square_m} (25 mm is --square 0.025)")
         return cls(cols, rows, float(square_m))
 
     @property
@@ -247,6 +257,33 @@ def calibrate_stereo(
         skipped=skipped,
     )
     return camera, report
+
+
+def quality_problems(camera: StereoCamera, report: CalibrationReport, max_rms_px: float = DEFAULT_MAX_RMS_PX) -> list[str]:
+    """What makes a calibration untrustworthy (empty when it passes the gate).
+
+    Checks: every matrix finite; RMS reprojection error <= ``max_rms_px``; focal length within
+    :data:`FOCAL_RANGE` times the image width; baseline within :data:`BASELINE_RANGE_M`.
+    """
+    problems = []
+    w, _ = report.image_size
+    values = [report.rms_px, report.focal_px, report.baseline_m, report.epipolar_mean_px]
+    if not all(np.isfinite(v) for v in values) or not all(
+            np.all(np.isfinite(getattr(c, m))) for c in (camera.left, camera.right) for m in "KDRP"):
+        problems.append("the solution is degenerate (NaN/inf in the result)")
+        return problems
+    if report.rms_px > max_rms_px:
+        problems.append(f"RMS reprojection error {report.rms_px:.3g} px > {max_rms_px:g} px (blurred or mis-detected "
+                        "corners, a wrong --board/--square, or unsynchronised pairs)")
+    lo, hi = FOCAL_RANGE
+    if not lo * w <= report.focal_px <= hi * w:
+        problems.append(f"focal length {report.focal_px:.4g} px is implausible for a {w} px wide image "
+                        f"(expected {lo * w:.0f}..{hi * w:.0f} px)")
+    lo, hi = BASELINE_RANGE_M
+    if not lo <= report.baseline_m <= hi:
+        problems.append(f"baseline {report.baseline_m:.4g} m is implausible (expected {lo:g}..{hi:g} m; is --square "
+                        "in metres?)")
+    return problems
 
 
 class Rectifier:

@@ -11,11 +11,11 @@ tensorrt (needs TensorRT, on the target device; onnxruntime for the FP16 analysi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from calib.console import add_common_flags, run_command
+from calib.console import CliParser, add_common_flags, bounded, positive_float, positive_int, run_command
+from calib.safe_files import dumps_json
 from m2s_export.errors import ExportError
 
 
@@ -29,8 +29,9 @@ def _check_args(args: argparse.Namespace) -> None:
         missing = [f for f in ("height", "width") if getattr(args, f) is None]
         if missing:
             raise ExportError(f"ONNX export needs {' and '.join('--' + m for m in missing)} (static input size, px)")
-        if not Path(args.checkpoint).exists():
-            raise ExportError(f"checkpoint {args.checkpoint} not found")
+        from m2s_train.models.registry import checkpoint_dir
+
+        args.checkpoint = str(checkpoint_dir(args.checkpoint))  # a directory, or its model.safetensors
     if args.trt:
         if not args.engine:
             raise ExportError("--trt needs --engine OUT.engine")
@@ -82,31 +83,33 @@ def _run(args: argparse.Namespace) -> int:
         print(f"equivalent trtexec command (TensorRT {version}):\n  {result['trtexec']}", file=sys.stderr)
         if not args.dry_run:
             result["engine"] = build_engine(args.onnx, args.engine, options, fp32_nodes)
-    print(json.dumps(result, indent=2, default=str))
+    print(dumps_json(result, indent=2, default=str))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="m2s-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="m2s-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + model.json) to export")
     p.add_argument("--onnx", help="ONNX file to write (export) or to build the engine from (--trt)")
-    p.add_argument("--height", type=int, help="static input height, px (padded to a multiple of 32 inside)")
-    p.add_argument("--width", type=int, help="static input width, px (padded to a multiple of 32 inside)")
-    p.add_argument("--iters", type=int, help="fixed GRU iterations in the graph (default: the model's valid_iters)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    p.add_argument("--height", type=bounded(int, ge=64, le=4096),
+                   help="static input height, px (padded to a multiple of 32 inside)")
+    p.add_argument("--width", type=bounded(int, ge=64, le=4096),
+                   help="static input width, px (padded to a multiple of 32 inside)")
+    p.add_argument("--iters", type=positive_int, help="fixed GRU iterations in the graph (default: the model's valid_iters)")
+    p.add_argument("--opset", type=bounded(int, ge=17), default=17, help="ONNX opset (>= 17; default 17)")
     p.add_argument("--dynamic-batch", action="store_true", help="make the batch dimension dynamic")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim simplification")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check (not advised)")
-    p.add_argument("--tolerance", type=float, default=0.01,
+    p.add_argument("--tolerance", type=positive_float, default=0.01,
                    help="max mean |Δdisparity| (px) between onnxruntime and PyTorch, fp32 (default 0.01)")
     p.add_argument("--trt", action="store_true", help="build a TensorRT engine from --onnx (on the target device)")
     p.add_argument("--engine", help="engine file to write (.engine)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
                    help="FP16 engine with overflow-prone layers kept in FP32 (default: on)")
-    p.add_argument("--workspace", type=int, default=2048, help="builder workspace, MiB (default 2048)")
+    p.add_argument("--workspace", type=positive_int, default=2048, help="builder workspace, MiB (default 2048)")
     p.add_argument("--timing-cache", help="timing cache file to reuse and update")
-    p.add_argument("--max-batch", type=int, default=1, help="max batch of the profile for dynamic-batch ONNX")
-    p.add_argument("--calib-pairs", type=int, default=3, help="pairs for the FP16 overflow analysis (default 3)")
+    p.add_argument("--max-batch", type=positive_int, default=1, help="max batch of the profile for dynamic-batch ONNX")
+    p.add_argument("--calib-pairs", type=positive_int, default=3, help="pairs for the FP16 overflow analysis (default 3)")
     p.add_argument("--dry-run", action="store_true", help="with --trt: analysis and trtexec line only, no build")
     p.add_argument("--assume-trt-version", default="10.3.0",
                    help="TensorRT version for the printed trtexec line when TensorRT is absent (default: JetPack 6's 10.3)")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from calib.safe_files import read_json, write_json_atomic
 from m2s_export.errors import RuntimeBackendError
 
 FORMAT = "m2s-stereo-v1"
@@ -34,9 +35,7 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 def write_sidecar(model_path: str | os.PathLike, meta: dict[str, Any]) -> Path:
     path = sidecar_path(model_path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, meta, sort_keys=True)
     return path
 
 
@@ -44,10 +43,10 @@ def read_sidecar(model_path: str | os.PathLike) -> dict[str, Any] | None:
     path = sidecar_path(model_path)
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RuntimeBackendError(f"{path} is not valid JSON ({exc}); re-export the model") from None
+    meta = read_json(path, "model sidecar", RuntimeBackendError)
+    if not isinstance(meta, dict):
+        raise RuntimeBackendError(f"{path} is not a model sidecar (expected a JSON object); re-export the model")
+    return meta
 
 
 def to_onnx_props(meta: dict[str, Any]) -> dict[str, str]:

@@ -72,13 +72,14 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
     import torch
 
     from m2s_train.models import load_model
+    from m2s_train.models.registry import checkpoint_dir
 
     if opset < 17:
         raise ExportError(f"--opset must be >= 17 (grid/gather look-ups and LayerNorm-free ops are tested there), got {opset}")
     if height < 64 or width < 64:
         raise ExportError(f"--height/--width must be >= 64 px, got {height}x{width} "
                           "(other sizes are padded to a multiple of 32 inside the graph)")
-    checkpoint = Path(checkpoint)
+    checkpoint = checkpoint_dir(checkpoint)  # before any work: a directory with model.safetensors + model.json
     out = Path(out)
     if out.suffix != ".onnx":
         raise ExportError(f"--onnx must name a .onnx file, got {out}")

@@ -33,6 +33,9 @@ def check_pair(left: np.ndarray, right: np.ndarray) -> None:
                 f"{name} image must be RGB uint8 HxWx3, got dtype {img.dtype} shape {img.shape} "
                 "(convert mono/BGR/RGBA/16-bit images to RGB uint8 first)"
             )
+        if min(img.shape[:2]) < 2:
+            raise RuntimeBackendError(f"{name} image is {img.shape[1]}x{img.shape[0]}: an empty or one-pixel image "
+                                      "has no disparity")
     if left.shape != right.shape:
         raise RuntimeBackendError(f"left {left.shape[1]}x{left.shape[0]} and right {right.shape[1]}x{right.shape[0]} "
                                   "images differ in size; a rectified pair has one size")
@@ -53,6 +56,18 @@ def from_output(disparity: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     if (h, w) != out_hw:
         d = cv2.resize(d, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR) * np.float32(out_hw[1] / w)
     return d
+
+
+def check_input_shape(shape: Any, meta: dict[str, Any], where: str) -> None:
+    """Refuse a model whose graph input size (N,3,H,W) disagrees with its metadata: it would load,
+    then fail (or silently resize wrongly) on every frame."""
+    dims = list(shape)
+    want = (meta["input_height"], meta["input_width"])
+    hw = tuple(dims[-2:]) if len(dims) == 4 else None
+    if hw is None or (dims[1] not in (3, "3") and isinstance(dims[1], int)) or (
+            all(isinstance(d, int) for d in hw) and hw != want):
+        raise RuntimeBackendError(f"{where}: the graph's input is {dims} but its metadata says 1x3x{want[0]}x{want[1]}; "
+                                  "the file was edited or its metadata belongs to another export: re-export it")
 
 
 class StereoRuntime:
@@ -150,9 +165,11 @@ class OnnxRuntime(StereoRuntime):
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise RuntimeBackendError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
         meta = from_onnx_props(dict(self.session.get_modelmeta().custom_metadata_map), str(path))
-        names = [i.name for i in self.session.get_inputs()]
+        inputs = self.session.get_inputs()
+        names = [i.name for i in inputs]
         if names[:2] != ["left", "right"]:
             raise RuntimeBackendError(f"{path}: inputs are {names}, expected ['left', 'right']")
+        check_input_shape(inputs[0].shape, meta, str(path))
         self.providers = self.session.get_providers()
         super().__init__((meta["input_height"], meta["input_width"]), meta)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calib.safe_files import write_bytes_atomic
 from m2s_export.errors import ExportError
 from m2s_export.metadata import read_sidecar, sha256_file, write_sidecar
 
@@ -151,12 +152,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, o
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {source} (see the TensorRT log above)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = engine_path.with_name(engine_path.name + ".tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
+    write_bytes_atomic(engine_path, bytes(serialized))
     if cache_path:
-        cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     meta = dict(read_sidecar(onnx_path) or {})
     meta.update({"tensorrt_version": version, "gpu": _gpu_name(), "precision": "fp16" if options.fp16 else "fp32",
                  "fp32_layers": kept or list(fp32_nodes), "onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path),

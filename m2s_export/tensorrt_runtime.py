@@ -13,7 +13,7 @@ import numpy as np
 
 from m2s_export.errors import ExportError, RuntimeBackendError
 from m2s_export.metadata import read_sidecar
-from m2s_export.runtime import StereoRuntime
+from m2s_export.runtime import StereoRuntime, check_input_shape
 from m2s_export.tensorrt_build import check_engine_compat
 
 
@@ -63,6 +63,8 @@ class TensorRTRuntime(StereoRuntime):
         if {"left", "right", "disparity"} - set(names):
             raise RuntimeBackendError(f"{path}: I/O tensors are {names}, expected left, right, disparity")
         shape = tuple(self.engine.get_tensor_shape("left"))
+        if sidecar and {"input_height", "input_width"} <= set(sidecar):
+            check_input_shape(shape, sidecar, str(path))
         h, w = int(shape[-2]), int(shape[-1])
         if shape[0] == -1:
             self.context.set_input_shape("left", (1, 3, h, w))

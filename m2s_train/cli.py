@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -17,6 +16,7 @@ from calib.console import (
     positive_int,
     run_command,
 )
+from calib.safe_files import dumps_json
 from m2s_train.config import load_config
 
 
@@ -40,7 +40,7 @@ def _synth(args: argparse.Namespace) -> int:
     summary = run_synthesis(list_images(args.images), args.out, config, shard=shard_from_env(args.shard),
                             resume=args.resume, previews=args.preview, progress=not args.quiet, limit=args.limit,
                             root=image_root(args.images))
-    print(json.dumps({k: (len(v) if k == "skipped" else v) for k, v in summary.items()}))
+    print(dumps_json({k: (len(v) if k == "skipped" else v) for k, v in summary.items()}))
     return 0
 
 
@@ -56,7 +56,7 @@ def _run_overrides(args: argparse.Namespace, prefix: str = "") -> dict:
 
 def _print_on_rank0(summary: dict) -> None:
     if os.environ.get("RANK", "0") == "0":  # one summary line per torchrun job, not one per process
-        print(json.dumps(summary))
+        print(dumps_json(summary))
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -86,7 +86,7 @@ def _finetune_config(args: argparse.Namespace):
 def _cache_mono(args: argparse.Namespace) -> int:
     from m2s_train.finetune import cache_mono
 
-    print(json.dumps(cache_mono(_finetune_config(args), progress=not args.quiet)))
+    print(dumps_json(cache_mono(_finetune_config(args), progress=not args.quiet)))
     return 0
 
 
@@ -145,7 +145,7 @@ def _eval(args: argparse.Namespace) -> int:
         result = evaluate(model, spec, iters=args.iters, out=out, error_maps=args.error_maps, sgbm=args.sgbm,
                           device=args.device, progress=not args.quiet, max_images=args.max_images)
         results.append({"dataset": spec, **{k: v["pixel"] for k, v in result["methods"].items()}})
-    print(json.dumps(results))
+    print(dumps_json(results))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,8 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from calib.errors import DataError
 from calib.metrics import MetricAccumulator, error_map_rgb
+from calib.safe_files import write_json_atomic, write_text_atomic
 from m2s_train.data.stereo_datasets import build_dataset
+
+log = logging.getLogger(__name__)
 
 
 def sgbm_disparity(left: np.ndarray, right: np.ndarray, max_disp: int = 192, block: int = 5) -> np.ndarray:
@@ -52,6 +56,8 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
              error_maps: int = 0, sgbm: bool = False, device: str = "cpu", progress: bool = True,
              max_images: int | None = None) -> dict[str, Any]:
     """Evaluate on every pair of ``dataset_spec``; writes ``metrics.json`` + ``metrics.md`` into ``out``."""
+    if max_images is not None and max_images < 1:
+        raise DataError(f"--max-images must be >= 1, got {max_images}")
     dataset = build_dataset(dataset_spec)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     rows: dict[str, MetricAccumulator] = {}
@@ -89,10 +95,23 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
               "methods": {k: {**acc.summary(), "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))}
                           for k, acc in rows.items()},
               "per_image": {k: acc.per_image for k, acc in rows.items()}}
+    first = next(iter(rows.values()), None)
+    unmeasured = [r["sample_id"] for r in (first.per_image if first else []) if not r["pixels"]]
+    if unmeasured and len(unmeasured) < n:
+        log.warning("%d of %d pairs of %s have no valid GT pixel and count for nothing (e.g. %s)",
+                    len(unmeasured), n, dataset_spec, unmeasured[0])
     if out_dir:
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out_dir / "metrics.md").write_text(markdown_table(result))
+        write_json_atomic(out_dir / "metrics.json", result)
+        write_text_atomic(out_dir / "metrics.md", markdown_table(result))
+    if first is not None and not first.total.pixels:
+        raise DataError(f"nothing could be measured on {dataset_spec}: none of its {n} pair(s) has a valid GT pixel "
+                        "(finite, > 0); metrics are null" + (f" (written to {out_dir / 'metrics.json'})" if out_dir else ""))
     return result
+
+
+def _fmt(value: float, scale: float = 1.0, digits: int = 2) -> str:
+    """A metric for a table: ``n/a`` where it could not be measured (NaN)."""
+    return f"{scale * value:.{digits}f}" if np.isfinite(value) else "n/a"
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -100,6 +119,6 @@ def markdown_table(result: dict[str, Any]) -> str:
              "| method | EPE px | D1 % | bad-1 % | bad-2 % | bad-3 % | s/pair |", "|---|---|---|---|---|---|---|"]
     for name, m in result["methods"].items():
         p = m["pixel"]
-        lines.append(f"| {name} | {p['epe']:.3f} | {100 * p['d1']:.2f} | {100 * p['bad1']:.2f} | {100 * p['bad2']:.2f} | "
-                     f"{100 * p['bad3']:.2f} | {m['seconds_per_pair']:.3f} |")
+        lines.append(f"| {name} | {_fmt(p['epe'], digits=3)} | {_fmt(p['d1'], 100)} | {_fmt(p['bad1'], 100)} | "
+                     f"{_fmt(p['bad2'], 100)} | {_fmt(p['bad3'], 100)} | {_fmt(m['seconds_per_pair'], digits=3)} |")
     return "\n".join(lines) + "\n"

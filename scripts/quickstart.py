@@ -19,13 +19,13 @@ they land. Outputs go under --out; a JSON summary is printed at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from calib.console import add_common_flags, run_command
+from calib.console import CliParser, add_common_flags, non_negative_float, non_negative_int, positive_int, run_command
 from calib.example_data import require_opencv_examples
+from calib.safe_files import dumps_json, write_json_atomic
 from calib.stereo_calibration import Board, calibrate_stereo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                                       Board.parse("9x6", 0.025), progress=not args.quiet)
     calib_dir = out / "calib"
     camera.to_dir(calib_dir)
-    (calib_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    write_json_atomic(calib_dir / "report.json", report.to_dict())
     print(f"   pairs used: {report.pairs_used} (skipped {len(report.skipped)}: "
           f"{', '.join(Path(s['file'].split(' | ')[0]).name for s in report.skipped) or '-'})", file=sys.stderr)
     print(f"   RMS reprojection error: {report.rms_px:.3f} px; rectified epipolar error: "
@@ -156,25 +156,24 @@ def run(args: argparse.Namespace) -> int:
           f"{onnx_path}, bag {bag}, replay report {out / 'replay'}", file=sys.stderr)
 
     summary["seconds"] = round(time.perf_counter() - t0, 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
+    print(dumps_json(summary, indent=2))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(prog="quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="quickstart_out", help="output directory (default: quickstart_out)")
     parser.add_argument("--depth-model", help="Depth Anything V2 directory (default: offline depth prior)")
     parser.add_argument("--sd-model", help="Stable Diffusion inpainting directory (default: EA Telea)")
-    parser.add_argument("--synth-images", type=int, default=64, help="photos to synthesize from (default: 64)")
-    parser.add_argument("--previews", type=int, default=8, help="preview PNGs to write (default: 8)")
+    parser.add_argument("--synth-images", type=positive_int, default=64, help="photos to synthesize from (default: 64)")
+    parser.add_argument("--previews", type=non_negative_int, default=8, help="preview PNGs to write (default: 8)")
     parser.add_argument("--model", default="igev-tiny", help="stereo network to pre-train (default: igev-tiny)")
-    parser.add_argument("--steps", type=int, default=300, help="pre-training steps (default: 300)")
-    parser.add_argument("--export-height", type=int, default=192, help="ONNX input height, px (default: 192)")
-    parser.add_argument("--export-width", type=int, default=256, help="ONNX input width, px (default: 256)")
-    parser.add_argument("--bag-frames", type=int, default=12, help="frames in the replay bag (default: 12)")
-    parser.add_argument("--replay-rate", type=float, default=1.0,
+    parser.add_argument("--steps", type=positive_int, default=300, help="pre-training steps (default: 300)")
+    parser.add_argument("--export-height", type=positive_int, default=192, help="ONNX input height, px (default: 192)")
+    parser.add_argument("--export-width", type=positive_int, default=256, help="ONNX input width, px (default: 256)")
+    parser.add_argument("--bag-frames", type=positive_int, default=12, help="frames in the replay bag (default: 12)")
+    parser.add_argument("--replay-rate", type=non_negative_float, default=1.0,
                         help="replay speed x recorded 10 Hz; 0 = as fast as the node answers (default: 1)")
     add_common_flags(parser)
     return run_command(run, parser.parse_args(argv))

@@ -160,13 +160,15 @@ def linear_lookup(volume: torch.Tensor, positions: torch.Tensor, *, padded: bool
     ``align_corners=True`` and zero padding along one axis, built from floor/gather/mul only.
     ``padded``: ``volume`` already comes from :func:`pad_for_lookup` (its L includes the pads).
     Out-of-range samples read the zero pads (no mask), and both neighbours of every position are
-    read by one gather.
+    read by one gather. NaN-safe: a NaN or infinite position (a network that diverged) reads the
+    pads through an in-range index and gives a NaN sample, never an out-of-range gather (a crash on
+    CPU, a device-side assert on CUDA, an out-of-bounds read in TensorRT).
     """
     if not padded:
         volume = pad_for_lookup(volume)
     last = volume.shape[-1] - 1  # the right-hand zero pad
-    p0 = torch.floor(positions)
-    frac = (positions - p0).unsqueeze(3)  # B,H,W,1,K
+    p0 = torch.floor(torch.where(positions == positions, positions, -2.0))  # NaN -> a position left of the pads
+    frac = (positions - p0).unsqueeze(3)  # B,H,W,1,K; NaN for NaN/inf positions, so the sample is NaN
     k = positions.shape[-1]
     index = torch.cat([p0 + 1, p0 + 2], -1).clamp(0, last).long()  # +1: the left pad
     both = torch.gather(volume, 4, index.unsqueeze(3).expand(-1, -1, -1, volume.shape[3], -1))

@@ -144,7 +144,25 @@ class TestRegistry:
         meta = json.loads((tmp_path / "ck" / "model.json").read_text())
         meta["config"]["hidden_dim"] = 24
         (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match="does not match the config saved inside.*hidden_dim 24 vs 16"):
+            load_model(tmp_path / "ck")
+        # a file saved without its config (older versions): model.json alone, checked against the tensors
+        from safetensors.torch import load_file, save_file
+
+        save_file(load_file(str(tmp_path / "ck" / "model.safetensors")), str(tmp_path / "ck" / "model.safetensors"))
         with pytest.raises(ConfigError, match="another model config"):
             load_model(tmp_path / "ck")
         with pytest.raises(ConfigError, match="not a model checkpoint"):
             load_model(tmp_path)
+
+    def test_edited_config_that_fits_the_weights_is_refused(self, tmp_path):
+        """max_disp changes no tensor shape: without the stored config it would load and give wrong disparities."""
+        save_model(create_model("igev-tiny"), tmp_path / "ck")
+        meta = json.loads((tmp_path / "ck" / "model.json").read_text())
+        meta["config"]["max_disp"] = 256
+        (tmp_path / "ck" / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(ConfigError, match="max_disp 256 vs 64"):
+            load_model(tmp_path / "ck")
+        (tmp_path / "ck" / "model.json").write_text('{"name": "igev-tiny", "config": {')  # cut by a crash
+        with pytest.raises(ConfigError, match="model.json is corrupt"):
+            load_model(tmp_path / "ck")

@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from calib import StereoCamera
-from calib.console import add_common_flags, run_command
+from calib.console import CliParser, add_common_flags, positive_float, positive_int, run_command
+from calib.safe_files import dumps_json
 from m2s_stereo.bag_tools import BagError, bag_info, frames_from_folder, frames_from_kitti, frames_from_synth, write_bag
 
 
@@ -24,8 +24,6 @@ def _make(args: argparse.Namespace) -> int:
     root = Path(path)
     if not path or not root.exists():
         raise BagError(f"--from must be kind:PATH with an existing PATH, got '{args.source}'")
-    if args.rate <= 0:
-        raise BagError(f"--rate must be positive (frames per second), got {args.rate}")
     start = time.time_ns() if args.start_now else 1_700_000_000 * 10**9
     if kind == "folder":
         camera = StereoCamera.from_dir(args.calib) if args.calib else None
@@ -41,28 +39,28 @@ def _make(args: argparse.Namespace) -> int:
 
         frames = itertools.islice(frames, args.limit)
     n = write_bag(args.out, frames, storage=args.storage)
-    print(json.dumps({"bag": args.out, "frames": n, "storage": args.storage}))
+    print(dumps_json({"bag": args.out, "frames": n, "storage": args.storage}))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     info = bag_info(args.bag)
-    print(json.dumps(info, indent=2))
+    print(dumps_json(info, indent=2))
     return 1 if info["problems"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="m2s-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(prog="m2s-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("make", help="write a stereo bag (left/right image_rect, camera_info, optional gt/disparity)")
     p.add_argument("--from", dest="source", required=True, help="folder:DIR | kitti2015:DIR | kitti2012:DIR | synth:DATASET")
     p.add_argument("--out", required=True, help="new bag directory")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3", help="rosbag2 storage (default sqlite3)")
-    p.add_argument("--rate", type=float, default=10.0, help="frames per second of the stamps (default 10)")
+    p.add_argument("--rate", type=positive_float, default=10.0, help="frames per second of the stamps (default 10)")
     p.add_argument("--calib", help="folder source: calibration dir with left.yaml/right.yaml (else an ideal camera)")
-    p.add_argument("--focal", type=float, help="synth source: focal length, px (default: image width)")
-    p.add_argument("--baseline", type=float, default=0.1, help="synth source: baseline, m (default 0.1)")
-    p.add_argument("--limit", type=int, help="write at most N frames")
+    p.add_argument("--focal", type=positive_float, help="synth source: focal length, px (default: image width)")
+    p.add_argument("--baseline", type=positive_float, default=0.1, help="synth source: baseline, m (default 0.1)")
+    p.add_argument("--limit", type=positive_int, help="write at most N frames")
     p.add_argument("--start-now", action="store_true", help="stamp from the current time (default: a fixed epoch)")
     add_common_flags(p)
     p.set_defaults(handler=_make)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from calib import StereoCamera
-from calib.errors import DataError
-from calib.safe_files import load_npy
+from calib.errors import CalibrationError, DataError
+from calib.safe_files import load_npy, staged_directory
 
 LEFT, RIGHT = "left/image_rect", "right/image_rect"
 LEFT_INFO, RIGHT_INFO = "left/camera_info", "right/camera_info"
@@ -76,7 +76,11 @@ def _info(ts: Any, header: Any, info: Any) -> Any:
 
 def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], storage: str = "sqlite3",
               frame_id: str = "left_camera_optical_frame") -> int:
-    """Write frames to a new bag directory; returns the number of frames."""
+    """Write frames to a new bag directory; returns the number of frames.
+
+    The bag is written under a staging name and appears at ``path`` only when complete: a failure
+    (a bad frame, a full disk, Ctrl-C) leaves nothing behind, so the same command can be retried.
+    """
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import StoragePlugin
 
@@ -88,7 +92,7 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
     ts = _typestore()
     plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
     n = 0
-    with Writer(path, version=8, storage_plugin=plugin) as writer:
+    with staged_directory(path) as stage, Writer(stage, version=8, storage_plugin=plugin) as writer:
         conns: dict[str, Any] = {}
 
         def conn(topic: str, msgtype: str) -> Any:
@@ -101,6 +105,13 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
             if frame.stamp_ns <= last:
                 raise BagError(f"frame stamps must increase: {frame.stamp_ns} after {last}")
             last = frame.stamp_ns
+            if frame.left.shape != frame.right.shape:
+                raise BagError(f"frame {n}: left {frame.left.shape[1]}x{frame.left.shape[0]} and right "
+                               f"{frame.right.shape[1]}x{frame.right.shape[0]} differ in size")
+            try:
+                frame.camera.check_image_size(frame.left.shape[1], frame.left.shape[0])
+            except CalibrationError as exc:
+                raise BagError(f"frame {n}: {exc}") from None
             h = _header(ts, frame.stamp_ns, frame_id)
             items = [(LEFT, _image(ts, h, frame.left, "rgb8")), (RIGHT, _image(ts, h, frame.right, "rgb8")),
                      (LEFT_INFO, _info(ts, h, frame.camera.left)), (RIGHT_INFO, _info(ts, h, frame.camera.right))]
@@ -114,10 +125,30 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
     return n
 
 
-def _to_array(msg: Any) -> np.ndarray:
-    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1, "32FC1": 1, "rgba8": 4}.get(msg.encoding)
+_ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "32FC1": 1, "rgba8": 4}  # channels
+
+
+def image_problem(msg: Any) -> str | None:
+    """Why an Image message cannot be read as an array (None when it can)."""
+    channels = _ENCODINGS.get(msg.encoding)
     if channels is None:
-        raise BagError(f"unsupported image encoding '{msg.encoding}' in the bag")
+        return f"unsupported image encoding '{msg.encoding}' (use one of {', '.join(_ENCODINGS)})"
+    item = (4 if msg.encoding == "32FC1" else 1) * channels
+    if msg.width <= 0 or msg.height <= 0:
+        return f"image is {msg.width}x{msg.height}"
+    if msg.step < msg.width * item:
+        return f"step {msg.step} is less than width {msg.width} x {item} bytes per pixel"
+    if len(msg.data) < msg.step * msg.height:
+        return (f"data is {len(msg.data)} bytes, shorter than its declared size {msg.step * msg.height} "
+                f"(step {msg.step} x {msg.height} rows)")
+    return None
+
+
+def _to_array(msg: Any, where: str = "image") -> np.ndarray:
+    problem = image_problem(msg)
+    if problem is not None:
+        raise BagError(f"{where}: {problem}")
+    channels = _ENCODINGS[msg.encoding]
     dtype = np.float32 if msg.encoding == "32FC1" else np.uint8
     item = np.dtype(dtype).itemsize * channels
     rows = np.asarray(msg.data, np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)[:, : msg.width * item]
@@ -332,10 +363,15 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
         if any(t not in parts for t in REQUIRED):
             skipped += 1
             continue
-        yield Frame(stamp, _to_array(parts[LEFT][0]), _to_array(parts[RIGHT][0]),
-                    _camera(parts[LEFT_INFO][0], parts[RIGHT_INFO][0]),
-                    _to_array(parts[GT_DISP][0]) if GT_DISP in parts else None,
-                    _to_array(parts[GT_DEPTH][0]) if GT_DEPTH in parts else None,
+        try:
+            arrays = {t: _to_array(parts[t][0], f"frame {stamp}: {t}") if t in parts else None
+                      for t in (LEFT, RIGHT, GT_DISP, GT_DEPTH)}
+            camera = _camera(parts[LEFT_INFO][0], parts[RIGHT_INFO][0])
+        except (BagError, CalibrationError) as exc:
+            if warnings is not None:
+                warnings.append(f"skipped {exc}" if isinstance(exc, BagError) else f"skipped frame {stamp}: {exc}")
+            continue
+        yield Frame(stamp, arrays[LEFT], arrays[RIGHT], camera, arrays[GT_DISP], arrays[GT_DEPTH],
                     {t: p[1] for t, p in parts.items()} if keep_raw else {})
     if skipped and warnings is not None:
         warnings.append(f"{skipped} incomplete frame(s) skipped (a required topic missing at that stamp)")
@@ -349,6 +385,7 @@ def bag_info(path: str | os.PathLike) -> dict[str, Any]:
     stamps: dict[str, list[int]] = defaultdict(list)
     problems: list[str] = []
     types: dict[str, str] = {}
+    sizes: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)  # stamp -> topic -> (width, height)
     _, stream = _raw_messages(path, problems)
     for topic, msgtype, raw in stream:
         types[topic] = msgtype
@@ -357,7 +394,13 @@ def bag_info(path: str | os.PathLike) -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             problems.append(f"{topic}: a message could not be decoded")
             continue
-        stamps[topic].append(int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec))
+        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+        stamps[topic].append(stamp)
+        if topic in (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO):
+            sizes[stamp][topic] = (int(msg.width), int(msg.height))
+            if topic in (LEFT, RIGHT) and (problem := image_problem(msg)) is not None:
+                problems.append(f"{topic} at {stamp}: {problem}")
+    problems += _size_problems(sizes)
     topics = {}
     for topic, s in stamps.items():
         arr = np.asarray(s, np.int64)
@@ -376,6 +419,25 @@ def bag_info(path: str | os.PathLike) -> dict[str, Any]:
     if len(counts) > 1:
         problems.append("unequal message counts: " + ", ".join(f"{t}={topics[t]['count']}" for t in REQUIRED if t in topics))
     return {"bag": str(path), "topics": topics, "problems": problems}
+
+
+def _size_problems(sizes: dict[int, dict[str, tuple[int, int]]], limit: int = 5) -> list[str]:
+    """Left/right image sizes that differ, and camera_info sizes that differ from their image's."""
+    found: list[str] = []
+    count = 0
+    for stamp in sorted(sizes):
+        s = sizes[stamp]
+        checks = [(LEFT, RIGHT, "left and right images differ in size"),
+                  (LEFT_INFO, LEFT, "left camera_info does not match the left image"),
+                  (RIGHT_INFO, RIGHT, "right camera_info does not match the right image")]
+        for a, b, what in checks:
+            if a in s and b in s and s[a] != s[b]:
+                count += 1
+                if len(found) < limit:
+                    found.append(f"at {stamp}: {what} ({a} {s[a][0]}x{s[a][1]}, {b} {s[b][0]}x{s[b][1]})")
+    if count > limit:
+        found.append(f"... {count - limit} more size problem(s)")
+    return found
 
 
 # -- sources for m2s-bag make ---------------------------------------------------------------------------

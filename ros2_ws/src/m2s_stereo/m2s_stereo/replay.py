@@ -13,7 +13,6 @@ the left-right consistency rate. Writes report.json, report.md and PNG plots.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -24,7 +23,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from calib.console import add_common_flags, run_command
+from calib.console import CliParser, add_common_flags, non_negative_float, run_command
+from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
+from calib.errors import CalibrationError
 from calib.metrics import MetricAccumulator, error_map_rgb
 from m2s_stereo.bag_tools import BagError, Frame, read_frames
 
@@ -100,16 +101,24 @@ def run_offline(bag: Path, model: str, progress: bool = True) -> dict[str, Any]:
     warnings: list[str] = []
     ev = Evaluation()
     preds = []
+    frames = 0
     for i, frame in enumerate(tqdm(read_frames(bag, warnings=warnings), desc="offline", unit="pair", disable=not progress)):
+        frames += 1
+        try:  # the node's own check: a frame it would drop is not evaluated here either
+            frame.camera.check_image_size(frame.left.shape[1], frame.left.shape[0])
+        except CalibrationError as exc:
+            warnings.append(f"frame {i} ({frame.stamp_ns}) not evaluated: {exc}")
+            continue
         disp = runtime.infer(frame.left, frame.right)
         disp = np.where(disp > 0, disp, np.nan).astype(np.float32)
         ev.add(frame, disp, i, runtime)
         preds.append((frame, disp))
-    if not preds:
+    if not frames:
         raise BagError(f"{bag}: no complete stereo frame could be read")
     timing = runtime.stats().get("total", {})
-    return {"mode": "offline", "frames": len(preds), "answered": len(preds), "dropped": 0, "warnings": warnings,
-            "accuracy": ev.summary(), "per_frame": ev.per_frame, "inference_ms": timing, "_preds": preds}
+    return {"mode": "offline", "frames": frames, "answered": len(preds), "dropped": frames - len(preds),
+            "warnings": warnings, "accuracy": ev.summary(), "per_frame": ev.per_frame, "inference_ms": timing,
+            "_preds": preds}
 
 
 def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, progress: bool = True) -> dict[str, Any]:
@@ -238,7 +247,7 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
             plt.close(fig)
     except ImportError:
         log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
-    (out / "report.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    write_json_atomic(out / "report.json", result)
     acc = result["accuracy"]
     lines = [f"# Replay evaluation ({result['mode']})", "", f"- frames: {result['frames']}, answered: {result['answered']}, "
              f"dropped: {result['dropped']}"]
@@ -256,7 +265,7 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
     if "lr_consistency" in acc:
         lines.append(f"- left-right consistency (no GT in the bag): {100 * acc['lr_consistency']:.1f} %")
     lines += [f"- warning: {w}" for w in result.get("warnings", [])]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return result
 
 
@@ -267,18 +276,25 @@ def _main(args: argparse.Namespace) -> int:
     else:
         result = run_live(bag, args.model, rate=args.rate, progress=not args.quiet)
     result = write_report(result, Path(args.out))
-    print(json.dumps({k: result[k] for k in ("mode", "frames", "answered", "dropped", "accuracy")}
-                     | {"report": str(Path(args.out) / "report.md")}, default=float))
+    print(dumps_json({k: result[k] for k in ("mode", "frames", "answered", "dropped", "accuracy")}
+                     | {"report": str(Path(args.out) / "report.md")}))
+    if not result["answered"]:
+        bad = int(result.get("node", {}).get("bad_frames", 0))
+        why = "; ".join(result.get("warnings", [])[:2]) or (
+            f"the node answered none of them ({bad} bad frame(s); its log above says why)")
+        raise BagError(f"no frame was evaluated: 0 of {result['frames']} pairs ({result['mode']} mode): {why}; "
+                       f"the report in {args.out} says so")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="m2s-eval-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="m2s-eval-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bag", required=True, help="bag directory (sqlite3 or MCAP) written by m2s-bag make or ros2 bag record")
     p.add_argument("--model", required=True, help=".engine, .onnx or checkpoint directory")
     p.add_argument("--out", required=True, help="report directory (report.json, report.md, PNG plots)")
     p.add_argument("--mode", choices=["live", "offline"], default="live", help="live: through the node over DDS; offline: runtime only")
-    p.add_argument("--rate", type=float, default=1.0, help="live: x recorded rate; 0 = as fast as the node answers")
+    p.add_argument("--rate", type=non_negative_float, default=1.0,
+                   help="live: x recorded rate; 0 = as fast as the node answers")
     add_common_flags(p)
     return run_command(_main, p.parse_args(argv))
 

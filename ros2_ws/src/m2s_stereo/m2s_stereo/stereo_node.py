@@ -204,9 +204,7 @@ class StereoNode(Node):
         if (left_msg.width, left_msg.height) != (right_msg.width, right_msg.height):
             raise ValueError(f"left image is {left_msg.width}x{left_msg.height} but right is {right_msg.width}x{right_msg.height}")
         camera = self._camera_for(left_info, right_info)
-        if camera.image_size != (left_msg.width, left_msg.height):
-            raise CalibrationError(f"camera_info is {camera.image_size[0]}x{camera.image_size[1]} but images are "
-                                   f"{left_msg.width}x{left_msg.height}")
+        camera.check_image_size(left_msg.width, left_msg.height)
         left = image_to_rgb8(left_msg)
         right = image_to_rgb8(right_msg)
         t0 = time.perf_counter()
