@@ -13,6 +13,7 @@ from calib.errors import CalibrationError
 from calib.image_io import read_rgb, write_rgb
 from calib.safe_files import dumps_json, write_json_atomic
 from calib.stereo_calibration import (
+    DEFAULT_MAX_EPIPOLAR_PX,
     DEFAULT_MAX_RMS_PX,
     Board,
     Rectifier,
@@ -29,15 +30,15 @@ def _stereo(args: argparse.Namespace) -> int:
         raise CalibrationError(f"--alpha must be in [0, 1], got {args.alpha}")
     board = Board.parse(args.board, args.square)
     camera, report = calibrate_stereo(args.left, args.right, board, alpha=args.alpha, progress=not args.quiet)
-    problems = quality_problems(camera, report, args.max_rms)
+    problems = quality_problems(camera, report, args.max_rms, args.max_epipolar)
     if problems and not args.force:
         raise CalibrationError("calibration failed the quality gate, nothing written: " + "; ".join(problems)
                                + ". Fix the input, or pass --force to write it anyway")
     for problem in problems:
         log.warning("written despite the quality gate (--force): %s", problem)
     out = Path(args.out)
-    result = {**report.to_dict(), "quality_gate": {"max_rms_px": args.max_rms, "problems": problems,
-                                                   "passed": not problems, "forced": bool(problems)}}
+    result = {**report.to_dict(), "quality_gate": {"max_rms_px": args.max_rms, "max_epipolar_px": args.max_epipolar,
+                                                   "problems": problems, "passed": not problems, "forced": bool(problems)}}
     write_json_atomic(out / "report.json", result)
     camera.to_dir(out)
     summary = {
@@ -99,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for left.yaml, right.yaml, report.json")
     p.add_argument("--max-rms", type=positive_float, default=DEFAULT_MAX_RMS_PX,
                    help=f"quality gate: largest RMS reprojection error accepted, px (default {DEFAULT_MAX_RMS_PX:g})")
+    p.add_argument("--max-epipolar", type=positive_float, default=DEFAULT_MAX_EPIPOLAR_PX,
+                   help="quality gate: largest mean rectified epipolar error |y_L - y_R| accepted, px "
+                        f"(default {DEFAULT_MAX_EPIPOLAR_PX:g})")
     p.add_argument("--force", action="store_true",
-                   help="write the calibration even if it fails the quality gate (RMS, focal length, baseline)")
+                   help="write the calibration even if it fails the quality gate (RMS, epipolar error, focal length, "
+                        "baseline)")
     add_common_flags(p)
     p.set_defaults(handler=_stereo)
 

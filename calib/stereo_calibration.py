@@ -31,6 +31,7 @@ MAX_CORNERS = (200, 200)  # inner corners per side: larger is a typo, and would 
 SQUARE_RANGE_M = (1e-4, 1.0)  # 0.1 mm .. 1 m chessboard squares
 
 DEFAULT_MAX_RMS_PX = 1.0
+DEFAULT_MAX_EPIPOLAR_PX = 1.0  # mean |y_L - y_R| after rectification
 FOCAL_RANGE = (0.1, 20.0)  # focal length / image width: ~170 deg fisheye .. a long telephoto
 BASELINE_RANGE_M = (1e-3, 10.0)
 
@@ -259,11 +260,15 @@ def calibrate_stereo(
     return camera, report
 
 
-def quality_problems(camera: StereoCamera, report: CalibrationReport, max_rms_px: float = DEFAULT_MAX_RMS_PX) -> list[str]:
+def quality_problems(camera: StereoCamera, report: CalibrationReport, max_rms_px: float = DEFAULT_MAX_RMS_PX,
+                     max_epipolar_px: float = DEFAULT_MAX_EPIPOLAR_PX) -> list[str]:
     """What makes a calibration untrustworthy (empty when it passes the gate).
 
-    Checks: every matrix finite; RMS reprojection error <= ``max_rms_px``; focal length within
-    :data:`FOCAL_RANGE` times the image width; baseline within :data:`BASELINE_RANGE_M`.
+    Checks: every matrix finite; RMS reprojection error <= ``max_rms_px``; mean rectified
+    epipolar error <= ``max_epipolar_px`` (rows of the two views must line up, or stereo
+    matching fails everywhere; degenerate views, e.g. the same board pose in every pair, show
+    here); focal length within :data:`FOCAL_RANGE` times the image width; baseline within
+    :data:`BASELINE_RANGE_M`.
     """
     problems = []
     w, _ = report.image_size
@@ -275,6 +280,9 @@ def quality_problems(camera: StereoCamera, report: CalibrationReport, max_rms_px
     if report.rms_px > max_rms_px:
         problems.append(f"RMS reprojection error {report.rms_px:.3g} px > {max_rms_px:g} px (blurred or mis-detected "
                         "corners, a wrong --board/--square, or unsynchronised pairs)")
+    if report.epipolar_mean_px > max_epipolar_px:
+        problems.append(f"rectified epipolar error {report.epipolar_mean_px:.3g} px mean > {max_epipolar_px:g} px "
+                        "(rows do not line up: too few distinct board poses, or pairs not taken at the same time)")
     lo, hi = FOCAL_RANGE
     if not lo * w <= report.focal_px <= hi * w:
         problems.append(f"focal length {report.focal_px:.4g} px is implausible for a {w} px wide image "

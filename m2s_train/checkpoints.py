@@ -68,17 +68,22 @@ def holds_run(out: Path) -> bool:
     return bool(step_dirs(out)) or (out / "checkpoints" / "latest").exists() or (out / "train_summary.json").exists()
 
 
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None:
-    """Refuse to start a new run over an old one unless asked; ``overwrite`` deletes the old one first."""
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over an old one unless asked (checks only; call it before slow set-up)."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: resume a run, or discard it and start anew")
-    if resume or not holds_run(out):
-        return
-    if not overwrite:
+    if not resume and not overwrite and holds_run(out):
         newest = step_dirs(out)
         what = f"checkpoints up to {newest[-1].name}" if newest else "a finished run"
         raise ConfigError(f"{out} already holds a training run ({what}); pass --resume to continue it, "
                           "--overwrite to delete it and start again, or choose a new --out")
+
+
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None:
+    """:func:`check_run_dir`, then with ``overwrite`` delete the old run (main process only)."""
+    check_run_dir(out, resume=resume, overwrite=overwrite)
+    if resume or not holds_run(out):
+        return
     if main:
         log.warning("--overwrite: deleting the previous run's checkpoints, TensorBoard logs and summary in %s", out)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -197,5 +202,5 @@ def find_resume_checkpoint(out: Path, *, main: bool = True) -> Checkpoint | None
     return chosen
 
 
-__all__ = ["Checkpoint", "CheckpointError", "find_resume_checkpoint", "holds_run", "latest_checkpoint",
+__all__ = ["Checkpoint", "CheckpointError", "check_run_dir", "find_resume_checkpoint", "holds_run", "latest_checkpoint",
            "load_training_state", "prepare_run_dir", "read_checkpoint", "save_checkpoint", "step_dirs"]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from m2s_train.checkpoints import check_run_dir
 from m2s_train.config import to_dict
 from m2s_train.data.augment import AugmentConfig
 from m2s_train.data.stereo_datasets import build_dataset
@@ -54,6 +55,7 @@ def cache_mono(config: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
 def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
                  device: str = "auto", progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     tc = config.train
+    check_run_dir(Path(out), resume=resume, overwrite=overwrite)  # before the (slow) teacher cache
     base = build_dataset("+".join(tc.datasets))
     cache = teacher_cache(config, base, progress)[0] if config.s2dkd.enabled else None
     max_disp = model_config(tc.model, **tc.model_overrides).max_disp

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from calib.safe_files import read_json, write_json_atomic
+from calib.safe_files import read_json, write_bytes_atomic, write_json_atomic
 from m2s_train.config import from_dict
 from m2s_train.errors import ConfigError
 
@@ -72,14 +72,12 @@ def describe(model: nn.Module) -> dict[str, Any]:
 
 def save_model(model: nn.Module, directory: str | os.PathLike) -> Path:
     """Write ``model.safetensors`` (the name and config also in its metadata) + ``model.json`` atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = directory / ".model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"model": json.dumps(describe(model))})
-    os.replace(tmp, directory / "model.safetensors")
+    # serialised in memory, then written like every other file (safetensors' own writer leaves 0600)
+    write_bytes_atomic(directory / "model.safetensors", save(state, metadata={"model": json.dumps(describe(model))}))
     write_json_atomic(directory / "model.json", describe(model))
     return directory
 

@@ -141,3 +141,36 @@ class TestCli:
     def test_bad_alpha(self, tmp_path, capsys):
         assert calib_main(["stereo", "--left", "a*", "--right", "b*", "--out", str(tmp_path), "--alpha", "2"]) == 2
         assert "--alpha" in capsys.readouterr().err
+
+
+class TestQualityGate:
+    def test_gate_refuses_and_force_writes_with_the_problems_recorded(self, opencv_data, tmp_path, capsys):
+        args = ["stereo", "--left", str(opencv_data / "left*.jpg"), "--right", str(opencv_data / "right*.jpg"),
+                "--out", str(tmp_path / "cal"), "--quiet", "--max-rms", "0.2"]
+        assert calib_main(args) == 2
+        err = capsys.readouterr().err
+        assert "quality gate, nothing written: RMS reprojection error 0.44" in err and "--force" in err
+        assert not (tmp_path / "cal").exists()
+        assert calib_main(args + ["--force"]) == 0
+        report = json.loads((tmp_path / "cal" / "report.json").read_text())
+        assert report["quality_gate"]["passed"] is False and report["quality_gate"]["forced"] is True
+        assert "RMS" in report["quality_gate"]["problems"][0]
+
+    def test_degenerate_views_fail_on_the_epipolar_error(self, opencv_data, tmp_path, capsys):
+        """Three copies of one pair calibrate with RMS 0.29 px, but rows do not line up (300 px): before, written."""
+        import shutil
+
+        for i in range(3):
+            shutil.copy(opencv_data / "left01.jpg", tmp_path / f"left0{i}.jpg")
+            shutil.copy(opencv_data / "right01.jpg", tmp_path / f"right0{i}.jpg")
+        assert calib_main(["stereo", "--left", str(tmp_path / "left*.jpg"), "--right", str(tmp_path / "right*.jpg"),
+                           "--out", str(tmp_path / "cal"), "--quiet"]) == 2
+        assert "rectified epipolar error" in capsys.readouterr().err
+        assert not (tmp_path / "cal").exists()
+
+    @pytest.mark.parametrize("board, square, message", [("100000x3", 0.025, "not a real chessboard"),
+                                                        ("9x6", 1e30, "square size must be"),
+                                                        ("9x6", 1e-9, "square size must be")])
+    def test_absurd_board_refused_before_any_work(self, board, square, message):
+        with pytest.raises(CalibrationError, match=message):
+            Board.parse(board, square)

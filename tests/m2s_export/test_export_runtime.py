@@ -192,3 +192,27 @@ class TestTensorRT:
         (tmp_path / "corrupt.engine").write_bytes(b"\x00" * 100)
         with pytest.raises(RuntimeBackendError):
             load_runtime(tmp_path / "corrupt.engine")
+
+
+class TestRefusedInputs:
+    def test_metadata_that_disagrees_with_the_graph_is_refused(self, exported, tmp_path):
+        root, _ = exported
+        model = onnx.load(str(root / "tiny.onnx"))
+        for prop in model.metadata_props:
+            if prop.key == "input_height":
+                prop.value = "480"
+        onnx.save(model, str(tmp_path / "edited.onnx"))
+        with pytest.raises(RuntimeBackendError, match=r"graph's input is \[1, 3, 96, 128\] but its metadata says 1x3x480x128"):
+            OnnxRuntime(tmp_path / "edited.onnx")
+
+    def test_empty_image_is_a_clear_error(self, exported):
+        runtime = OnnxRuntime(exported[0] / "tiny.onnx")
+        empty = np.zeros((0, 0, 3), np.uint8)
+        with pytest.raises(RuntimeBackendError, match="0x0"):
+            runtime.infer(empty, empty)
+
+    def test_checkpoint_given_as_its_safetensors_file_exports(self, exported, tmp_path, capsys):
+        root, _ = exported
+        assert export_main(["--checkpoint", str(root / "ckpt" / "model.safetensors"), "--onnx", str(tmp_path / "m.onnx"),
+                            "--height", "64", "--width", "96", "--quiet", "--no-verify"]) == 0
+        assert read_sidecar(tmp_path / "m.onnx")["checkpoint"] == str(root / "ckpt")

@@ -166,3 +166,27 @@ class TestRegistry:
         (tmp_path / "ck" / "model.json").write_text('{"name": "igev-tiny", "config": {')  # cut by a crash
         with pytest.raises(ConfigError, match="model.json is corrupt"):
             load_model(tmp_path / "ck")
+
+
+class TestNanSafety:
+    def test_lookup_of_nan_and_inf_positions_is_nan_not_an_index_error(self):
+        from m2s_train.models.igev import linear_lookup
+
+        volume = torch.rand(1, 2, 3, 4, 10)
+        pos = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30, 2.5, -0.5, 9.25])
+        positions = pos.expand(1, 2, 3, 8).contiguous()
+        out = linear_lookup(volume, positions)  # before: IndexError (NaN -> INT64_MIN gather index)
+        assert torch.isnan(out[..., :3]).all()
+        assert (out[..., 3:5] == 0).all()  # far outside: the zero pads
+        ref = torch.nn.functional.grid_sample(
+            volume.reshape(6, 4, 1, 10), torch.stack([pos[5:] / 4.5 - 1, torch.zeros(3)], -1).view(1, 1, 3, 2).expand(6, 1, 3, 2),
+            align_corners=True).view(1, 2, 3, 4, 3)
+        torch.testing.assert_close(out[..., 5:], ref)
+
+    def test_nan_input_gives_nan_pixels_not_a_crash(self):
+        model = create_model("igev-tiny").eval()
+        left = torch.rand(1, 3, 64, 96)
+        left[0, :, 20:30, 20:30] = float("nan")
+        with torch.no_grad():
+            out = model(left, torch.rand(1, 3, 64, 96)).disparity
+        assert out.shape == (1, 1, 64, 96) and torch.isnan(out).any()

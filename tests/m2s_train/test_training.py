@@ -190,3 +190,83 @@ def test_eval_on_real_aloe_with_sgbm(opencv_data, tmp_path):
     assert sgbm["epe"] < 5.0 and sgbm["bad3"] < 0.3  # a real matcher on real data, quarter resolution
     assert (tmp_path / "metrics.md").read_text().count("|") > 10
     assert (tmp_path / "error_model_0000.png").is_file() and (tmp_path / "error_sgbm_0000.png").is_file()
+
+
+class TestRunsAreNeverLost:
+    """Each of these lost or mixed a run before: an --out that holds a run, damaged checkpoints on resume."""
+
+    def test_new_run_over_old_one_is_refused_and_overwrite_removes_it_whole(self, synth_dataset, tmp_path):
+        cfg = _config(synth_dataset, steps=12, checkpoint_every=4)
+        train(cfg, tmp_path / "run", progress=False)
+        before = {p.name: (p / "model.safetensors").read_bytes() for p in (tmp_path / "run" / "checkpoints").glob("step_*")}
+        with pytest.raises(ConfigError, match="already holds a training run.*--resume.*--overwrite"):
+            train(_config(synth_dataset, steps=4, checkpoint_every=4, seed=3), tmp_path / "run", progress=False)
+        after = {p.name: (p / "model.safetensors").read_bytes() for p in (tmp_path / "run" / "checkpoints").glob("step_*")}
+        assert after == before and sorted(before) == ["step_00000004", "step_00000008", "step_00000012"]
+        train(_config(synth_dataset, steps=4, checkpoint_every=4, seed=3), tmp_path / "run", progress=False, overwrite=True)
+        assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step_*")) == ["step_00000004"]
+        assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["config"]["seed"] == 3
+
+    @pytest.fixture(scope="class")
+    def full_run(self, synth_dataset, tmp_path_factory) -> Path:
+        out = tmp_path_factory.mktemp("full") / "run"
+        train(_config(synth_dataset, steps=12, checkpoint_every=4), out, progress=False)
+        return out
+
+    @pytest.mark.parametrize("damage", ["safetensors", "state", "train_json"])
+    def test_resume_falls_back_to_the_newest_intact_checkpoint(self, synth_dataset, full_run, tmp_path, damage, caplog):
+        import shutil
+
+        cfg = _config(synth_dataset, steps=12, checkpoint_every=4)
+        run = tmp_path / "run"
+        shutil.copytree(full_run, run)
+        newest = run / "checkpoints" / "step_00000012"
+        target = {"safetensors": "model.safetensors", "state": "state.pt", "train_json": "train.json"}[damage]
+        data = (newest / target).read_bytes()
+        (newest / target).write_bytes(data[: len(data) // 2])  # truncated by a crash of the file system
+        (run / "checkpoints" / "latest").write_text("step_00000099\n")  # and a dangling pointer
+        caplog.set_level("WARNING")
+        summary = train(cfg, run, progress=False, resume=True)
+        assert summary["steps"] == 12
+        assert "step_00000012 is unusable" in caplog.text and "resuming from step_00000008" in caplog.text
+        assert (run / "checkpoints" / "unusable" / "step_00000012" / target).read_bytes() == data[: len(data) // 2]
+        a = load_model(full_run / "checkpoints" / "step_00000012").state_dict()
+        b = load_model(newest).state_dict()  # redone from step 8: the same weights as the uninterrupted run
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        with pytest.raises(ConfigError, match="another config"):  # the config is still checked after a fallback
+            train(_config(synth_dataset, steps=12, checkpoint_every=4, lr=5e-4), run, progress=False, resume=True)
+
+    def test_resume_with_no_intact_checkpoint_refuses_instead_of_starting_over(self, synth_dataset, tmp_path):
+        run = tmp_path / "run"
+        cfg = _config(synth_dataset, steps=4, checkpoint_every=4)
+        train(cfg, run, progress=False)
+        state = run / "checkpoints" / "step_00000004" / "state.pt"
+        state.write_bytes(state.read_bytes()[:100])
+        with pytest.raises(ConfigError, match="none of the 1 checkpoint.*is intact.*state.pt is corrupt"):
+            train(cfg, run, progress=False, resume=True)
+        assert (run / "checkpoints" / "step_00000004" / "model.safetensors").is_file()
+
+    def test_nan_in_the_network_stops_training_with_the_lr_message(self, synth_dataset, tmp_path):
+        from m2s_train.models import save_model
+
+        model = create_model("igev-tiny")
+        with torch.no_grad():
+            next(iter(model.update.parameters())).fill_(float("nan"))  # a diverged update block
+        save_model(model, tmp_path / "nan")
+        with torch.no_grad():  # inference: NaN pixels, not an out-of-range gather
+            out = model.eval()(torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96)).disparity
+        assert torch.isnan(out).any()
+        with pytest.raises(ConfigError, match="loss became nan at step 1; lower --lr"):
+            train(_config(synth_dataset, steps=2, init=str(tmp_path / "nan")), tmp_path / "run", progress=False)
+
+    def test_keep_checkpoints_and_other_numbers_are_validated_naming_the_key(self, tmp_path):
+        for key, value, message in (("keep_checkpoints", -1, "keep_checkpoints must be >= 1"),
+                                    ("lr", 0.0, "lr must be > 0"), ("pct_start", 1.5, "pct_start must be < 1"),
+                                    ("gamma", 0.0, "gamma must be > 0"), ("num_workers", -2, "num_workers must be >= 0"),
+                                    ("crop", [16, 64], "crop must be >= 32")):
+            with pytest.raises(ConfigError, match=message):
+                load_config(TrainConfig, None, {key: value})
+        bad = tmp_path / "t.yaml"
+        bad.write_text("lr: .nan\n")
+        with pytest.raises(ConfigError, match=r"t.yaml.lr: expected a finite number"):
+            load_config(TrainConfig, bad)

@@ -189,3 +189,36 @@ def test_make_from_kitti_layout_with_calibration(tmp_path, year):
     frame = next(read_frames(tmp_path / "bag"))
     assert frame.camera.baseline_m == pytest.approx((44.86 + 339.5) / 721.5, rel=1e-6)  # ~0.53 m, KITTI's rig
     assert float(frame.gt_disparity[25, 55]) == 30.0 and np.isnan(frame.gt_disparity[0, 0])
+
+
+def test_info_and_reader_name_size_problems_and_short_image_data(tmp_path):
+    """A recorded bag can hold what m2s-bag make refuses to write: camera_info for another size, cut image data."""
+    from rosbags.rosbag2 import Writer
+
+    from m2s_stereo.bag_tools import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, _header, _image, _info, _typestore
+
+    ts = _typestore()
+    cam = StereoCamera.ideal(64, 48, focal_px=60.0, baseline_m=0.1)
+    other = StereoCamera.ideal(32, 24, focal_px=30.0, baseline_m=0.1)
+    img = np.zeros((48, 64, 3), np.uint8)
+    with Writer(tmp_path / "bag", version=8) as w:
+        conns = {}
+        for i in range(3):
+            stamp = 10**9 + i * 10**8
+            h = _header(ts, stamp, "f")
+            right = _image(ts, h, img, "rgb8")
+            if i == 1:
+                right.data = right.data[:1000]  # shorter than its declared 48 x 192 bytes
+            info = other if i == 2 else cam
+            for topic, msg in ((LEFT, _image(ts, h, img, "rgb8")), (RIGHT, right), (LEFT_INFO, _info(ts, h, info.left)),
+                               (RIGHT_INFO, _info(ts, h, info.right))):
+                if topic not in conns:
+                    conns[topic] = w.add_connection(topic, msg.__msgtype__, typestore=ts)
+                w.write(conns[topic], stamp, ts.serialize_cdr(msg, msg.__msgtype__))
+    problems = " | ".join(bag_info(tmp_path / "bag")["problems"])
+    assert "right/image_rect at 1100000000: data is 1000 bytes, shorter than its declared size 9216" in problems
+    assert "left camera_info does not match the left image (left/camera_info 32x24, left/image_rect 64x48)" in problems
+    warnings = []
+    frames = list(read_frames(tmp_path / "bag", warnings=warnings))
+    assert [f.stamp_ns for f in frames] == [10**9, 12 * 10**8]  # the cut frame is skipped, named
+    assert any("frame 1100000000: right/image_rect: data is 1000 bytes" in w for w in warnings)

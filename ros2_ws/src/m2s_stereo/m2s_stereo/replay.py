@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from calib.console import CliParser, add_common_flags, non_negative_float, run_command
+from calib.console import CliParser, add_common_flags, non_negative_float, positive_float, run_command
 from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
 from calib.errors import CalibrationError
 from calib.metrics import MetricAccumulator, error_map_rgb
@@ -274,7 +274,7 @@ def _main(args: argparse.Namespace) -> int:
     if args.mode == "offline":
         result = run_offline(bag, args.model, progress=not args.quiet)
     else:
-        result = run_live(bag, args.model, rate=args.rate, progress=not args.quiet)
+        result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet)
     result = write_report(result, Path(args.out))
     print(dumps_json({k: result[k] for k in ("mode", "frames", "answered", "dropped", "accuracy")}
                      | {"report": str(Path(args.out) / "report.md")}))
@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["live", "offline"], default="live", help="live: through the node over DDS; offline: runtime only")
     p.add_argument("--rate", type=non_negative_float, default=1.0,
                    help="live: x recorded rate; 0 = as fast as the node answers")
+    p.add_argument("--timeout", type=positive_float, default=30.0,
+                   help="live: seconds to wait for the node's answer to a pair (default 30)")
     add_common_flags(p)
     return run_command(_main, p.parse_args(argv))
 
