@@ -136,14 +136,19 @@ def all_pairs_group_correlation(left: torch.Tensor, right: torch.Tensor, groups:
 
 
 def disparity_band(corr: torch.Tensor, candidates: int) -> torch.Tensor:
-    """B,G,H,W,W all-pairs -> B,G,D,H,W with volume[d, x] = corr[x, x - d], 0 where x - d < 0."""
+    """B,G,H,W,W all-pairs -> B,G,D,H,W with volume[d, x] = corr[x, x - d], 0 where x - d < 0.
+
+    One ``Gather`` of the flattened (W*W) pair axis with a small W x D index: an index expanded to
+    the volume's shape would be constant-folded by the ONNX export into an int64 initializer the
+    size of the volume (59 MB for igev-rt at 640x480, three times its weights).
+    """
     b, g, h, w, _ = corr.shape
     x = torch.arange(w, device=corr.device).view(w, 1)
     d = torch.arange(candidates, device=corr.device).view(1, candidates)
     source = x - d  # W,D
-    valid = (source >= 0).to(corr.dtype)
-    index = source.clamp(min=0).view(1, 1, 1, w, candidates).expand(b, g, h, w, candidates)
-    band = torch.gather(corr, 4, index) * valid  # B,G,H,W,D
+    valid = (source >= 0).to(corr.dtype)  # W,D
+    flat = x * w + source.clamp(min=0)  # W,D index into the flattened (x_left, x_right) pairs
+    band = corr.reshape(b, g, h, w * w)[..., flat] * valid  # B,G,H,W,D
     return band.permute(0, 1, 4, 2, 3)
 
 
@@ -153,6 +158,29 @@ def pad_for_lookup(volume: torch.Tensor) -> torch.Tensor:
     return F.pad(volume, (1, 1))
 
 
+def lookup_index(positions: torch.Tensor, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather index and interpolation weight of fractional ``positions`` (B,H,W,K) in a padded axis
+    whose last index is ``last``: index B,H,W,2K (left then right neighbours), frac B,H,W,1,K.
+
+    NaN-safe: a NaN or infinite position (a network that diverged) reads the pads through an
+    in-range index and gets a NaN weight, so its sample is NaN, never an out-of-range gather (a
+    crash on CPU, a device-side assert on CUDA, an out-of-bounds read in TensorRT). Precision:
+    ``frac`` needs fp32 (in fp16 a position near 150 has a spacing of 1/8), so the export keeps this
+    function's nodes in fp32 (:class:`LookupCoordinates`).
+    """
+    p0 = torch.floor(torch.where(positions == positions, positions, -2.0))  # NaN -> a position left of the pads
+    frac = (positions - p0).unsqueeze(3)  # B,H,W,1,K; NaN for NaN/inf positions, so the sample is NaN
+    index = torch.cat([p0 + 1, p0 + 2], -1).clamp(0, last).long()  # +1: the left pad
+    return index, frac
+
+
+def gather_blend(volume: torch.Tensor, index: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation from :func:`lookup_index`'s result: volume B,H,W,C,L -> B,H,W,C,K."""
+    k = index.shape[-1] // 2
+    both = torch.gather(volume, 4, index.unsqueeze(3).expand(-1, -1, -1, volume.shape[3], -1))
+    return both[..., :k] * (1 - frac) + both[..., k:] * frac
+
+
 def linear_lookup(volume: torch.Tensor, positions: torch.Tensor, *, padded: bool = False) -> torch.Tensor:
     """Sample ``volume[..., L]`` at fractional ``positions[..., K]`` (linear, zero outside [0, L-1]).
 
@@ -160,37 +188,90 @@ def linear_lookup(volume: torch.Tensor, positions: torch.Tensor, *, padded: bool
     ``align_corners=True`` and zero padding along one axis, built from floor/gather/mul only.
     ``padded``: ``volume`` already comes from :func:`pad_for_lookup` (its L includes the pads).
     Out-of-range samples read the zero pads (no mask), and both neighbours of every position are
-    read by one gather. NaN-safe: a NaN or infinite position (a network that diverged) reads the
-    pads through an in-range index and gives a NaN sample, never an out-of-range gather (a crash on
-    CPU, a device-side assert on CUDA, an out-of-bounds read in TensorRT).
+    read by one gather. NaN/inf positions give NaN samples (see :func:`lookup_index`).
     """
     if not padded:
         volume = pad_for_lookup(volume)
-    last = volume.shape[-1] - 1  # the right-hand zero pad
-    p0 = torch.floor(torch.where(positions == positions, positions, -2.0))  # NaN -> a position left of the pads
-    frac = (positions - p0).unsqueeze(3)  # B,H,W,1,K; NaN for NaN/inf positions, so the sample is NaN
-    k = positions.shape[-1]
-    index = torch.cat([p0 + 1, p0 + 2], -1).clamp(0, last).long()  # +1: the left pad
-    both = torch.gather(volume, 4, index.unsqueeze(3).expand(-1, -1, -1, volume.shape[3], -1))
-    return both[..., :k] * (1 - frac) + both[..., k:] * frac
+    index, frac = lookup_index(positions, volume.shape[-1] - 1)
+    return gather_blend(volume, index, frac)
 
 
-def convex_upsample(disp_low: torch.Tensor, logits: torch.Tensor, factor: int = 4) -> torch.Tensor:
+def upsample_weights(logits: torch.Tensor) -> torch.Tensor:
+    """B,9,H,W convex-combination weights from the upsampling logits (see :func:`convex_upsample`).
+
+    In ONNX export the softmax is written out and left unnormalised (:func:`convex_combine` divides
+    by the sum): onnxruntime's Softmax over a 9-wide non-last axis costs ~6x the whole written-out
+    form at 640x480, while PyTorch's is faster than the written-out form.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.exp(logits - logits.amax(1, keepdim=True))
+    return F.softmax(logits, 1)
+
+
+def convex_combine(disp_low: torch.Tensor, weights: torch.Tensor, factor: int = 4) -> torch.Tensor:
     """Full-resolution disparity as a per-pixel convex combination of the 3x3 low-res neighbours.
 
-    disp_low B,1,h,w (in full-resolution px); logits B,9,h*f,w*f, whose softmax over the 9 are
-    the weights -> B,1,H,W. In ONNX export the softmax is written out and normalised after the
-    sum (same values to float rounding): onnxruntime's Softmax over a 9-wide non-last axis costs
-    ~6x the whole written-out form at 640x480, while PyTorch's is faster than the written-out form.
+    disp_low B,1,h,w (in full-resolution px), weights B,9,h*f,w*f from :func:`upsample_weights`
+    -> B,1,H,W. Kept in fp32 by the export (:class:`ConvexCombine`): in fp16 a disparity above 128 px
+    has a spacing of 1/8 px.
     """
     b, _, h, w = disp_low.shape
     padded = F.pad(disp_low, (1, 1, 1, 1), mode="replicate")
     neighbours = torch.cat([padded[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 1)
     neighbours = F.interpolate(neighbours, scale_factor=factor, mode="nearest")  # B,9,H,W
     if torch.onnx.is_in_onnx_export():
-        e = torch.exp(logits - logits.amax(1, keepdim=True))
-        return (neighbours * e).sum(1, keepdim=True) / e.sum(1, keepdim=True)
-    return (neighbours * F.softmax(logits, 1)).sum(1, keepdim=True)
+        return (neighbours * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+    return (neighbours * weights).sum(1, keepdim=True)
+
+
+def convex_upsample(disp_low: torch.Tensor, logits: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """:func:`convex_combine` of ``disp_low`` with the softmax of ``logits`` (B,9,h*f,w*f) over the 9."""
+    return convex_combine(disp_low, upsample_weights(logits), factor)
+
+
+# -- computations the FP16 export keeps in fp32 ---------------------------------------------------------
+# Each is a module so that every ONNX node it produces is named /model/<attribute>/...; the export
+# finds them by that name (m2s_export.fp16.FP32_REGIONS) and pins them in both TensorRT paths.
+
+class LookupCoordinates(nn.Module):
+    """Look-up positions around ``disp`` and their gather indices / weights, per pyramid level."""
+
+    def __init__(self, radius: int) -> None:
+        super().__init__()
+        self.radius = radius
+
+    def forward(self, disp: torch.Tensor, coords: torch.Tensor, lasts: list[tuple[int, int]]) -> list[tuple[torch.Tensor, ...]]:
+        r = self.radius
+        offsets = torch.arange(-r, r + 1, device=disp.device, dtype=disp.dtype)  # K
+        d = disp.squeeze(1).unsqueeze(-1)  # B,h,w,1
+        out = []
+        for level, (last_geo, last_corr) in enumerate(lasts):
+            scale = 2.0**level
+            out.append((*lookup_index(d / scale + offsets, last_geo), *lookup_index((coords - d) / scale + offsets, last_corr)))
+        return out
+
+
+class SoftArgmin(nn.Module):
+    """Expected candidate of a distribution over candidates: B,D,h,w -> B,1,h,w (sum of 48 products)."""
+
+    def forward(self, prob: torch.Tensor) -> torch.Tensor:
+        candidates = torch.arange(prob.shape[1], device=prob.device, dtype=prob.dtype).view(1, -1, 1, 1)
+        return (prob * candidates).sum(1, keepdim=True)
+
+
+class DisparityUpdate(nn.Module):
+    """The recurrent ``disp + delta``: small updates to a value near 48 vanish in fp16 (spacing 1/32)."""
+
+    def forward(self, disp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return disp + delta
+
+
+class ConvexCombine(nn.Module):
+    """Full-resolution disparity from the 1/4-resolution one (B,1,h,w, 1/4-res px) and the upsampling
+    weights: x4 in value, then :func:`convex_combine` (its ONNX nodes are pinned to fp32)."""
+
+    def forward(self, disp_quarter: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return convex_combine(disp_quarter * 4.0, weights)
 
 
 class IGEVStereo(nn.Module):
@@ -226,6 +307,11 @@ class IGEVStereo(nn.Module):
                                            for _ in range(cfg.gru_levels))
         lookup_channels = cfg.corr_levels * (2 * cfg.corr_radius + 1) * (cfg.groups + 1)
         self.update = UpdateBlock(cfg.hidden_dim, cfg.gru_levels, lookup_channels, cfg.motion_dim, cfg.head_dim, s2)
+        # parameter-free modules that name the computations an FP16 engine must keep in fp32
+        self.lookup_coords = LookupCoordinates(cfg.corr_radius)
+        self.softargmin = SoftArgmin()
+        self.disp_update = DisparityUpdate()
+        self.upsample_combine = ConvexCombine()
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
@@ -240,14 +326,11 @@ class IGEVStereo(nn.Module):
         """Look-up features around ``disp`` (B,1,h,w, 1/4-res px): B, levels*(2r+1)*(G+1), h, w.
 
         ``geo`` and ``corr`` are the pyramids after :func:`pad_for_lookup`."""
-        r = self.config.corr_radius
-        offsets = torch.arange(-r, r + 1, device=disp.device, dtype=disp.dtype)  # K
-        d = disp.squeeze(1).unsqueeze(-1)  # B,h,w,1
+        lasts = [(g.shape[-1] - 1, c.shape[-1] - 1) for g, c in zip(geo, corr)]
         out = []
-        for level, (g, c) in enumerate(zip(geo, corr)):
-            scale = 2.0**level
-            out.append(linear_lookup(g, d / scale + offsets, padded=True).flatten(3))  # B,h,w,G*K
-            out.append(linear_lookup(c, (coords - d) / scale + offsets, padded=True).flatten(3))  # B,h,w,K
+        for g, c, (gi, gf, ci, cf) in zip(geo, corr, self.lookup_coords(disp, coords, lasts)):
+            out.append(gather_blend(g, gi, gf).flatten(3))  # B,h,w,G*K
+            out.append(gather_blend(c, ci, cf).flatten(3))  # B,h,w,K
         return torch.cat(out, -1).permute(0, 3, 1, 2)
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int | None = None,
@@ -284,10 +367,10 @@ class IGEVStereo(nn.Module):
         cost = self.cost_att(self.cost_stem(cost), feats_l[0])
         gev = self.hourglass(cost, feats_l)  # B,G,D,h,w geometry encoding volume
         init_prob = F.softmax(self.classifier(gev).squeeze(1), dim=1)  # B,D,h,w
-        candidates = torch.arange(self.candidates, device=left.device, dtype=init_prob.dtype).view(1, -1, 1, 1)
-        init_disp = (init_prob * candidates).sum(1, keepdim=True)  # B,1,h,w in 1/4-res px
+        init_disp = self.softargmin(init_prob)  # B,1,h,w in 1/4-res px
 
-        init_full = convex_upsample(init_disp * 4.0, self.spx(self.spx2(self.spx4(feats_l[0]), stem2_l)))
+        spx_logits = self.spx(self.spx2(self.spx4(feats_l[0]), stem2_l))
+        init_full = self.upsample_combine(init_disp, upsample_weights(spx_logits))
 
         ctx = self.context(images[:b])
         net = [torch.tanh(n) for n, _ in ctx]
@@ -309,11 +392,11 @@ class IGEVStereo(nn.Module):
             if self.training:
                 disp = disp.detach()
             net, mask_feat, delta = self.update(net, gates, self._lookup(geo, corr, disp, coords), disp)
-            disp = disp + delta
+            disp = self.disp_update(disp, delta)
             if final_only and i < iters - 1:
                 continue
             logits = self.spx_gru(self.spx2_gru(mask_feat, stem2_l))
-            predictions.append(convex_upsample(disp * 4.0, logits)[:, :, :h_in, :w_in])
+            predictions.append(self.upsample_combine(disp, upsample_weights(logits))[:, :, :h_in, :w_in])
 
         init_full = init_full[:, :, :h_in, :w_in]
         return StereoOutput(predictions[-1], predictions, init_full, init_prob)
