@@ -1,22 +1,26 @@
-"""``m2s-export``: ONNX export + verification, and TensorRT engine builds.
+"""``m2s-export``: ONNX export + verification + FP16 decision, and TensorRT engine builds.
 
-    m2s-export --checkpoint CKPT --onnx OUT.onnx --height 480 --width 640 [--iters 6]
-    m2s-export --trt --onnx OUT.onnx --engine OUT.engine [--fp16] [--workspace 2048] [--timing-cache F]
-    m2s-export --trt --onnx OUT.onnx --engine OUT.engine --dry-run    # FP16 analysis + trtexec line only
+    m2s-export --checkpoint CKPT --onnx OUT.onnx --height 480 --width 640 [--iters 6] [--calib-images L R]
+    m2s-export --trt --onnx OUT.onnx --engine OUT.engine [--no-fp16] [--workspace 2048] [--timing-cache F]
+    m2s-export --trt --onnx OUT.onnx --engine OUT.engine --dry-run    # the trtexec line only
 
 Formats: onnx (needs the training + export extras: torch, onnx, onnxruntime, onnxslim) and
-tensorrt (needs TensorRT, on the target device; onnxruntime for the FP16 analysis).
+tensorrt (needs TensorRT, on the target device). The FP16 analysis and the fp16 check run at
+export time on the workstation; ``--trt`` reads their result from the sidecar.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from calib.console import CliParser, add_common_flags, bounded, positive_float, positive_int, run_command
 from calib.safe_files import dumps_json
 from m2s_export.errors import ExportError
+
+log = logging.getLogger("m2s-export")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -39,19 +43,25 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ExportError(f"--engine must end in .engine or .plan, got {args.engine}")
         if not args.checkpoint and not Path(args.onnx).is_file():
             raise ExportError(f"--onnx {args.onnx} not found (export it first with --checkpoint)")
-    if args.calib_pairs < 1:
-        raise ExportError(f"--calib-pairs must be >= 1, got {args.calib_pairs}")
 
 
-def _fp16_analysis(onnx_path: str, pairs: int) -> dict:
-    from m2s_export.fp16 import overflow_report
-    from m2s_export.onnx_export import verification_pairs
-    from m2s_export.runtime import OnnxRuntime, to_input
+def fp32_plan(onnx_path: str, args: argparse.Namespace) -> dict:
+    """The export's fp32 set from the sidecar (or the ONNX metadata); ONNX files exported before
+    the analysis moved to export time get it computed here, with a warning (it needs GBs)."""
+    from m2s_export.metadata import read_sidecar
+    from m2s_export.runtime import OnnxRuntime
 
-    h, w = OnnxRuntime(onnx_path, providers=["CPUExecutionProvider"]).input_size
-    feeds = [{"left": to_input(left, (h, w)), "right": to_input(right, (h, w))}
-             for _, left, right in verification_pairs(h, w, count=pairs)[:pairs]]
-    return overflow_report(onnx_path, feeds)
+    meta = read_sidecar(onnx_path) or {}
+    if "fp16" not in meta:
+        meta = OnnxRuntime(onnx_path, providers=["CPUExecutionProvider"]).meta
+    if "fp16" in meta:
+        return meta["fp16"]
+    log.warning("%s carries no fp32 set (exported by an older m2s-export): running the FP16 analysis here; "
+                "re-export on the workstation to skip it", onnx_path)
+    from m2s_export.onnx_export import fp16_decision
+
+    h, w = int(meta["input_height"]), int(meta["input_width"])
+    return fp16_decision(Path(onnx_path), h, w, args.calib_images, args.calib_pairs, allow_drift=args.allow_fp16_drift)["fp16"]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -62,29 +72,58 @@ def _run(args: argparse.Namespace) -> int:
 
         meta = export_onnx(args.checkpoint, args.onnx, args.height, args.width, iters=args.iters, opset=args.opset,
                            dynamic_batch=args.dynamic_batch, simplify=not args.no_simplify, verify=not args.no_verify,
-                           tolerance=args.tolerance)
+                           tolerance=args.tolerance, fp16=not args.no_fp16_check, allow_fp16_drift=args.allow_fp16_drift,
+                           calib_images=args.calib_images, calib_pairs=args.calib_pairs)
         result["onnx"] = {"path": args.onnx, "sidecar": args.onnx + ".json", **meta["export_report"]}
         result["onnx"].pop("op_types", None)
+        if "fp16_check" in meta:
+            check = meta["fp16_check"]
+            result["fp16_check"] = {k: check[k] for k in ("mean_abs_diff_px", "p99_abs_diff_px", "max_abs_diff_px",
+                                                          "nonfinite_fraction", "pairs", "passed")}
+            result["fp32_nodes"] = len(meta["fp16"]["fp32_nodes"])
+            print("fp16 check (" + ", ".join(check["pair_names"]) + f"): mean {check['mean_abs_diff_px']:.4f} px, "
+                  f"p99 {check['p99_abs_diff_px']:.4f} px, max {check['max_abs_diff_px']:.4f} px, non-finite "
+                  f"{check['nonfinite_fraction']:.2g}; {result['fp32_nodes']} nodes kept fp32", file=sys.stderr)
     if args.trt:
-        from m2s_export.tensorrt_build import EngineOptions, build_engine, trtexec_command
+        from m2s_export.tensorrt_build import JETPACK_TRTEXEC, EngineOptions, build_engine, trtexec_command
 
         options = EngineOptions(fp16=args.fp16, workspace_mb=args.workspace, timing_cache=args.timing_cache,
                                 max_batch=args.max_batch)
-        analysis = _fp16_analysis(args.onnx, args.calib_pairs) if args.fp16 else {"flagged": []}
-        fp32_nodes = [r["node"] for r in analysis["flagged"]]
-        result["fp16_analysis"] = analysis
+        plan = fp32_plan(args.onnx, args) if args.fp16 else None
         try:
             import tensorrt
 
             version = tensorrt.__version__
         except ImportError:
+            tensorrt = None
             version = args.assume_trt_version
-        result["trtexec"] = trtexec_command(args.onnx, args.engine, options, version, fp32_nodes)
-        print(f"equivalent trtexec command (TensorRT {version}):\n  {result['trtexec']}", file=sys.stderr)
+        dynamic = _dynamic_inputs(args.onnx)
+        fp32_nodes = plan["fp32_nodes"] if plan else []
+        result["trtexec"] = trtexec_command(args.onnx, args.engine, options, version, fp32_nodes, dynamic)
+        print(f"equivalent trtexec command (TensorRT {version}; on JetPack: {JETPACK_TRTEXEC}):\n  {result['trtexec']}",
+              file=sys.stderr)
         if not args.dry_run:
-            result["engine"] = build_engine(args.onnx, args.engine, options, fp32_nodes)
+            result["engine"] = build_engine(args.onnx, args.engine, options, plan)
+            from m2s_export.tensorrt_runtime import record_engine_check
+
+            result["engine_check"] = record_engine_check(args.engine, args.onnx, args.calib_images, args.calib_pairs,
+                                                         allow_drift=args.allow_fp16_drift)
+            result["engine"].pop("fp16", None)
     print(dumps_json(result, indent=2, default=str))
     return 0
+
+
+def _dynamic_inputs(onnx_path: str) -> dict[str, tuple[int, ...]] | None:
+    """Input name -> shape without the batch, when the batch is dynamic (for trtexec's shape flags)."""
+    import onnx
+
+    graph = onnx.load(onnx_path, load_external_data=False).graph
+    out = {}
+    for i in graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            out[i.name] = tuple(d.dim_value for d in dims[1:])
+    return out or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,14 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime-vs-PyTorch check (not advised)")
     p.add_argument("--tolerance", type=positive_float, default=0.01,
                    help="max mean |Δdisparity| (px) between onnxruntime and PyTorch, fp32 (default 0.01)")
+    p.add_argument("--no-fp16-check", action="store_true",
+                   help="skip the FP16 analysis and fp16 check at export (--trt then runs the analysis on the target)")
+    p.add_argument("--allow-fp16-drift", action="store_true",
+                   help="write the export even if the fp16 check exceeds mean 0.05 px / p99 0.5 px / any non-finite")
+    p.add_argument("--calib-images", nargs=2, metavar=("LEFT_GLOB", "RIGHT_GLOB"),
+                   help="your own rectified pairs (quoted globs, paired by the wildcard part) for the FP16 analysis "
+                        "and check, beside Aloe and two texture pairs")
     p.add_argument("--trt", action="store_true", help="build a TensorRT engine from --onnx (on the target device)")
     p.add_argument("--engine", help="engine file to write (.engine)")
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
-                   help="FP16 engine with overflow-prone layers kept in FP32 (default: on)")
+                   help="FP16 engine with the export's fp32 set (precision regions, overflowing layers and their "
+                        "consumers) kept in FP32 (default: on)")
     p.add_argument("--workspace", type=positive_int, default=2048, help="builder workspace, MiB (default 2048)")
     p.add_argument("--timing-cache", help="timing cache file to reuse and update")
     p.add_argument("--max-batch", type=positive_int, default=1, help="max batch of the profile for dynamic-batch ONNX")
-    p.add_argument("--calib-pairs", type=positive_int, default=3, help="pairs for the FP16 overflow analysis (default 3)")
+    p.add_argument("--calib-pairs", type=positive_int, help="use at most N calibration pairs (default: all)")
     p.add_argument("--dry-run", action="store_true", help="with --trt: analysis and trtexec line only, no build")
     p.add_argument("--assume-trt-version", default="10.3.0",
                    help="TensorRT version for the printed trtexec line when TensorRT is absent (default: JetPack 6's 10.3)")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from m2s_export.calibration import verification_pairs
 from m2s_export.errors import ExportError
 from m2s_export.metadata import FORMAT, INPUT_SPEC, sha256_file, to_onnx_props, write_sidecar
 
@@ -35,38 +36,22 @@ def _wrapper(model: Any, iters: int):
     return DisparityOnly().eval()
 
 
-def verification_pairs(height: int, width: int, count: int = 2, seed: int = 0) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """The real Aloe pair (when opencv-doc data is available) resized to the export size, plus
-    random-texture pairs with a known shift: RGB uint8 HxWx3."""
-    import cv2
-
-    from calib.example_data import find_opencv_examples
-    from calib.image_io import read_rgb
-
-    pairs = []
-    data = find_opencv_examples()
-    if data is not None:
-        left, right = (cv2.resize(read_rgb(data / n), (width, height), interpolation=cv2.INTER_AREA)
-                       for n in ("aloeL.jpg", "aloeR.jpg"))
-        pairs.append(("aloe", left, right))
-    else:
-        log.warning("opencv-doc data not found: verifying on random-texture pairs only")
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        tex = cv2.resize(rng.uniform(0, 255, (height // 4 + 1, width // 4 + 9, 3)).astype(np.float32),
-                         (width + 32, height), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
-        shift = 4 + 4 * i
-        pairs.append((f"texture{i}", tex[:, shift : shift + width].copy(), tex[:, :width].copy()))
-    return pairs
-
-
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: int, width: int, *,
                 iters: int | None = None, opset: int = 17, dynamic_batch: bool = False, simplify: bool = True,
-                verify: bool = True, tolerance: float = DEFAULT_TOLERANCE_PX) -> dict[str, Any]:
-    """Export, simplify, check and verify; returns the report (also in the sidecar ``OUT.onnx.json``).
+                verify: bool = True, tolerance: float = DEFAULT_TOLERANCE_PX, fp16: bool = True,
+                allow_fp16_drift: bool = False, calib_images: tuple[str, str] | None = None,
+                calib_pairs: int | None = None) -> dict[str, Any]:
+    """Export, simplify, check, verify and decide FP16; returns the report (also in the sidecar ``OUT.onnx.json``).
 
-    Raises :class:`ExportError` if the graph fails ``onnx.checker`` or the onnxruntime output
-    differs from PyTorch by more than ``tolerance`` px (mean absolute) on any verification pair.
+    With ``fp16`` (default) the FP16 analysis runs here, on the workstation: the fp32 set
+    (:func:`m2s_export.fp16.fp32_set`) is stored under ``fp16`` in the metadata and sidecar for
+    ``m2s-export --trt`` on the target, and the fp16 check (:func:`m2s_export.fp16.fp16_check`) on
+    the calibration pairs (Aloe, textures, ``calib_images``) is stored under ``fp16_check``.
+
+    Raises :class:`ExportError` if the graph fails ``onnx.checker``, the onnxruntime output differs
+    from PyTorch by more than ``tolerance`` px (mean absolute) on any verification pair, or the fp16
+    check exceeds its thresholds (mean 0.05 px, p99 0.5 px, any non-finite pixel) without
+    ``allow_fp16_drift``; nothing is written then.
     """
     import onnx
     import torch
@@ -128,10 +113,47 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
                   "op_types": sorted({n.op_type for n in graph.graph.node})}
         if verify:
             report["verification"] = verify_onnx(final, wrapper, height, width, tolerance)
+        if fp16:
+            meta.update(fp16_decision(final, height, width, calib_images, calib_pairs, allow_fp16_drift))
+            for key in ("fp16", "fp16_check"):
+                graph.metadata_props.add(key=key, value=to_onnx_props({key: meta[key]})[key])
+            onnx.save(graph, str(final))
         os.replace(final, out)
     meta["export_report"] = report
     write_sidecar(out, meta)
     return meta
+
+
+def fp16_decision(onnx_path: Path, height: int, width: int, calib_images: tuple[str, str] | None = None,
+                  calib_pairs: int | None = None, allow_drift: bool = False) -> dict[str, Any]:
+    """``{"fp16": the fp32 set + analysis figures, "fp16_check": the drift figures}`` of an fp32 ONNX
+    on the calibration pairs; raises :class:`ExportError` on drift beyond the thresholds unless
+    ``allow_drift``. Torch-free (``m2s-export --trt`` runs it for ONNX files exported without it)."""
+    from m2s_export.calibration import calibration_feeds
+    from m2s_export.fp16 import DEFAULT_THRESHOLDS, activation_peaks, drift_problems, fp16_check, fp32_set
+
+    names, feeds = calibration_feeds(height, width, calib_images, calib_pairs)
+    analysis = activation_peaks(onnx_path, feeds)
+    pinned = fp32_set(onnx_path, analysis["peaks"])
+    check = fp16_check(onnx_path, pinned["nodes"], feeds)
+    check["pair_names"] = names
+    problems = drift_problems(check, DEFAULT_THRESHOLDS)
+    check["thresholds"] = DEFAULT_THRESHOLDS
+    check["passed"] = not problems
+    log.info("fp16 check on %d pairs: mean %.4f px, p99 %.4f px, max %.4f px, non-finite %.2g (%d fp32 nodes)",
+             check["pairs"], check["mean_abs_diff_px"], check["p99_abs_diff_px"], check["max_abs_diff_px"],
+             check["nonfinite_fraction"], len(pinned["nodes"]))
+    if problems and not allow_drift:
+        raise ExportError("the fp16 check failed (" + "; ".join(problems) + f" on {', '.join(names)}): an FP16 engine "
+                          "would not match this fp32 model; the ONNX file was not written. Pass --allow-fp16-drift to "
+                          "write it anyway, or build the engine with --no-fp16")
+    if problems:
+        log.warning("fp16 check failed (%s); written anyway (--allow-fp16-drift)", "; ".join(problems))
+    fp16 = {"fp32_nodes": pinned["nodes"], "fp32_tensors": pinned["tensors"], "regions": pinned["regions"],
+            "overflow": pinned["overflow"], "large_constants": pinned["large_constants"],
+            "analysis": {k: analysis[k] for k in ("tensors", "seconds")} | {
+                "pairs": len(feeds), "nonfinite_in_fp32": analysis["nonfinite"]}}
+    return {"fp16": fp16, "fp16_check": check}
 
 
 def verify_onnx(path: Path, wrapper: Any, height: int, width: int, tolerance: float) -> list[dict[str, float]]:

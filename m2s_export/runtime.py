@@ -143,10 +143,41 @@ class TorchRuntime(StereoRuntime):
         return out.disparity.float().cpu().numpy()
 
 
+EXECUTIONS = ("auto", "tensorrt", "cuda", "cpu")
+_EP = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def onnx_providers(model: Path, available: list[str], execution: str = "auto",
+                   trt_fp16: bool = False) -> list[Any]:
+    """onnxruntime providers for ``execution`` (auto: TensorRT, else CUDA, else CPU; CPU is always the
+    fallback). The TensorRT execution provider gets an engine and timing cache beside the model
+    (``<model>.ort-trt-cache/``), so it builds its engine once, not at every start (minutes on an
+    Orin), and FP16 only when asked: it does not apply the export's fp32 set, so an FP16 engine is
+    better built with ``m2s-export --trt``."""
+    if execution not in EXECUTIONS:
+        raise RuntimeBackendError(f"execution must be one of {', '.join(EXECUTIONS)}, got '{execution}'")
+    wanted = [k for k in ("tensorrt", "cuda", "cpu") if _EP[k] in available] if execution == "auto" else [execution, "cpu"]
+    missing = [k for k in wanted if _EP[k] not in available]
+    if missing:
+        raise RuntimeBackendError(f"onnxruntime here has no {_EP[missing[0]]} (available: {', '.join(available)}); "
+                                  "install onnxruntime-gpu with TensorRT/CUDA, or use execution 'cpu'")
+    out: list[Any] = []
+    for kind in dict.fromkeys(wanted):
+        if kind == "tensorrt":
+            cache = model.with_name(model.name + ".ort-trt-cache")
+            out.append((_EP[kind], {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+                                    "trt_fp16_enable": bool(trt_fp16)}))
+        else:
+            out.append(_EP[kind])
+    return out
+
+
 class OnnxRuntime(StereoRuntime):
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: list[Any] | None = None, threads: int | None = None,
+                 execution: str = "auto", trt_fp16: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -154,9 +185,7 @@ class OnnxRuntime(StereoRuntime):
         path = Path(path)
         if not path.is_file():
             raise RuntimeBackendError(f"ONNX model {path} not found")
-        available = ort.get_available_providers()
-        wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-                               if p in available]
+        wanted = providers or onnx_providers(path, ort.get_available_providers(), execution, trt_fp16)
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -17,7 +17,7 @@ ort = pytest.importorskip("onnxruntime")
 from calib.image_io import read_rgb  # noqa: E402
 from m2s_export.cli import main as export_main  # noqa: E402
 from m2s_export.errors import ExportError, RuntimeBackendError  # noqa: E402
-from m2s_export.fp16 import fp16_onnx, overflow_report  # noqa: E402
+from m2s_export.fp16 import fp16_onnx  # noqa: E402
 from m2s_export.metadata import read_sidecar  # noqa: E402
 from m2s_export.onnx_export import export_onnx  # noqa: E402
 from m2s_export.runtime import OnnxRuntime, load_runtime  # noqa: E402
@@ -124,29 +124,68 @@ class TestRuntimeErrors:
         assert res.stdout.strip() == "False"
 
 
-class TestFp16:
-    def _scaled_model(self, path: Path, scale: float) -> None:
-        h = onnx.helper
-        x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
-        y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
-        s = h.make_tensor("s", onnx.TensorProto.FLOAT, [1], [scale])
-        nodes = [h.make_node("Mul", ["x", "s"], ["big"], name="blow_up"), h.make_node("Relu", ["big"], ["r"], name="relu"),
-                 h.make_node("Div", ["r", "s"], ["y"], name="back")]
-        graph = h.make_graph(nodes, "g", [x], [y], initializer=[s])
-        onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(path))
+class TestFp16OnTheRealNetwork:
+    def test_export_stores_the_fp32_set_and_the_fp16_check(self, exported):
+        root, meta = exported
+        sidecar = read_sidecar(root / "tiny.onnx")
+        props = {p.key: p.value for p in onnx.load(str(root / "tiny.onnx")).metadata_props}
+        fp16 = sidecar["fp16"]
+        assert json.loads(props["fp16"]) == fp16  # in the ONNX itself too
+        assert set(fp16["regions"]) == {"lookup_coords", "softargmin", "disp_update", "upsample_combine"}
+        assert any("/disp_update" in n for n in fp16["fp32_nodes"]) and any("/lookup_coords" in n for n in fp16["fp32_nodes"])
+        assert len(fp16["fp32_tensors"]) >= len(fp16["fp32_nodes"])
+        check = sidecar["fp16_check"]
+        assert check["passed"] and check["nonfinite_fraction"] == 0.0
+        assert check["mean_abs_diff_px"] < 0.05 and check["p99_abs_diff_px"] < 0.5 and check["pairs"] >= 2
 
-    def test_overflow_detected_and_kept_fp32(self, tmp_path):
-        self._scaled_model(tmp_path / "m.onnx", 1e5)
-        report = overflow_report(tmp_path / "m.onnx", [{"x": np.ones((1, 4), np.float32)}])
-        assert [r["node"] for r in report["flagged"]] == ["blow_up", "relu"]
-        assert report["flagged"][0]["max_abs"] == pytest.approx(1e5)
-        out = fp16_onnx(tmp_path / "m.onnx", tmp_path / "m16.onnx", ["blow_up", "relu", "back"])
-        converted = onnx.load(str(out))
-        onnx.checker.check_model(converted)
-        y = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": np.ones((1, 4), np.float32)})[0]
-        np.testing.assert_allclose(y, 1.0)  # kept in fp32: no overflow to inf
-        self._scaled_model(tmp_path / "ok.onnx", 10.0)
-        assert overflow_report(tmp_path / "ok.onnx", [{"x": np.ones((1, 4), np.float32)}])["flagged"] == []
+    def test_pinning_the_regions_cuts_the_fp16_drift(self, exported):
+        from m2s_export.calibration import calibration_feeds
+        from m2s_export.fp16 import fp16_check
+
+        root, _ = exported
+        _, feeds = calibration_feeds(96, 128)
+        nodes = read_sidecar(root / "tiny.onnx")["fp16"]["fp32_nodes"]
+        pinned = fp16_check(root / "tiny.onnx", nodes, feeds)
+        everything = fp16_check(root / "tiny.onnx", [], feeds)
+        assert everything["mean_abs_diff_px"] > 3 * pinned["mean_abs_diff_px"]  # measured: 10x
+
+    def test_fp16_onnx_of_the_real_network_is_valid_and_runs(self, exported, tmp_path):
+        """onnxconverter-common 1.16 produced 'inconsistent type' here (stale value_info from onnxslim)."""
+        root, _ = exported
+        nodes = read_sidecar(root / "tiny.onnx")["fp16"]["fp32_nodes"]
+        out = fp16_onnx(root / "tiny.onnx", tmp_path / "t16.onnx", nodes)
+        model = onnx.load(str(out))
+        onnx.checker.check_model(model, full_check=True)
+        types = {i.data_type for i in model.graph.initializer}
+        assert onnx.TensorProto.FLOAT16 in types
+        x = np.random.default_rng(0).random((1, 3, 96, 128), np.float32)
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(["disparity"], {"left": x, "right": x})[0]
+        ref = ort.InferenceSession(str(root / "tiny.onnx"), providers=["CPUExecutionProvider"]).run(
+            ["disparity"], {"left": x, "right": x})[0]
+        assert got.dtype == np.float32 and np.abs(got - ref).mean() < 0.05
+
+    def test_onnx_is_not_inflated_by_a_folded_gather_index(self, tmp_path):
+        """The expanded band index was folded into an int64 initializer 3x the weights (igev-rt, 640x480)."""
+        save_model(create_model("igev-tiny"), tmp_path / "ck")
+        export_onnx(tmp_path / "ck", tmp_path / "m.onnx", 256, 320, verify=False, fp16=False)
+        weights = (tmp_path / "ck" / "model.safetensors").stat().st_size
+        assert (tmp_path / "m.onnx").stat().st_size < 1.3 * weights
+        biggest = max(int(np.prod(i.dims)) for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer
+                      if i.data_type == onnx.TensorProto.INT64)
+        assert biggest < 10_000
+
+    def test_trt_dry_run_reads_the_fp32_set_instead_of_analysing(self, exported, monkeypatch, capsys):
+        import m2s_export.onnx_export as onnx_export
+
+        def no_analysis(*args, **kwargs):
+            raise AssertionError("the analysis ran on the target")
+
+        monkeypatch.setattr(onnx_export, "fp16_decision", no_analysis)
+        root, _ = exported
+        assert export_main(["--trt", "--onnx", str(root / "tiny.onnx"), "--engine", str(root / "t.engine"), "--dry-run",
+                            "--quiet"]) == 0
+        line = json.loads(capsys.readouterr().out)["trtexec"]
+        assert "--layerOutputTypes=" in line and "/disp_update" in line
 
 
 class TestTensorRT:
@@ -182,6 +221,7 @@ class TestTensorRT:
         trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (CPU-only machine): engine build untested here")
         root, _ = exported
         from m2s_export.tensorrt_build import build_engine
+        from m2s_export.tensorrt_runtime import record_engine_check
 
         meta = build_engine(root / "tiny.onnx", tmp_path / "t.engine", EngineOptions(fp16=False))
         assert meta["tensorrt_version"] == trt.__version__
@@ -189,6 +229,12 @@ class TestTensorRT:
         a = load_runtime(tmp_path / "t.engine").infer(left, right)
         b = OnnxRuntime(root / "tiny.onnx").infer(left, right)
         assert np.abs(a - b).mean() < 0.05
+        # FP16 with the export's fp32 set, measured against the fp32 model on the calibration pairs
+        fp16 = build_engine(root / "tiny.onnx", tmp_path / "h.engine", EngineOptions(fp16=True),
+                            read_sidecar(root / "tiny.onnx")["fp16"])
+        assert fp16["precision"] == "fp16" and fp16["fp32_layers"]
+        check = record_engine_check(tmp_path / "h.engine", root / "tiny.onnx")
+        assert check["passed"] and read_sidecar(tmp_path / "h.engine")["engine_check"] == check
         (tmp_path / "corrupt.engine").write_bytes(b"\x00" * 100)
         with pytest.raises(RuntimeBackendError):
             load_runtime(tmp_path / "corrupt.engine")
