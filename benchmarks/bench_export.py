@@ -1,6 +1,13 @@
-"""Inference latency of one model through every available backend, in one run.
+"""Inference latency of one model through every available backend, in one run; and the FP16 analysis.
 
     python benchmarks/bench_export.py [--models igev-rt igev] [--sizes 320x240 640x480] [--repeats 6]
+    python benchmarks/bench_export.py --fp16 [--models igev-rt] [--sizes 640x480] [--checkpoint DIR ...]
+
+``--fp16``: for each model (random weights) or ``--checkpoint`` (trained) and size: the export
+time, the ONNX size against the weights, the time and peak memory (RSS of a fresh process) of the
+FP16 activation analysis as it was (every intermediate exposed as a graph output at once, the
+baseline) and as it is (:func:`m2s_export.fp16.activation_peaks`: scalar probes), and the fp16
+check with the export's fp32 set against fp16 everywhere.
 
 For each model and size: a checkpoint (random weights; latency does not depend on them) is
 exported to ONNX at that size (verified against PyTorch: the mean |Δd| is printed), then
@@ -62,10 +69,83 @@ def worker(spec: dict) -> None:
     print(json.dumps(times))
 
 
+def all_outputs_analysis(path: str, feeds: list[dict]) -> None:
+    """The analysis before this change, for the baseline: every float intermediate as a graph output."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    typed = {vi.name: vi for vi in model.graph.value_info if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    existing = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for name in node.output:
+            if name in typed and name not in existing:
+                model.graph.output.append(typed[name])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for feed in feeds:
+        for value in session.run(names, feed):
+            np.abs(value[np.isfinite(value)]).max(initial=0.0)
+
+
+def fp16_worker(spec: dict) -> None:
+    """One FP16 measurement in a fresh process: prints seconds and peak RSS (MiB) as JSON."""
+    import resource
+
+    from m2s_export.calibration import calibration_feeds
+    from m2s_export.fp16 import activation_peaks
+
+    _, feeds = calibration_feeds(spec["h"], spec["w"])
+    t0 = time.perf_counter()
+    if spec["kind"] == "outputs":
+        all_outputs_analysis(spec["path"], feeds)
+    else:
+        activation_peaks(spec["path"], feeds)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def fp16_report(args: argparse.Namespace, tmp: str) -> None:
+    import torch
+
+    from m2s_export.calibration import calibration_feeds
+    from m2s_export.fp16 import activation_peaks, fp16_check, fp32_set
+    from m2s_export.onnx_export import export_onnx
+    from m2s_train.models import create_model, save_model
+
+    sources = [(Path(c).name, Path(c)) for c in args.checkpoint] or []
+    for name in ([] if args.checkpoint else args.models):
+        torch.manual_seed(0)
+        save_model(create_model(name), Path(tmp) / name)
+        sources.append((f"{name} (random weights)", Path(tmp) / name))
+    for label, ckpt in sources:
+        for size in args.sizes:
+            w, h = (int(v) for v in size.split("x"))
+            onnx_path = Path(tmp) / f"{ckpt.name}_{w}x{h}.onnx"
+            t0 = time.perf_counter()
+            export_onnx(ckpt, onnx_path, h, w, verify=False, fp16=False)
+            export_s = time.perf_counter() - t0
+            ratio = onnx_path.stat().st_size / (ckpt / "model.safetensors").stat().st_size
+            print(f"\n{label} at {size}: export {export_s:.1f} s (no verification), ONNX {onnx_path.stat().st_size / 2**20:.1f} "
+                  f"MiB = {ratio:.2f}x the weights")
+            for kind, what in (("outputs", "before: all intermediates as outputs"), ("probe", "now: scalar probes")):
+                r = run_worker({"fp16": True, "kind": kind, "path": str(onnx_path), "h": h, "w": w})
+                print(f"  FP16 analysis, {what:38s}: {r['seconds']:6.1f} s, peak RSS {r['rss_mb']:7.0f} MiB")
+            _, feeds = calibration_feeds(h, w)
+            nodes = fp32_set(onnx_path, activation_peaks(onnx_path, feeds)["peaks"])["nodes"]
+            for title, pinned in (("with the export's fp32 set", nodes), ("fp16 everywhere (no pinning)", [])):
+                c = fp16_check(onnx_path, pinned, feeds)
+                print(f"  fp16 check {title:30s}: mean {c['mean_abs_diff_px']:.4f} px, p99 {c['p99_abs_diff_px']:.4f} px, "
+                      f"max {c['max_abs_diff_px']:.4f} px, non-finite {c['nonfinite_fraction']:.2g} "
+                      f"({len(pinned)} fp32 nodes, {c['pairs']} pairs)")
+
+
 def run_worker(spec: dict) -> list[float]:
     env = {**os.environ, **(KEEP_FREED_MEMORY if spec.get("keep_freed_memory") else {})}
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True,
+                         text=True)
+    if out.returncode:
+        raise SystemExit(f"worker failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -75,10 +155,17 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["320x240", "640x480"])
     parser.add_argument("--repeats", type=int, default=6, help="timed calls per backend (half on the way out, half back)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fp16", action="store_true", help="the FP16 analysis and check instead of latencies")
+    parser.add_argument("--checkpoint", nargs="*", default=[], help="--fp16: trained checkpoints instead of random models")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.worker))
+        spec = json.loads(args.worker)
+        (fp16_worker if spec.get("fp16") else worker)(spec)
+        return 0
+    if args.fp16:
+        with tempfile.TemporaryDirectory() as tmp:
+            fp16_report(args, tmp)
         return 0
     import onnxruntime as ort
     import torch

@@ -109,6 +109,13 @@ def pair_image_files(left_glob: str, right_glob: str) -> tuple[list[tuple[Path, 
 
 
 _SUBPIX_CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 30, 0.01)
+SAME_POSE_PX = 1.0  # mean corner distance below which two views show the same board pose
+
+
+def _same_pose(a: np.ndarray, b: np.ndarray) -> bool:
+    """Two detections of the board at (nearly) the same place: a duplicate view adds no constraint, and
+    a set of duplicates makes the calibration degenerate (its result then depends on the OpenCV version)."""
+    return float(np.linalg.norm(a.reshape(-1, 2) - b.reshape(-1, 2), axis=1).mean()) < SAME_POSE_PX
 
 
 def find_corners(gray: np.ndarray, board: Board) -> np.ndarray | None:
@@ -168,8 +175,8 @@ def calibrate_stereo(
 ) -> tuple[StereoCamera, CalibrationReport]:
     """Calibrate a stereo pair from chessboard images.
 
-    Pairs whose board is not found in both views, and files without a partner, are skipped
-    with a warning and listed in ``report.skipped``. Unreadable files, fewer than
+    Pairs whose board is not found in both views, pairs that repeat an earlier board pose, and
+    files without a partner are skipped with a warning and listed in ``report.skipped``. Unreadable files, fewer than
     :data:`MIN_PAIRS` usable pairs, image size mismatches and a non-positive baseline raise
     :class:`CalibrationError` / :class:`DataError`.
 
@@ -208,6 +215,13 @@ def calibrate_stereo(
                 f"image size mismatch within the set: {lp} is {this_size[0]}x{this_size[1]}, "
                 f"{size_source} is {size[0]}x{size[1]}"
             )
+        twin = next((k for k, (ol, orr) in enumerate(zip(corners_l, corners_r))
+                     if _same_pose(cl, ol) and _same_pose(cr, orr)), None)
+        if twin is not None:
+            reason = f"same board pose as {used[twin][0].name} / {used[twin][1].name} (corners within {SAME_POSE_PX:g} px)"
+            log.warning("skipping pair %s / %s: %s", lp.name, rp.name, reason)
+            skipped.append({"file": f"{lp} | {rp}", "reason": reason})
+            continue
         used.append((lp, rp))
         corners_l.append(cl)
         corners_r.append(cr)

@@ -2,7 +2,8 @@
 #   M2S_EXTRAS  extras to install (default set by the caller), e.g. "dev,training"
 #   M2S_VENV    venv directory (default: .venv in the repo root)
 #   PYTHON      interpreter used to create the venv (default: python3, must be >= 3.10)
-# Re-installs only when pyproject.toml or the extras change (a stamp file in the venv).
+#   M2S_CONSTRAINTS  pip constraints file (e.g. constraints/jetpack6.txt), M2S_PINS extra requirements
+# Re-installs only when pyproject.toml, the extras or the constraints change (a stamp file in the venv).
 set -euo pipefail
 
 M2S_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,10 +20,16 @@ if [ ! -x "$M2S_VENV/bin/python" ]; then
   "$PYTHON" -m venv "$M2S_VENV"
 fi
 stamp="$M2S_VENV/.m2s-install-stamp"
-want="$(cat "$M2S_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1) extras=$M2S_EXTRAS"
+M2S_CONSTRAINTS="${M2S_CONSTRAINTS:-}"
+M2S_PINS="${M2S_PINS:-}"
+constraint_args=()
+if [ -n "$M2S_CONSTRAINTS" ]; then constraint_args=(-c "$M2S_ROOT/$M2S_CONSTRAINTS"); fi
+want="$(cat "$M2S_ROOT/pyproject.toml" ${M2S_CONSTRAINTS:+"$M2S_ROOT/$M2S_CONSTRAINTS"} | sha256sum | cut -d' ' -f1) extras=$M2S_EXTRAS pins=$M2S_PINS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[m2s] installing mono2stereo[$M2S_EXTRAS] into $M2S_VENV" >&2
-  "$M2S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$M2S_ROOT[$M2S_EXTRAS]"
+  echo "[m2s] installing mono2stereo[$M2S_EXTRAS] ${M2S_CONSTRAINTS:+(constraints $M2S_CONSTRAINTS) }into $M2S_VENV" >&2
+  # shellcheck disable=SC2086  # M2S_PINS is a list of requirement specifiers
+  "$M2S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check ${constraint_args[@]+"${constraint_args[@]}"} \
+    -e "$M2S_ROOT[$M2S_EXTRAS]" $M2S_PINS
   echo "$want" > "$stamp"
 fi
 # Real example data (Debian opencv-doc); optional: tests that need it skip where it cannot be had.

@@ -44,7 +44,8 @@ def test_validators_accept_exactly_the_values_in_range(text):
             assert parse(text) == expected and isinstance(parse(text), kind)
 
 
-floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([0.0, -0.0, 1e-30]))
+floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                   st.sampled_from([0.0, -0.0, float(np.float32(1e-30))]))
 maps = hnp.arrays(np.float32, st.tuples(st.integers(0, 6), st.integers(1, 6)), elements=floats)
 
 

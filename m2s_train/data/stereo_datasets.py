@@ -9,7 +9,6 @@ naming what is missing. ``build_dataset("kitti2015:/data/kitti")`` makes one fro
 from __future__ import annotations
 
 import bisect
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,58 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from calib.disparity_io import read_disparity, read_kitti_disparity, read_pfm
 from calib.image_io import read_rgb
-from calib.safe_files import load_npy
 from m2s_train.data.augment import AugmentConfig, color_jitter, random_crop
 from m2s_train.errors import DatasetError
 
-
-def read_pfm(path: str | os.PathLike) -> np.ndarray:
-    """A PFM file (SceneFlow, Middlebury, ETH3D) as float32 HxW, rows top to bottom; inf stays inf."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            header = f.readline().strip()
-            if header not in (b"Pf", b"PF"):
-                raise DatasetError(f"{path}: not a PFM file (header {header[:8]!r})")
-            dims = f.readline()
-            while dims.startswith(b"#"):
-                dims = f.readline()
-            w, h = (int(v) for v in dims.split())
-            scale = float(f.readline().strip())
-            channels = 3 if header == b"PF" else 1
-            data = np.fromfile(f, dtype="<f4" if scale < 0 else ">f4", count=w * h * channels)
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read PFM {path}: {exc}") from None
-    if data.size != w * h * channels:
-        raise DatasetError(f"{path}: truncated PFM ({data.size} of {w * h * channels} values)")
-    image = data.reshape(h, w, channels)[::-1, :, 0]
-    return np.ascontiguousarray(image, dtype=np.float32)
-
-
-def read_kitti_disparity(path: str | os.PathLike) -> np.ndarray:
-    """KITTI 16-bit PNG disparity: value / 256 px, 0 = no label -> NaN."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.dtype != np.uint16:
-        raise DatasetError(f"{path}: expected a 16-bit KITTI disparity PNG")
-    disp = raw.astype(np.float32) / 256.0
-    disp[raw == 0] = np.nan
-    return disp
-
-
-def read_disparity(path: str | os.PathLike) -> np.ndarray:
-    """Disparity by file type: ``.pfm``, 16-bit ``.png`` (KITTI encoding), ``.npy``; invalid -> NaN."""
-    path = Path(path)
-    if path.suffix == ".pfm":
-        disp = read_pfm(path)
-    elif path.suffix == ".png":
-        disp = read_kitti_disparity(path)
-    elif path.suffix == ".npy":
-        disp = load_npy(path, "disparity", DatasetError).astype(np.float32)
-    else:
-        raise DatasetError(f"{path}: unknown disparity format (use .pfm, 16-bit .png or .npy)")
-    disp = np.where(np.isfinite(disp) & (disp > 0), disp, np.nan).astype(np.float32)
-    return disp
+__all__ = ["build_dataset", "make_item", "read_disparity", "read_kitti_disparity", "read_pfm"]
 
 
 def make_item(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, noc: np.ndarray | None, sample_id: str,

@@ -45,7 +45,7 @@ def test_written_files_get_umask_permissions(tmp_path, umask_022):
     assert not list(tmp_path.rglob(".*.tmp"))
 
 
-def test_training_and_dataset_outputs_are_readable_by_others(tmp_path, umask_022):
+def test_checkpoint_files_are_readable_by_others(tmp_path, umask_022):
     torch = pytest.importorskip("torch")
     from m2s_train.checkpoints import save_checkpoint
     from m2s_train.models import create_model
@@ -58,6 +58,8 @@ def test_training_and_dataset_outputs_are_readable_by_others(tmp_path, umask_022
     for f in sorted(path.iterdir()) + [tmp_path / "checkpoints" / "latest"]:
         assert _mode(f) == 0o644, (f, oct(_mode(f)))
 
+
+def test_dataset_files_are_readable_by_others(tmp_path, umask_022):
     import cv2
 
     from m2s_train.synth.pipeline import SynthConfig, list_images, run_synthesis

@@ -43,7 +43,7 @@ F = onnx.TensorProto.FLOAT
 def _model(nodes, inits, out="y", shape=(1, 4)):
     graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", F, list(shape))],
                          [h.make_tensor_value_info(out, F, list(shape))], initializer=inits)
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)  # onnxruntime >= 1.16 reads IR 8
 
 
 def _const(name, value):
@@ -136,7 +136,7 @@ class TestFp16Onnx:
                              [h.make_tensor_value_info("y", F, [1, 1, 4, 4])],
                              initializer=[_const("w", [0.5]), _const("scales", [1, 1, 2, 2])],
                              value_info=[h.make_tensor_value_info("a", F, [1, 1, 2, 2])])  # stale after conversion
-        model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
         converted = to_fp16_onnx(model, ["/model/disp_update/Add"])
         onnx.checker.check_model(converted, full_check=True)
         inits = {i.name: i.data_type for i in converted.graph.initializer}

@@ -52,6 +52,8 @@ class TestDepthAnything:
         np.testing.assert_allclose(single, out[1], rtol=1e-4, atol=1e-5)
 
     def test_missing_model_says_how_to_get_it(self, tmp_path):
+        pytest.importorskip("torch")
+        pytest.importorskip("transformers")
         with pytest.raises(SynthesisError, match="--depth-model"):
             DepthAnythingEstimator(str(tmp_path / "nope"), device="cpu")
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from m2s_train.config import load_config  # noqa: E402
 from m2s_train.data.stereo_datasets import build_dataset, read_pfm  # noqa: E402
-from m2s_train.errors import ConfigError, DatasetError  # noqa: E402
+from m2s_train.errors import ConfigError, DataError, DatasetError  # noqa: E402
 from m2s_train.losses import sequence_loss  # noqa: E402
 from m2s_train.models import create_model, load_model  # noqa: E402
 from m2s_train.models.igev import StereoOutput  # noqa: E402
@@ -168,7 +168,7 @@ class TestDatasets:
         (tmp_path / "a.pfm").write_bytes(b"Pf\n4 3\n-1.0\n" + data[::-1].tobytes())
         np.testing.assert_array_equal(read_pfm(tmp_path / "a.pfm"), data)
         (tmp_path / "b.pfm").write_bytes(b"Pf\n4 3\n-1.0\n" + data[:1].tobytes())
-        with pytest.raises(DatasetError, match="truncated"):
+        with pytest.raises(DataError, match="truncated"):
             read_pfm(tmp_path / "b.pfm")
 
 

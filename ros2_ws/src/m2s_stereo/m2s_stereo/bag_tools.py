@@ -463,7 +463,7 @@ def frames_from_folder(root: Path, camera: StereoCamera | None, rate_hz: float, 
 
 
 def _read_disp_file(path: Path) -> np.ndarray:
-    from m2s_train.data.stereo_datasets import read_disparity
+    from calib.disparity_io import read_disparity
 
     return read_disparity(path)
 
@@ -517,7 +517,7 @@ KITTI_LAYOUT = {  # year: (left dir, right dir, GT dir, calib dir, calib file na
 def frames_from_kitti(root: Path, year: int, rate_hz: float, start_ns: int) -> Iterator[Frame]:
     """KITTI 2015 / 2012 training pairs (``*_10.png``) with their sparse GT and per-frame calibration."""
     from calib.image_io import read_rgb
-    from m2s_train.data.stereo_datasets import read_kitti_disparity
+    from calib.disparity_io import read_kitti_disparity
 
     left_dir, right_dir, gt_dir, calib_dir, calib_name = KITTI_LAYOUT[year]
     base = root / "training" if (root / "training").is_dir() else root
