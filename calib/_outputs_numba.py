@@ -27,21 +27,34 @@ def fill(disp, doffs, fb, lo, hi, col_factor, row_factor, stride, colors,
     want_points = points.shape[0] > 0
     want_rgb = rgb.shape[0] > 0
     with_colors = colors.shape[0] > 0
-    z = np.empty(w, np.float32)
+    z = np.empty(w, np.float32)  # the row's depth for the points: NaN when invalid or out of range
+    zd = np.empty(w, np.float32)  # the row's depth image: NaN without a measurement, -inf/+inf out of range
     for i in range(h):
         for j in range(w):
             d = disp[i, j]
             s = d + doffs
             zj = fb / s
-            ok = d > zero and s > zero and s < inf and not (zj < lo) and not (zj > hi)
-            z[j] = zj if ok else nan
+            measured = d > zero and s > zero and s < inf
+            if not measured:
+                zd[j] = nan
+                z[j] = nan
+            elif zj < lo:
+                zd[j] = -inf
+                z[j] = nan
+            elif zj > hi:
+                zd[j] = inf
+                z[j] = nan
+            else:
+                zd[j] = zj
+                z[j] = zj if zj < inf else nan  # fb / 1e-30 overflows: far, but not a point
         if want_disp:
             for j in range(w):
                 d = disp[i, j]
-                disp_out[i, j] = d + doffs if d > zero else nan
+                s = d + doffs
+                disp_out[i, j] = s if d > zero and s > zero else nan
         if want_depth:
             for j in range(w):
-                depth_out[i, j] = z[j]
+                depth_out[i, j] = zd[j]
         if i % stride or not (want_points or want_rgb):
             continue
         pi = i // stride

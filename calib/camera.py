@@ -34,6 +34,26 @@ def _as_matrix(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+def _binning_and_roi(msg: Any, info: CameraInfo) -> tuple[int, int, tuple[int, int, int, int] | None]:
+    """``binning_x``, ``binning_y`` (0 means 1) and the ROI of a CameraInfo message (None when it is
+    unset: all zeros, or the full image), checked."""
+    bx = int(getattr(msg, "binning_x", 0) or 1)
+    by = int(getattr(msg, "binning_y", 0) or 1)
+    if bx < 1 or by < 1:
+        raise CalibrationError(f"camera_info binning must be >= 1, got {bx}x{by}")
+    roi = getattr(msg, "roi", None)
+    box = None
+    if roi is not None:
+        x, y, w, h = (int(getattr(roi, k, 0)) for k in ("x_offset", "y_offset", "width", "height"))
+        full = (x, y, w, h) in ((0, 0, 0, 0), (0, 0, info.width, info.height))
+        if not full:
+            if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > info.width or y + h > info.height:
+                raise CalibrationError(f"camera_info roi x={x} y={y} {w}x{h} does not fit in the "
+                                       f"{info.width}x{info.height} image")
+            box = (x, y, w, h)
+    return bx, by, box
+
+
 @dataclass(frozen=True)
 class CameraInfo:
     """One camera of the pair, as in ``sensor_msgs/CameraInfo``.
@@ -60,11 +80,7 @@ class CameraInfo:
         object.__setattr__(self, "D", _as_matrix("D", self.D, (-1,)))
         object.__setattr__(self, "R", _as_matrix("R", self.R, (3, 3)))
         object.__setattr__(self, "P", _as_matrix("P", self.P, (3, 4)))
-        if self.distortion_model not in _SUPPORTED_DISTORTION:
-            raise CalibrationError(
-                f"camera '{self.camera_name}': distortion model '{self.distortion_model}' is not supported; "
-                f"use one of {', '.join(_SUPPORTED_DISTORTION)}"
-            )
+        # any distortion model is accepted: rectified images need only P; rectification_maps checks it
         if self.P[0, 0] <= 0 or self.P[1, 1] <= 0:
             raise CalibrationError(
                 f"camera '{self.camera_name}': projection focal lengths must be positive, "
@@ -113,11 +129,30 @@ class CameraInfo:
             raise CalibrationError(f"camera_info message has no field '{name.lower()}'")
 
         frame = getattr(getattr(msg, "header", None), "frame_id", "")
-        return cls(
+        info = cls(
             width=field("width"), height=field("height"), K=field("k"), D=field("d"),
             R=field("r"), P=field("p"), distortion_model=field("distortion_model") or "plumb_bob",
             camera_name=frame,
         )
+        return info.binned_roi(*_binning_and_roi(msg, info))
+
+    def binned_roi(self, binning_x: int = 1, binning_y: int = 1, roi: tuple[int, int, int, int] | None = None) -> CameraInfo:
+        """The camera of the image a driver publishes with ``binning`` and a region of interest
+        (``sensor_msgs/CameraInfo`` semantics, as image_geometry's PinholeCameraModel): the ROI
+        (x, y, width, height, full-resolution pixels) crops first, then binning divides."""
+        if binning_x == binning_y == 1 and roi is None:
+            return self
+        K, P = self.K.copy(), self.P.copy()
+        w, h = self.width, self.height
+        if roi is not None:
+            x, y, w, h = roi
+            K[0, 2] -= x
+            K[1, 2] -= y
+            P[0, 2] -= x
+            P[1, 2] -= y
+        scale = np.diag([1.0 / binning_x, 1.0 / binning_y, 1.0])
+        return CameraInfo(w // binning_x, h // binning_y, scale @ K, self.D, self.R, scale @ P,
+                          self.distortion_model, self.camera_name)
 
     def msg_fields(self) -> dict[str, Any]:
         """Field values for a ROS 2 ``sensor_msgs/CameraInfo`` (``msg.k = fields['k']`` ...)."""
@@ -129,6 +164,11 @@ class CameraInfo:
 
     def rectification_maps(self, map_type: int = cv2.CV_32FC1) -> tuple[np.ndarray, np.ndarray]:
         """``cv2.initUndistortRectifyMap`` maps from raw to rectified pixels of this camera."""
+        if self.distortion_model not in _SUPPORTED_DISTORTION:
+            raise CalibrationError(
+                f"camera '{self.camera_name}': cannot rectify with distortion model '{self.distortion_model}'; "
+                f"use one of {', '.join(_SUPPORTED_DISTORTION)} (rectified input needs no model: only P is used)"
+            )
         size = self.image_size
         if self.distortion_model == "equidistant":
             return cv2.fisheye.initUndistortRectifyMap(self.K, self.D[:4], self.R, self.P, size, map_type)

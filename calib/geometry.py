@@ -49,14 +49,15 @@ def _check_positive(name: str, value: float) -> float:
 
 
 def _apply_depth_range(depth: np.ndarray, min_depth: float | None, max_depth: float | None) -> None:
-    """Set depths outside [min_depth, max_depth] to NaN, in place."""
+    """Depths below ``min_depth`` become -inf (too close), above ``max_depth`` +inf (too far), in
+    place (REP 117: a measurement out of range is not "no measurement", which stays NaN)."""
     if min_depth is not None and max_depth is not None and min_depth > max_depth:
         raise ShapeError(f"min_depth ({min_depth}) must not exceed max_depth ({max_depth})")
     with np.errstate(invalid="ignore"):
         if min_depth is not None:
-            np.copyto(depth, np.nan, where=depth < min_depth)
+            np.copyto(depth, -np.inf, where=depth < min_depth)
         if max_depth is not None:
-            np.copyto(depth, np.nan, where=depth > max_depth)
+            np.copyto(depth, np.inf, where=depth > max_depth)
 
 
 def disparity_to_depth(
@@ -74,10 +75,12 @@ def disparity_to_depth(
         focal_px: rectified focal length fx in pixels (``P_R[0, 0]``).
         baseline_m: baseline in metres (``-P_R[0, 3] / P_R[0, 0]``), > 0.
         doffs: ``cx_R - cx_L`` of the rectified projections, pixels.
-        min_depth, max_depth: optional range in metres; depths outside become NaN.
+        min_depth, max_depth: optional range in metres; depths outside become -inf (too close) /
+            +inf (too far), as REP 117 asks.
 
     Returns:
-        HxW float32 depth in metres, NaN where invalid (``np.isfinite`` is the valid mask).
+        HxW float32 depth in metres, NaN where there is no measurement, -inf/+inf out of range
+        (``np.isfinite`` is the valid mask).
     """
     disparity = _check_image_2d("disparity", disparity)
     focal_px = _check_positive("focal_px", focal_px)
@@ -259,6 +262,8 @@ def _back_project(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float,
         points[:, 2] = z
         return PointCloud(points, None if colors is None else np.take(colors.reshape(-1, 3), keep, axis=0))
     points = np.empty((h, w, 3), dtype=np.float32) if out is None else out[:, :, :3]
+    if not np.isfinite(depth).all():  # out-of-range depths (+-inf) are invalid points: NaN, like no depth
+        depth = np.where(np.isfinite(depth), depth, np.float32(np.nan))
     # NaN depth propagates into X and Y, so invalid pixels are NaN in all three coordinates.
     np.multiply(depth, _ray_factors(np.arange(w), stride, cx, fx)[None, :], out=points[:, :, 0])
     np.multiply(depth, _ray_factors(np.arange(h), stride, cy, fy)[:, None], out=points[:, :, 1])
@@ -304,11 +309,14 @@ def fill_outputs(
 
     The values are those of the functions above, bit for bit:
 
-    - ``disparity_out`` (HxW float32): ``d + doffs`` where ``d > 0``, NaN elsewhere: the disparity
-      for which ``Z = fx * B / d`` (the ``stereo_msgs/DisparityImage`` convention);
-    - ``depth_out`` (HxW float32): :func:`disparity_to_depth` with ``min_depth`` / ``max_depth``;
+    - ``disparity_out`` (HxW float32): ``d + doffs`` where ``d > 0`` and ``d + doffs > 0``, NaN
+      elsewhere: the disparity for which ``Z = fx * B / d`` (the ``stereo_msgs/DisparityImage``
+      convention);
+    - ``depth_out`` (HxW float32): :func:`disparity_to_depth` with ``min_depth`` / ``max_depth``
+      (NaN without a measurement, -inf/+inf out of range);
     - ``points_out`` (h' x w' x k, k >= 3, float32, any strides): X, Y, Z of the organised cloud of
-      :func:`depth_to_points` with ``stride`` (h' x w' the decimated size) in its first 3 channels;
+      :func:`depth_to_points` with ``stride`` (h' x w' the decimated size) in its first 3 channels
+      (NaN for every invalid point, out of range included);
     - ``rgb_out`` (h' x w' uint32, any strides): ``0x00RRGGBB`` of ``colors`` (HxWx3 RGB or HxW mono
       uint8) at the same pixels, 0 without colours (the packed-rgb field of a point cloud).
 
@@ -358,7 +366,7 @@ def fill_outputs(
     if disparity_out is not None:
         with np.errstate(invalid="ignore"):
             np.add(disparity, np.float32(doffs), out=disparity_out, casting="unsafe")
-            disparity_out[~(disparity > 0)] = np.nan
+            disparity_out[~((disparity > 0) & (disparity_out > 0))] = np.nan  # d > 0 with a positive d + doffs
     if depth_out is None and points_out is None:
         if rgb_out is not None:
             _pack_rgb(colors, rgb_out, stride)

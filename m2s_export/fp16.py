@@ -87,8 +87,9 @@ def peak_probe(model: Any, only: set[str] | None = None, exact: bool = False) ->
     after its producer: its largest magnitude (ReduceMax of Abs) and a NaN/inf flag (the ReduceSum of
     x * 0 is NaN iff any value is). ``exact``: the largest *finite* magnitude instead (IsNaN, IsInf,
     Where: more temporaries; used for the few activations that hold NaN/inf). Only scalars leave the
-    graph, so, run in onnxruntime's priority-based order, the activations are freed as in plain
-    inference (1.3 GB for igev-rt at 640x480; exposing all 1156 activations as outputs took 6 GB).
+    graph, so, run in onnxruntime's priority-based order without a memory pattern, the activations are
+    freed as in plain inference (1.3 GB for igev-rt at 640x480 over 3 pairs; exposing all 1156
+    activations as outputs took 8.9 GB).
     Returns the probe and the probed activation names, in order."""
     import onnx
 
@@ -134,6 +135,7 @@ def _run_probe(probe: Any, names: list[str], feeds: list[dict[str, np.ndarray]],
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED  # the default order runs the probes late: 5 GB
+    options.enable_mem_pattern = False  # a pattern planned for the whole probe holds every activation at once
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -206,19 +206,37 @@ class OnnxRuntime(StereoRuntime):
         return self.session.run(["disparity"], {"left": left, "right": right})[0]
 
 
-def load_runtime(path: str | Path, **kwargs: Any) -> StereoRuntime:
-    """The runtime for ``path`` by file type (see module docstring)."""
+BACKENDS = {"torch": ("", ".safetensors"), "onnxruntime": (".onnx",), "tensorrt": (".engine", ".plan", ".trt")}
+
+
+def runtime_backend(path: str | Path, backend: str = "auto") -> str:
+    """The backend that runs ``path``: by file type with ``auto``, else ``backend`` once checked to fit."""
     p = Path(path)
-    if p.is_dir() or p.suffix == ".safetensors":
+    kind = "torch" if p.is_dir() or p.suffix == ".safetensors" else next(
+        (k for k, suffixes in BACKENDS.items() if p.suffix in suffixes and p.suffix), None)
+    if backend not in ("auto", *BACKENDS):
+        raise RuntimeBackendError(f"backend must be auto, {', '.join(BACKENDS)}; got '{backend}'")
+    if kind is None:
+        raise RuntimeBackendError(f"cannot tell the backend of '{p}': use a checkpoint directory, .safetensors, "
+                                  ".onnx or .engine/.plan/.trt")
+    if backend != "auto" and backend != kind:
+        raise RuntimeBackendError(f"backend '{backend}' cannot run '{p}' (a {kind} model; {backend} expects "
+                                  f"{' or '.join(s or 'a directory' for s in BACKENDS[backend])})")
+    return kind
+
+
+def load_runtime(path: str | Path, backend: str = "auto", **kwargs: Any) -> StereoRuntime:
+    """The runtime for ``path`` (see module docstring); ``backend`` picks it explicitly (checked)."""
+    p = Path(path)
+    kind = runtime_backend(p, backend)
+    if kind == "torch":
         return TorchRuntime(p if p.is_dir() else p.parent, **kwargs)
-    if p.suffix == ".onnx":
+    if kind == "onnxruntime":
         return OnnxRuntime(p, **kwargs)
-    if p.suffix in (".engine", ".plan", ".trt"):
-        from m2s_export.tensorrt_runtime import TensorRTRuntime
+    from m2s_export.tensorrt_runtime import TensorRTRuntime
 
-        return TensorRTRuntime(p, **kwargs)
-    raise RuntimeBackendError(f"cannot tell the backend of '{p}': use a checkpoint directory, .safetensors, "
-                              ".onnx or .engine")
+    return TensorRTRuntime(p, **kwargs)
 
 
-__all__ = ["OnnxRuntime", "StereoRuntime", "TorchRuntime", "check_pair", "load_runtime", "read_sidecar"]
+__all__ = ["BACKENDS", "OnnxRuntime", "StereoRuntime", "TorchRuntime", "check_pair", "load_runtime", "read_sidecar",
+           "runtime_backend"]

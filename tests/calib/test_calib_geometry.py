@@ -29,10 +29,11 @@ class TestDisparityToDepth:
         assert z[0, 0] == pytest.approx(100.0 / 5.0)
         assert np.isnan(z[0, 1])  # d + doffs <= 0
 
-    def test_depth_range_clipping(self):
-        d = np.array([[1.0, 10.0, 100.0]])
+    def test_depth_range_is_rep117_inf_not_nan(self):
+        d = np.array([[1.0, 10.0, 100.0, np.nan]])
         z = disparity_to_depth(d, 100.0, 1.0, min_depth=2.0, max_depth=50.0)
-        assert np.isnan(z[0, 0]) and np.isnan(z[0, 2]) and z[0, 1] == pytest.approx(10.0)
+        # 100 m: too far -> +inf; 1 m: too close -> -inf; no measurement stays NaN (REP 117)
+        assert z[0, 0] == np.inf and z[0, 2] == -np.inf and z[0, 1] == pytest.approx(10.0) and np.isnan(z[0, 3])
 
     def test_shape_and_parameter_checks(self):
         with pytest.raises(ShapeError, match="2-D"):

@@ -33,7 +33,7 @@ def test_colcon_build_installs_a_runnable_package(tmp_path):
     share = prefix / "share" / "m2s_stereo"
     executable = prefix / "lib" / "m2s_stereo" / "stereo_node"  # what ros2 run / the launch file start
     assert os.access(executable, os.X_OK)
-    for rel in ("package.xml", "launch/stereo.launch.py", "config/stereo.yaml"):
+    for rel in ("package.xml", "launch/stereo.launch.py", "config/stereo.yaml", "config/fastdds_large_images.xml"):
         assert (share / rel).is_file(), rel
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "m2s_stereo").is_file()
 

@@ -14,11 +14,12 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=[PACKAGE],
+    package_data={PACKAGE: ["*.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + [f"{PACKAGE}/fastdds_large_images.xml"]),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

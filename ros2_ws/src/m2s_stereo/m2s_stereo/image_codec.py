@@ -1,7 +1,7 @@
 """sensor_msgs/Image <-> numpy without cv_bridge (zero-copy where the layout allows).
 
-Supported input encodings: mono8, mono16, rgb8, bgr8, rgba8, bgra8 (and 8UC1/8UC3 as mono8/bgr8,
-the OpenCV convention). Anything else raises :class:`EncodingError` with the list. Row padding
+Supported input encodings: mono8, mono16, rgb8, bgr8, rgba8, bgra8 (and 8UC1/8UC3/16UC1 as
+mono8/bgr8/mono16, the OpenCV convention). Anything else raises :class:`EncodingError` with the list. Row padding
 (``step`` > width * pixel size) and big-endian 16-bit data are handled.
 """
 
@@ -18,6 +18,7 @@ ENCODINGS: dict[str, tuple[int, str, int | None]] = {
     "mono8": (1, "u1", cv2.COLOR_GRAY2RGB),
     "8UC1": (1, "u1", cv2.COLOR_GRAY2RGB),
     "mono16": (1, "u2", None),
+    "16UC1": (1, "u2", None),
     "rgb8": (3, "u1", None),
     "bgr8": (3, "u1", cv2.COLOR_BGR2RGB),
     "8UC3": (3, "u1", cv2.COLOR_BGR2RGB),
@@ -52,16 +53,23 @@ def image_to_array(msg: Any) -> np.ndarray:
     return arr[:, :, 0] if channels == 1 else arr
 
 
-def image_to_rgb8(msg: Any) -> np.ndarray:
-    """RGB uint8 HxWx3 for inference from any supported encoding (mono16 scaled by its max)."""
+def image_to_rgb8(msg: Any, mono16_max: int = 65535) -> np.ndarray:
+    """RGB uint8 HxWx3 for inference from any supported encoding.
+
+    16-bit mono (mono16, 16UC1) is scaled by one fixed gain, ``255 / mono16_max`` (values above
+    saturate): the same for both images of a pair and for every frame, so matching sees the same
+    brightness on both sides and from frame to frame (each image's own maximum gave neither).
+    """
     enc = msg.encoding
     if enc not in ENCODINGS:
         raise EncodingError(f"unsupported image encoding '{enc}' for stereo input; supported: {', '.join(ENCODINGS)}")
     arr = image_to_array(msg)
-    if enc == "mono16":
-        peak = int(arr.max()) if arr.size else 0
-        arr = (arr.astype(np.float32) * (255.0 / peak if peak else 0.0)).astype(np.uint8)
-        return cv2.cvtColor(arr, cv2.COLOR_GRAY2RGB)
+    if ENCODINGS[enc][1] == "u2":
+        if not 1 <= int(mono16_max) <= 65535:
+            raise EncodingError(f"mono16_max must be in 1..65535, got {mono16_max}")
+        native = np.ascontiguousarray(arr, dtype=np.uint16)  # big-endian data -> native order for OpenCV
+        scaled = cv2.convertScaleAbs(native, alpha=255.0 / int(mono16_max))  # saturates at 255
+        return cv2.cvtColor(scaled, cv2.COLOR_GRAY2RGB)
     conversion = ENCODINGS[enc][2]
     if conversion is None:
         return arr

@@ -36,8 +36,8 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
 
     - disparity: 32FC1, ``d + doffs`` (so that ``Z = f * T / d``, the message's convention), NaN
       where the network gave no positive disparity; f, T, min/max disparity, delta_d, valid window;
-    - depth: 32FC1 metres along the optical axis, NaN where unknown or outside
-      [min_depth, max_depth];
+    - depth: 32FC1 metres along the optical axis, NaN where unknown, -Inf / +Inf closer than
+      min_depth / farther than max_depth (REP 117);
     - points: x, y, z float32 (m, left optical frame) + optional packed rgb, 16 bytes per point,
       every ``stride``-th pixel; organised (h x w, NaN = invalid, as stereo_image_proc) or the
       valid points only (1 x n, is_dense).
@@ -66,8 +66,9 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
         disp_msg.t = float(camera.baseline_m)
         disp_msg.valid_window.x_offset, disp_msg.valid_window.y_offset = 0, 0
         disp_msg.valid_window.width, disp_msg.valid_window.height = w, h
-        disp_msg.min_disparity = 0.0
-        disp_msg.max_disparity = float(max_disparity)
+        # the range of the *published* values, d + doffs (d in (0, max_disparity])
+        disp_msg.min_disparity = float(max(camera.doffs, 0.0))
+        disp_msg.max_disparity = float(max_disparity + camera.doffs)
         disp_msg.delta_d = DELTA_D
     if depth_out:
         depth = _float_image(types.Image, buffers["depth"], h, w, header)

@@ -22,8 +22,13 @@ SLOP = "slop"
 QUEUE_SIZE = "queue_size"
 QOS = "qos"
 DIAGNOSTICS_PERIOD = "diagnostics_period"
+DIAGNOSTICS_WINDOW = "diagnostics_window"
+STALE_TIMEOUT = "stale_timeout"
+MONO16_MAX = "mono16_max"
+ONNX_EXECUTION = "onnx_execution"
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+ONNX_EXECUTIONS = ("auto", "tensorrt", "cuda", "cpu")
 SYNC_MODES = ("exact", "approximate")
 QOS_CHOICES = ("sensor_data", "reliable")
 
@@ -40,9 +45,14 @@ class Param:
 
 PARAMS: tuple[Param, ...] = (
     Param(MODEL_PATH, "", "Model file: .engine (TensorRT), .onnx (onnxruntime) or a checkpoint directory (PyTorch)", True),
-    Param(BACKEND, "auto", "Inference backend; auto picks it from the model file", True, choices=BACKENDS),
-    Param(MIN_DEPTH, 0.1, "Nearest depth published, metres (closer is NaN)", range=(0.0, 1000.0)),
-    Param(MAX_DEPTH, 50.0, "Farthest depth published, metres (farther is NaN)", range=(0.0, 10000.0)),
+    Param(BACKEND, "auto", "Inference backend (the runtime that loads model_path); auto picks it from the file type",
+          True, choices=BACKENDS),
+    Param(ONNX_EXECUTION, "auto", "onnxruntime execution provider: auto (TensorRT, else CUDA, else CPU), tensorrt, "
+          "cuda or cpu; TensorRT caches its engine beside the model", True, choices=ONNX_EXECUTIONS),
+    Param(MIN_DEPTH, 0.1, "Nearest depth published, metres (closer is -Inf in the depth image, REP 117)",
+          range=(0.0, 1000.0)),
+    Param(MAX_DEPTH, 50.0, "Farthest depth published, metres (farther is +Inf in the depth image, REP 117)",
+          range=(0.0, 10000.0)),
     Param(PUBLISH_DISPARITY, True, "Publish stereo_msgs/DisparityImage on 'disparity' (when subscribed)"),
     Param(PUBLISH_DEPTH, True, "Publish a 32FC1 depth image (m) on 'depth' (when subscribed)"),
     Param(PUBLISH_POINTS, True, "Publish sensor_msgs/PointCloud2 on 'points2' (when subscribed)"),
@@ -54,6 +64,12 @@ PARAMS: tuple[Param, ...] = (
     Param(QUEUE_SIZE, 5, "Messages kept per side while waiting for a partner", True, range=(1, 100)),
     Param(QOS, "sensor_data", "Input QoS: sensor_data (best effort, depth 5) or reliable", True, choices=QOS_CHOICES),
     Param(DIAGNOSTICS_PERIOD, 1.0, "Seconds between diagnostics messages and log lines", True, range=(0.1, 60.0)),
+    Param(DIAGNOSTICS_WINDOW, 5.0, "Seconds of history behind the diagnostics' rates, counts and level", True,
+          range=(1.0, 600.0)),
+    Param(STALE_TIMEOUT, 0.0, "Seconds without input images before diagnostics report STALE; 0: five input "
+          "periods, at least 0.5 s", range=(0.0, 600.0)),
+    Param(MONO16_MAX, 65535, "mono16/16UC1 input: the raw value shown as white, for both images and every frame "
+          "(e.g. 4095 for 12-bit cameras)", range=(1, 65535)),
 )
 BY_NAME = {p.name: p for p in PARAMS}
 
@@ -78,11 +94,13 @@ def validate_all(values: dict[str, Any]) -> list[str]:
     elif not Path(values[MODEL_PATH]).exists():
         problems.append(f"{MODEL_PATH} '{values[MODEL_PATH]}' does not exist")
     else:
-        suffix = Path(values[MODEL_PATH]).suffix
-        expected = {"onnxruntime": (".onnx",), "tensorrt": (".engine", ".plan"), "torch": ("", ".safetensors")}
-        backend = values.get(BACKEND, "auto")
-        if backend != "auto" and suffix not in expected[backend]:
-            problems.append(f"{BACKEND} '{backend}' cannot run '{values[MODEL_PATH]}' (expects {', '.join(expected[backend]) or 'a directory'})")
+        from m2s_export.errors import RuntimeBackendError
+        from m2s_export.runtime import runtime_backend
+
+        try:
+            runtime_backend(values[MODEL_PATH], values.get(BACKEND, "auto"))
+        except RuntimeBackendError as exc:
+            problems.append(f"{BACKEND}: {exc}")
     if values.get(MIN_DEPTH, 0) >= values.get(MAX_DEPTH, 1):
         problems.append(f"{MIN_DEPTH} ({values.get(MIN_DEPTH)}) must be below {MAX_DEPTH} ({values.get(MAX_DEPTH)})")
     return problems

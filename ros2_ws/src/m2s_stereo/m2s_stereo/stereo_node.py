@@ -2,9 +2,11 @@
 
 Inputs (relative names, remap as needed): ``left/image_rect``, ``right/image_rect``,
 ``left/camera_info``, ``right/camera_info``. Outputs: ``disparity`` (stereo_msgs/DisparityImage),
-``depth`` (32FC1 m, REP 118), ``points2`` (sensor_msgs/PointCloud2), ``/diagnostics``.
-Callbacks only pair and hand over: inference runs in a worker thread fed by a one-slot
-"latest pair" buffer, so a slow model drops stale pairs (counted) instead of queueing.
+``depth`` (32FC1 m, REP 118; -Inf/+Inf outside [min_depth, max_depth], REP 117) with
+``depth/camera_info``, ``points2`` (sensor_msgs/PointCloud2), ``/diagnostics``.
+Callbacks only count, pair and hand over: inference runs in a worker thread fed by a one-slot
+"latest pair" buffer, so a slow model drops stale pairs (counted) instead of queueing. The
+diagnostics are computed over the last ``diagnostics_window`` seconds (:mod:`m2s_stereo.health`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,27 +29,33 @@ from stereo_msgs.msg import DisparityImage
 from calib import CalibrationError, StereoCamera
 from m2s_export.runtime import load_runtime
 from m2s_stereo import params as P
-from m2s_stereo.image_codec import BufferPool, EncodingError, image_to_rgb8
+from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth
+from m2s_stereo.image_codec import ENCODINGS, BufferPool, EncodingError, image_to_rgb8
 from m2s_stereo.outputs import frame_messages, warm_up
 from m2s_stereo.sync import PairSynchronizer, stamp_ns
 
 MSGS = SimpleNamespace(Image=Image, DisparityImage=DisparityImage, PointCloud2=PointCloud2, PointField=PointField)
 THROTTLE_S = 2.0
+CLOCK_AGREEMENT_S = 10.0  # stamps within this of the node's clock are on the same clock: stamp latency is meaningful
+LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR, STALE: DiagnosticStatus.STALE}
 
 
 class LatestSlot:
     """One-slot buffer: put() replaces an unconsumed item (counted as dropped); get() waits."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_drop: Any = None) -> None:
         self._cond = threading.Condition()
         self._item: Any = None
         self.dropped = 0
         self.closed = False
+        self.on_drop = on_drop
 
     def put(self, item: Any) -> None:
         with self._cond:
             if self._item is not None:
                 self.dropped += 1
+                if self.on_drop is not None:
+                    self.on_drop()
             self._item = item
             self._cond.notify()
 
@@ -77,6 +84,18 @@ def _descriptor(p: P.Param) -> ParameterDescriptor:
     return d
 
 
+def _image_problem(msg: Image, topic: str) -> str | None:
+    """Why an input image cannot be used, checked without decoding it (None when it can)."""
+    if msg.encoding not in ENCODINGS:
+        return f"unsupported image encoding '{msg.encoding}' on {topic}; supported: {', '.join(ENCODINGS)}"
+    channels, kind, _ = ENCODINGS[msg.encoding]
+    row = msg.width * channels * np.dtype(kind).itemsize
+    if msg.width <= 0 or msg.height <= 0 or msg.step < row or len(msg.data) < msg.step * msg.height:
+        return (f"image on {topic} is {msg.width}x{msg.height} '{msg.encoding}' with step {msg.step}: needs "
+                f"{msg.step * msg.height} bytes, has {len(msg.data)}")
+    return None
+
+
 class StereoNode(Node):
     def __init__(self, runtime: Any = None, **kwargs: Any) -> None:
         super().__init__("m2s_stereo", **kwargs)
@@ -84,18 +103,27 @@ class StereoNode(Node):
             self.declare_parameter(p.name, p.default, _descriptor(p))
         self.values = {p.name: self.get_parameter(p.name).value for p in P.PARAMS}
         problems = P.validate_all(self.values) if runtime is None else [
-            r for r in P.validate_all(self.values) if not r.startswith(P.MODEL_PATH)]
+            r for r in P.validate_all(self.values) if not r.startswith(P.MODEL_PATH) and not r.startswith(P.BACKEND)]
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.runtime = runtime or load_runtime(self.values[P.MODEL_PATH])
+        if runtime is None:
+            extra = {"execution": self.values[P.ONNX_EXECUTION]} if self.values[P.MODEL_PATH].endswith(".onnx") else {}
+            runtime = load_runtime(self.values[P.MODEL_PATH], backend=self.values[P.BACKEND], **extra)
+        self.runtime = runtime
         self.max_disparity = float(getattr(self.runtime, "meta", {}).get("max_disp", 192))
+        self.health = PipelineHealth(window=self.values[P.DIAGNOSTICS_WINDOW])
+        self._last_error: dict[str, float] = {}
 
         qos = qos_profile_sensor_data if self.values[P.QOS] == "sensor_data" else QoSProfile(
             depth=self.values[P.QUEUE_SIZE], reliability=ReliabilityPolicy.RELIABLE)
         self.infos: dict[str, CameraInfo | None] = {"left": None, "right": None}
-        self.create_subscription(CameraInfo, "left/camera_info", lambda m: self.infos.__setitem__("left", m), qos)
-        self.create_subscription(CameraInfo, "right/camera_info", lambda m: self.infos.__setitem__("right", m), qos)
+        self._info_subs = {side: self.create_subscription(CameraInfo, f"{side}/camera_info",
+                                                          lambda m, s=side: self._on_info(s, m), qos)
+                           for side in ("left", "right")}
+        self.topics = {name: self._resolve(name) for name in
+                       ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")}
+        self._last_stamp = {"left": None, "right": None}
         slop = self.values[P.SLOP] if self.values[P.SYNC_MODE] == "approximate" else None
         self.sync_backend = "m2s"
         try:
@@ -103,6 +131,8 @@ class StereoNode(Node):
 
             left = message_filters.Subscriber(self, Image, "left/image_rect", qos_profile=qos)
             right = message_filters.Subscriber(self, Image, "right/image_rect", qos_profile=qos)
+            left.registerCallback(lambda m: self._on_image("left", m))
+            right.registerCallback(lambda m: self._on_image("right", m))
             if slop is None:
                 self._mf = message_filters.TimeSynchronizer([left, right], self.values[P.QUEUE_SIZE])
             else:
@@ -112,24 +142,28 @@ class StereoNode(Node):
             self.sync = None
         except ImportError:
             self.sync = PairSynchronizer(self._on_pair, self.values[P.QUEUE_SIZE], slop)
-            self.create_subscription(Image, "left/image_rect", self.sync.add_left, qos)
-            self.create_subscription(Image, "right/image_rect", self.sync.add_right, qos)
+
+            def feed(side: str, add: Any) -> Any:
+                def callback(msg: Image) -> None:
+                    self._on_image(side, msg)
+                    add(msg)
+                return callback
+
+            self.create_subscription(Image, "left/image_rect", feed("left", self.sync.add_left), qos)
+            self.create_subscription(Image, "right/image_rect", feed("right", self.sync.add_right), qos)
 
         self.pub_disp = self.create_publisher(DisparityImage, "disparity", 5)
         self.pub_depth = self.create_publisher(Image, "depth", 5)
+        self.pub_depth_info = self.create_publisher(CameraInfo, "depth/camera_info", 5)
         self.pub_points = self.create_publisher(PointCloud2, "points2", 5)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        self.slot = LatestSlot()
+        self.slot = LatestSlot(on_drop=lambda: self.health.add("dropped"))
         self.buffers = BufferPool()  # output buffers, refilled each frame (only the worker publishes)
-        self.counts = {"pairs_in": 0, "published": 0, "bad_frames": 0}
-        self.recent_in: deque[float] = deque(maxlen=200)
-        self.recent_out: deque[float] = deque(maxlen=200)
-        self.infer_ms: deque[float] = deque(maxlen=200)
-        self.latency_ms: deque[float] = deque(maxlen=200)
-        self._last_error: dict[str, float] = {}
+        self.infer_ms = self.health.samples["inference_ms"]  # (time, ms) of the recent frames
         self._camera_key: Any = None
         self._camera: StereoCamera | None = None
+        self._bad_info_logged: set[str] = set()
         self.output_backend = warm_up(MSGS)  # compile/load the output pass now, not on the first frame
         self._stop = threading.Event()
         self.worker = threading.Thread(target=self._work, name="m2s_stereo_worker", daemon=True)
@@ -137,7 +171,16 @@ class StereoNode(Node):
         self.create_timer(self.values[P.DIAGNOSTICS_PERIOD], self._diagnostics)
         self.get_logger().info(f"m2s_stereo: {getattr(self.runtime, 'backend', '?')} runtime, input "
                                f"{getattr(self.runtime, 'input_size', None)}, sync {self.values[P.SYNC_MODE]} via "
-                               f"{self.sync_backend}, outputs via {self.output_backend}")
+                               f"{self.sync_backend}, outputs via {self.output_backend}, inputs "
+                               f"{self.topics['left/image_rect']} / {self.topics['right/image_rect']}")
+
+    def _resolve(self, name: str) -> str:
+        """The topic a relative name resolves to here (namespace and remappings applied)."""
+        try:
+            return self.resolve_topic_name(name)
+        except Exception:  # noqa: BLE001  (older rclpy: fall back to the namespace)
+            ns = self.get_namespace().rstrip("/")
+            return f"{ns}/{name}"
 
     # -- parameters -----------------------------------------------------------------------------
     def _on_set_parameters(self, changes: list[Any]) -> SetParametersResult:
@@ -154,20 +197,39 @@ class StereoNode(Node):
         return SetParametersResult(successful=True)
 
     # -- input ------------------------------------------------------------------------------------
+    def _on_info(self, side: str, msg: CameraInfo) -> None:
+        self.health.add(f"{side}_info")
+        self.infos[side] = msg
+
+    def _on_image(self, side: str, msg: Image) -> None:
+        """Every image, paired or not: counted, and its stamp offset to the other side's last one kept
+        (what tells two free-running cameras apart from a pairing that works)."""
+        self.health.add(side)
+        t = stamp_ns(msg)
+        self._last_stamp[side] = t
+        other = self._last_stamp["right" if side == "left" else "left"]
+        if other is not None:
+            self.health.sample("stamp_offset_ms", abs(t - other) / 1e6)
+
     def _on_pair(self, left: Image, right: Image) -> None:
-        now = time.monotonic()
-        self.counts["pairs_in"] += 1
-        self.recent_in.append(now)
-        self.slot.put((left, right, self.infos["left"], self.infos["right"], now))
+        self.health.add("pairs")
+        self.slot.put((left, right, self.infos["left"], self.infos["right"], time.monotonic()))
 
     def _camera_for(self, left_info: CameraInfo | None, right_info: CameraInfo | None) -> StereoCamera:
         if left_info is None or right_info is None:
-            missing = [s for s, i in (("left", left_info), ("right", right_info)) if i is None]
-            raise CalibrationError(f"no camera_info received yet on {' and '.join(m + '/camera_info' for m in missing)}")
+            missing = [self.topics[f"{s}/camera_info"] for s, i in (("left", left_info), ("right", right_info)) if i is None]
+            raise CalibrationError(f"no camera_info received yet on {' and '.join(missing)}")
         key = (bytes(np.asarray(left_info.p).tobytes()), bytes(np.asarray(right_info.p).tobytes()),
-               left_info.width, left_info.height, right_info.width, right_info.height)
+               left_info.width, left_info.height, right_info.width, right_info.height,
+               left_info.binning_x, left_info.binning_y, left_info.roi.x_offset, left_info.roi.y_offset,
+               left_info.roi.width, left_info.roi.height)
         if key != self._camera_key:
-            self._camera = StereoCamera.from_msgs(left_info, right_info)
+            try:
+                self._camera = StereoCamera.from_msgs(left_info, right_info)
+            except CalibrationError as exc:
+                self._camera_key = None
+                raise CalibrationError(f"camera_info on {self.topics['left/camera_info']} / "
+                                       f"{self.topics['right/camera_info']}: {exc}") from None
             self._camera_key = key
         return self._camera
 
@@ -180,37 +242,53 @@ class StereoNode(Node):
             try:
                 self._process(*item)
             except (EncodingError, CalibrationError, ValueError) as exc:
-                self.counts["bad_frames"] += 1
-                self._throttled_error(f"dropping frame: {exc}")
+                if self._stopping():
+                    return
+                self.health.error(str(exc))
+                self._throttled("error", f"dropping frame: {exc}")
             except Exception as exc:  # noqa: BLE001  (keep serving: log and continue)
-                self.counts["bad_frames"] += 1
-                self._throttled_error(f"inference failed: {type(exc).__name__}: {exc}")
+                if self._stopping():
+                    return  # publish() after shutdown: "publisher's context is invalid" is not a fault
+                self.health.error(f"{type(exc).__name__}: {exc}")
+                self._throttled("error", f"inference failed: {type(exc).__name__}: {exc}")
 
-    def _throttled_error(self, message: str) -> None:
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or not self.context.ok()
+
+    def _throttled(self, level: str, message: str) -> None:
         """At most one log line per kind of problem (its first words) every THROTTLE_S seconds,
         so a persistent fault does not flood the log and does not hide a different one."""
         key = " ".join(message.split()[:5])
         now = time.monotonic()
         if now - self._last_error.get(key, -1e9) >= THROTTLE_S:
             self._last_error[key] = now
-            self.get_logger().error(message)
+            # one call site per severity: rclpy refuses a call site that changes its severity
+            if level == "error":
+                self.get_logger().error(message)
+            else:
+                self.get_logger().warning(message)
 
     def _process(self, left_msg: Image, right_msg: Image, left_info: Any, right_info: Any, received: float) -> None:
-        want_disp = self.values[P.PUBLISH_DISPARITY] and self.pub_disp.get_subscription_count() > 0
-        want_depth = self.values[P.PUBLISH_DEPTH] and self.pub_depth.get_subscription_count() > 0
-        want_points = self.values[P.PUBLISH_POINTS] and self.pub_points.get_subscription_count() > 0
-        if not (want_disp or want_depth or want_points):
-            return  # nobody listens: skip the work
+        # input checks first, whether anybody listens or not: a broken input is reported at once
+        for msg, topic in ((left_msg, self.topics["left/image_rect"]), (right_msg, self.topics["right/image_rect"])):
+            if (problem := _image_problem(msg, topic)) is not None:
+                raise EncodingError(problem)
         if (left_msg.width, left_msg.height) != (right_msg.width, right_msg.height):
             raise ValueError(f"left image is {left_msg.width}x{left_msg.height} but right is {right_msg.width}x{right_msg.height}")
         camera = self._camera_for(left_info, right_info)
         camera.check_image_size(left_msg.width, left_msg.height)
-        left = image_to_rgb8(left_msg)
-        right = image_to_rgb8(right_msg)
+        want_disp = self.values[P.PUBLISH_DISPARITY] and self.pub_disp.get_subscription_count() > 0
+        want_depth = self.values[P.PUBLISH_DEPTH] and (self.pub_depth.get_subscription_count() > 0
+                                                       or self.pub_depth_info.get_subscription_count() > 0)
+        want_points = self.values[P.PUBLISH_POINTS] and self.pub_points.get_subscription_count() > 0
+        if not (want_disp or want_depth or want_points):
+            return  # nobody listens: skip the work
+        v = self.values
+        left = image_to_rgb8(left_msg, v[P.MONO16_MAX])
+        right = image_to_rgb8(right_msg, v[P.MONO16_MAX])
         t0 = time.perf_counter()
         disparity = self.runtime.infer(left, right)
-        self.infer_ms.append((time.perf_counter() - t0) * 1e3)
-        v = self.values
+        self.health.sample("inference_ms", (time.perf_counter() - t0) * 1e3)
         scale = left.shape[1] / (self.runtime.input_size[1] if getattr(self.runtime, "input_size", None) else left.shape[1])
         out = frame_messages(MSGS, camera, disparity, left_msg.header, disparity_out=want_disp, depth_out=want_depth,
                              points_out=want_points, colors=left if v[P.POINT_COLORS] else None,
@@ -219,39 +297,69 @@ class StereoNode(Node):
         for pub, msg in ((self.pub_disp, out.disparity), (self.pub_depth, out.depth), (self.pub_points, out.points)):
             if msg is not None:
                 pub.publish(msg)
-        self.counts["published"] += 1
-        self.recent_out.append(time.monotonic())
-        now_ns = self.get_clock().now().nanoseconds
-        self.latency_ms.append((now_ns - stamp_ns(left_msg)) / 1e6)
+        if out.depth is not None and left_info is not None:
+            info = CameraInfo()
+            info.header = left_msg.header
+            for name in ("height", "width", "distortion_model", "d", "k", "r", "p", "binning_x", "binning_y", "roi"):
+                setattr(info, name, getattr(left_info, name))
+            self.pub_depth_info.publish(info)
+        self.health.add("published")
+        self.health.sample("latency_ms", (time.monotonic() - received) * 1e3)
+        age = (self.get_clock().now().nanoseconds - stamp_ns(left_msg)) / 1e9
+        if 0.0 <= age < CLOCK_AGREEMENT_S:  # a stamp on the node's clock; else (a camera's own counter) meaningless
+            self.health.sample("stamp_latency_ms", age * 1e3)
 
     # -- diagnostics -----------------------------------------------------------------------------
     def stats(self) -> dict[str, float]:
-        def rate(ts: deque) -> float:
-            return (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else 0.0
-
-        def med(ts: deque) -> float:
-            return float(np.median(ts)) if ts else float("nan")
-
-        out = {"input_fps": rate(self.recent_in), "output_fps": rate(self.recent_out), "inference_ms": med(self.infer_ms),
-               "latency_ms": med(self.latency_ms), "dropped_pairs": float(self.slot.dropped), **{k: float(v) for k, v in self.counts.items()}}
+        """Totals since start and rates/medians over the diagnostics window (also what /diagnostics says)."""
+        h = self.health
+        out = {"input_fps": h.rate("pairs"), "output_fps": h.rate("published"), "inference_ms": h.median("inference_ms"),
+               "latency_ms": h.median("latency_ms"), "stamp_latency_ms": h.median("stamp_latency_ms"),
+               "stamp_offset_ms": h.median("stamp_offset_ms"), "pairs_in": float(h.totals["pairs"]),
+               "published": float(h.totals["published"]), "bad_frames": float(h.totals["bad"]),
+               "dropped_pairs": float(h.totals["dropped"])}
+        for side in ("left", "right"):
+            out[f"{side}_in"] = float(h.totals[side])
+            out[f"{side}_info_in"] = float(h.totals[f"{side}_info"])
+        out["unmatched"] = max(0.0, out["left_in"] + out["right_in"] - 2 * out["pairs_in"])
         if self.sync is not None:
             out["out_of_order"] = float(self.sync.out_of_order)
         return out
 
+    def status(self) -> Any:
+        return self.health.status(stale_timeout=self.values[P.STALE_TIMEOUT],
+                                  inputs=f"{self.topics['left/image_rect']} and {self.topics['right/image_rect']}")
+
     def _diagnostics(self) -> None:
-        s = self.stats()
-        status = DiagnosticStatus(name="m2s_stereo: pipeline", hardware_id=str(getattr(self.runtime, "backend", "")))
-        status.level = DiagnosticStatus.OK if s["bad_frames"] == 0 else DiagnosticStatus.WARN
-        status.message = "ok" if status.level == DiagnosticStatus.OK else f"{int(s['bad_frames'])} bad frames"
-        status.values = [KeyValue(key=k, value=f"{v:.3f}") for k, v in s.items()]
-        msg = DiagnosticArray(status=[status])
+        status = self.status()
+        values = {**status.values, **self.stats()}
+        for side in ("left", "right"):  # how old the camera_info in use is, against its image
+            info, stamp = self.infos[side], self._last_stamp[side]
+            if info is not None and stamp is not None:
+                values[f"{side}_camera_info_age_s"] = (stamp - stamp_ns(info)) / 1e9
+        msg = DiagnosticArray(status=[DiagnosticStatus(
+            name="m2s_stereo: pipeline", hardware_id=str(getattr(self.runtime, "backend", "")),
+            level=LEVELS[status.level],
+            message=status.message, values=[KeyValue(key=k, value=f"{v:.3f}") for k, v in sorted(values.items())])])
         msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(msg)
-        if self.counts["pairs_in"]:
+        try:
+            self.pub_diag.publish(msg)
+        except Exception:  # noqa: BLE001  (the context is going down)
+            if self._stopping():
+                return
+            raise
+        if status.level == WARN:
+            self._throttled("warning", status.message)
+        elif status.level == ERROR:
+            self._throttled("error", status.message)
+        elif status.level == OK and self.health.totals["pairs"]:
+            s = self.stats()
             self.get_logger().info(
                 f"in {s['input_fps']:.1f} fps, out {s['output_fps']:.1f} fps, inference {s['inference_ms']:.1f} ms, "
                 f"latency {s['latency_ms']:.1f} ms, dropped {int(s['dropped_pairs'])}, bad {int(s['bad_frames'])}",
                 throttle_duration_sec=max(self.values[P.DIAGNOSTICS_PERIOD], 5.0))
+        elif status.level == STALE and self.health.totals["pairs"]:
+            self._throttled("warning", status.message)
 
     def destroy_node(self) -> None:
         if hasattr(self, "worker"):  # absent when __init__ failed part-way
@@ -262,6 +370,9 @@ class StereoNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from m2s_stereo.dds import use_large_image_profile
+
+    profile = use_large_image_profile()  # before the first DDS participant of this process
     rclpy.init(args=argv if argv is not None else sys.argv)
     try:
         node = StereoNode()
@@ -273,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot start m2s_stereo: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    if profile:
+        node.get_logger().info(f"DDS profile for large images: {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to "
+                               "choose another, M2S_DDS_PROFILE=none to use none; the camera driver needs it too)")
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):

@@ -1,0 +1,65 @@
+"""A stereo camera driver in a process of its own, as on a robot: rectified left/right images and
+camera_info on sensor-data QoS, stamped with the wall clock (optionally the right camera late by
+--right-offset-ms, as two free-running cameras), at --rate Hz. It starts once the node's input
+subscriptions are matched and prints one JSON line: what it sent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image
+
+from calib import StereoCamera
+from m2s_stereo.image_codec import array_to_image
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--right-offset-ms", type=float, default=0.0)
+    p.add_argument("--namespace", default="")
+    p.add_argument("--wait", type=float, default=20.0, help="seconds to wait for the node's subscriptions")
+    args = p.parse_args()
+    rclpy.init()
+    node = rclpy.create_node("fake_camera", namespace=args.namespace or None)
+    pubs = {name: node.create_publisher(t, name, qos_profile_sensor_data) for name, t in (
+        ("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
+        ("right/camera_info", CameraInfo))}
+    end = time.monotonic() + args.wait
+    while time.monotonic() < end and not all(pub.get_subscription_count() for pub in pubs.values()):
+        time.sleep(0.05)
+    time.sleep(0.5)  # let discovery settle in both directions
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, 255, (args.height, args.width, 3), np.uint8)
+    right = np.roll(left, -6, axis=1)
+    camera = StereoCamera.ideal(args.width, args.height, focal_px=float(args.width), baseline_m=0.1)
+    period = 1.0 / args.rate
+    t0 = time.monotonic()
+    for i in range(args.count):
+        time.sleep(max(0.0, t0 + i * period - time.monotonic()))
+        stamp = time.time_ns()
+        for side, image, offset in (("left", left, 0), ("right", right, int(args.right_offset_ms * 1e6))):
+            msg_stamp = stamp + offset
+            header = Image().header
+            header.stamp.sec, header.stamp.nanosec = msg_stamp // 10**9, msg_stamp % 10**9
+            header.frame_id = f"{side}_optical"
+            info = CameraInfo(header=header, **getattr(camera, side).msg_fields())
+            pubs[f"{side}/camera_info"].publish(info)
+            pubs[f"{side}/image_rect"].publish(array_to_image(Image, image, "rgb8", header))
+    time.sleep(0.5)
+    print(json.dumps({"sent": args.count, "seconds": time.monotonic() - t0,
+                      "subscribers": min(pub.get_subscription_count() for pub in pubs.values())}))
+    node.destroy_node()
+    rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
