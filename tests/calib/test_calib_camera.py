@@ -147,3 +147,38 @@ class TestFromMsg:
         msg = SimpleNamespace(width=4, height=4, k=[1.0] * 8, d=[], r=[0.0] * 9, p=[0.0] * 12, distortion_model="plumb_bob")
         with pytest.raises(CalibrationError, match="K must have 9 values"):
             CameraInfo.from_msg(msg)
+
+
+class TestCameraInfoMessages:
+    def _msg(self, info, **extra):
+        from types import SimpleNamespace
+
+        fields = info.msg_fields()
+        roi = SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0, do_rectify=False)
+        msg = SimpleNamespace(header=SimpleNamespace(frame_id="cam"), binning_x=0, binning_y=0, roi=roi, **fields)
+        for k, v in extra.items():
+            setattr(msg, k, v)
+        return msg
+
+    def test_binning_and_roi_are_honoured(self):
+        from types import SimpleNamespace
+
+        cam = StereoCamera.ideal(640, 480, focal_px=500.0, baseline_m=0.1)
+        binned = StereoCamera.from_msgs(self._msg(cam.left, binning_x=2, binning_y=2), self._msg(cam.right, binning_x=2, binning_y=2))
+        assert binned.image_size == (320, 240) and binned.focal_px == pytest.approx(250.0)
+        assert binned.baseline_m == pytest.approx(0.1) and binned.cx == pytest.approx(cam.cx / 2)
+        roi = SimpleNamespace(x_offset=100, y_offset=40, width=400, height=300, do_rectify=True)
+        cropped = StereoCamera.from_msgs(self._msg(cam.left, roi=roi), self._msg(cam.right, roi=roi))
+        assert cropped.image_size == (400, 300) and cropped.cx == pytest.approx(cam.cx - 100)
+        assert cropped.cy == pytest.approx(cam.cy - 40) and cropped.focal_px == pytest.approx(500.0)
+        bad = SimpleNamespace(x_offset=600, y_offset=0, width=100, height=100, do_rectify=False)
+        with pytest.raises(CalibrationError, match="roi"):
+            StereoCamera.from_msgs(self._msg(cam.left, roi=bad), self._msg(cam.right, roi=bad))
+
+    def test_any_distortion_model_for_rectified_input(self):
+        cam = StereoCamera.ideal(64, 48, focal_px=50.0, baseline_m=0.1)
+        left, right = self._msg(cam.left, distortion_model="kannala_brandt"), self._msg(cam.right, distortion_model="fisheye62")
+        loaded = StereoCamera.from_msgs(left, right)  # before: refused, although only P is used
+        assert loaded.focal_px == pytest.approx(50.0)
+        with pytest.raises(CalibrationError, match="cannot rectify with distortion model 'kannala_brandt'"):
+            loaded.left.rectification_maps()

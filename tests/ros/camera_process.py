@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import rclpy
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
 from calib import StereoCamera
@@ -26,17 +26,24 @@ def main() -> None:
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--right-offset-ms", type=float, default=0.0)
     p.add_argument("--namespace", default="")
+    p.add_argument("--qos", choices=["sensor_data", "reliable"], default="sensor_data")
     p.add_argument("--wait", type=float, default=20.0, help="seconds to wait for the node's subscriptions")
     args = p.parse_args()
     rclpy.init()
     node = rclpy.create_node("fake_camera", namespace=args.namespace or None)
-    pubs = {name: node.create_publisher(t, name, qos_profile_sensor_data) for name, t in (
+    qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {name: node.create_publisher(t, name, qos) for name, t in (
         ("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
         ("right/camera_info", CameraInfo))}
-    end = time.monotonic() + args.wait
-    while time.monotonic() < end and not all(pub.get_subscription_count() for pub in pubs.values()):
-        time.sleep(0.05)
-    time.sleep(0.5)  # let discovery settle in both directions
+    def wait_for_subscribers() -> None:
+        end = time.monotonic() + args.wait
+        while time.monotonic() < end and not all(pub.get_subscription_count() for pub in pubs.values()):
+            time.sleep(0.05)
+
+    wait_for_subscribers()
+    time.sleep(2.5)  # let discovery settle both ways, and a node with qos auto re-subscribe (it checks every 1 s)
+    wait_for_subscribers()
+    time.sleep(0.5)
     rng = np.random.default_rng(0)
     left = rng.integers(0, 255, (args.height, args.width, 3), np.uint8)
     right = np.roll(left, -6, axis=1)

@@ -44,7 +44,7 @@ LEVELS = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticSt
 class Listener:
     """This process's view of the graph: /diagnostics, /rosout and (optionally) the node's outputs."""
 
-    def __init__(self, namespace: str = "", outputs: bool = True) -> None:
+    def __init__(self, namespace: str = "", outputs: bool = True, inputs: bool = True) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node("listener", namespace=namespace or None, context=self.context)
@@ -58,7 +58,7 @@ class Listener:
                 self.node.create_subscription(t, name, self.outputs[name].append, 10)
         self.pubs = {name: self.node.create_publisher(t, name, qos_profile_sensor_data) for name, t in (
             ("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
-            ("right/camera_info", CameraInfo))}
+            ("right/camera_info", CameraInfo))} if inputs else {}
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -118,15 +118,34 @@ def _stop(proc: subprocess.Popen) -> str:
 DRIVER_ENV = {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}  # what the README tells a camera driver to use
 
 
+def _fast_dds_major() -> int:
+    import importlib.metadata as md
+
+    for dist in ("ros-fastdds", "ros-fastrtps"):  # the PyPI wheels: 3.x (Kilted), 2.14 (Jazzy)
+        try:
+            return int(md.version(dist).split(".")[0])
+        except md.PackageNotFoundError:
+            continue
+    return 3
+
+
+JAZZY_BEST_EFFORT = pytest.mark.xfail(
+    _fast_dds_major() < 3, strict=False,
+    reason="Fast DDS 2.14 (Jazzy) delivers about half of large best-effort samples between processes, with "
+           "or without the profile (measured: bench_dds_delivery.py); a reliable driver + qos auto gets all")
+
+
+@pytest.mark.parametrize("qos", [pytest.param("sensor_data", marks=JAZZY_BEST_EFFORT), "reliable"])
 @pytest.mark.parametrize("width, height", [(640, 480), (1280, 720)])
-def test_pairs_from_another_process_arrive(stereo_onnx, width, height):
-    """Before: 2-7 of 20 pairs reached the node at 640x480 (fragmented best-effort UDP between processes)."""
-    listener = Listener(outputs=False)
+def test_pairs_from_another_process_arrive(stereo_onnx, width, height, qos):
+    """Before: 2-7 of 20 pairs reached the node at 640x480 (fragmented best-effort UDP between processes),
+    10 of 20 from a reliable driver on Jazzy."""
+    listener = Listener(outputs=False, inputs=False)  # the camera process is the only publisher
     node = _node_process(stereo_onnx, "diagnostics_period:=0.5")
     try:
         assert listener.wait(lambda: listener.last() is not None, 30), _stop(node)
         camera = subprocess.run([sys.executable, str(HERE / "camera_process.py"), "--width", str(width),
-                                 "--height", str(height), "--rate", "10", "--count", "20"],
+                                 "--height", str(height), "--rate", "10", "--count", "20", "--qos", qos],
                                 cwd=ROOT, env={**os.environ, **DRIVER_ENV}, capture_output=True, text=True, timeout=120)
         assert camera.returncode == 0, camera.stderr[-2000:]
         assert json.loads(camera.stdout.strip().splitlines()[-1])["sent"] == 20
@@ -175,7 +194,7 @@ def test_diagnostics_go_stale_when_the_inputs_stop_and_recover(stereo_onnx):
 
 
 def test_free_running_cameras_under_exact_sync_are_named(stereo_onnx):
-    listener = Listener(outputs=False)
+    listener = Listener(outputs=False, inputs=False)
     node = _node_process(stereo_onnx, "diagnostics_period:=0.5")
     try:
         assert listener.wait(lambda: listener.last() is not None, 30), _stop(node)

@@ -161,6 +161,20 @@ class TestParamsAndLaunch:
         assert any("below" in r for r in P.validate_all(base | {P.MIN_DEPTH: 5.0, P.MAX_DEPTH: 1.0}))
         assert any("sync_mode" in r for r in P.validate_all(base | {P.SYNC_MODE: "fuzzy"}))
         assert any("empty" in r for r in P.validate_all(base | {P.MODEL_PATH: ""}))
+        engine = tmp_path / "m.trt"  # what load_runtime accepts, the backend parameter accepts (.trt was refused)
+        engine.write_bytes(b"x")
+        assert P.validate_all(base | {P.MODEL_PATH: str(engine), P.BACKEND: "tensorrt"}) == []
+        assert any("cannot run" in r for r in P.validate_all(base | {P.MODEL_PATH: str(engine), P.BACKEND: "onnxruntime"}))
+
+    def test_dds_profile_environment(self):
+        from m2s_stereo.dds import PROFILE, profile_environment
+
+        assert PROFILE.is_file() and "<segment_size>" in PROFILE.read_text()
+        assert profile_environment({}) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+        assert profile_environment({"ROS_DISTRO": "humble"}) == {"FASTRTPS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+        assert profile_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {}  # the user's choice stays
+        assert profile_environment({"M2S_DDS_PROFILE": "none"}) == {}
+        assert profile_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
 
     def test_config_yaml_declares_every_parameter(self):
         import yaml

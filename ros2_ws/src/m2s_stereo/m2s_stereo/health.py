@@ -92,9 +92,10 @@ class PipelineHealth:
         return self.last_seen.get(kind)
 
     def stale_after(self, minimum: float = 0.5) -> float:
-        """How long without input means STALE: five input periods, at least ``minimum`` seconds."""
-        rate = max(self.rate("left"), self.rate("right"))
-        return max(minimum, 5.0 / rate) if rate > 0 else max(minimum, self.window)
+        """How long without input means STALE: five input periods (the median gap between the recent
+        images, which does not shrink when they stop), at least ``minimum`` seconds."""
+        gaps = [g for side in ("left", "right") if len(self.times[side]) > 1 for g in np.diff(self.times[side])]
+        return max(minimum, 5.0 * float(np.median(gaps))) if gaps else max(minimum, self.window)
 
     def status(self, *, stale_timeout: float = 0.0, inputs: str = "the image topics") -> Status:
         now = self.clock()

@@ -30,7 +30,7 @@ ONNX_EXECUTION = "onnx_execution"
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 ONNX_EXECUTIONS = ("auto", "tensorrt", "cuda", "cpu")
 SYNC_MODES = ("exact", "approximate")
-QOS_CHOICES = ("sensor_data", "reliable")
+QOS_CHOICES = ("auto", "sensor_data", "reliable")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ PARAMS: tuple[Param, ...] = (
     Param(SYNC_MODE, "exact", "Pair left/right by exact stamps, or approximately within 'slop'", True, choices=SYNC_MODES),
     Param(SLOP, 0.01, "Approximate sync: largest stamp difference of a pair, seconds", True, range=(0.0, 1.0)),
     Param(QUEUE_SIZE, 5, "Messages kept per side while waiting for a partner", True, range=(1, 100)),
-    Param(QOS, "sensor_data", "Input QoS: sensor_data (best effort, depth 5) or reliable", True, choices=QOS_CHOICES),
+    Param(QOS, "auto", "Input QoS: auto (best effort until the image publishers are seen; reliable when they all "
+          "publish reliable, as rviz does), sensor_data (best effort, depth 5) or reliable", True, choices=QOS_CHOICES),
     Param(DIAGNOSTICS_PERIOD, 1.0, "Seconds between diagnostics messages and log lines", True, range=(0.1, 60.0)),
     Param(DIAGNOSTICS_WINDOW, 5.0, "Seconds of history behind the diagnostics' rates, counts and level", True,
           range=(1.0, 600.0)),

@@ -115,42 +115,18 @@ class StereoNode(Node):
         self.health = PipelineHealth(window=self.values[P.DIAGNOSTICS_WINDOW])
         self._last_error: dict[str, float] = {}
 
-        qos = qos_profile_sensor_data if self.values[P.QOS] == "sensor_data" else QoSProfile(
-            depth=self.values[P.QUEUE_SIZE], reliability=ReliabilityPolicy.RELIABLE)
         self.infos: dict[str, CameraInfo | None] = {"left": None, "right": None}
-        self._info_subs = {side: self.create_subscription(CameraInfo, f"{side}/camera_info",
-                                                          lambda m, s=side: self._on_info(s, m), qos)
-                           for side in ("left", "right")}
         self.topics = {name: self._resolve(name) for name in
                        ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")}
         self._last_stamp = {"left": None, "right": None}
-        slop = self.values[P.SLOP] if self.values[P.SYNC_MODE] == "approximate" else None
+        self._input_subs: list[Any] = []
+        self.sync: PairSynchronizer | None = None
         self.sync_backend = "m2s"
-        try:
-            import message_filters
-
-            left = message_filters.Subscriber(self, Image, "left/image_rect", qos_profile=qos)
-            right = message_filters.Subscriber(self, Image, "right/image_rect", qos_profile=qos)
-            left.registerCallback(lambda m: self._on_image("left", m))
-            right.registerCallback(lambda m: self._on_image("right", m))
-            if slop is None:
-                self._mf = message_filters.TimeSynchronizer([left, right], self.values[P.QUEUE_SIZE])
-            else:
-                self._mf = message_filters.ApproximateTimeSynchronizer([left, right], self.values[P.QUEUE_SIZE], slop)
-            self._mf.registerCallback(self._on_pair)
-            self.sync_backend = "message_filters"
-            self.sync = None
-        except ImportError:
-            self.sync = PairSynchronizer(self._on_pair, self.values[P.QUEUE_SIZE], slop)
-
-            def feed(side: str, add: Any) -> Any:
-                def callback(msg: Image) -> None:
-                    self._on_image(side, msg)
-                    add(msg)
-                return callback
-
-            self.create_subscription(Image, "left/image_rect", feed("left", self.sync.add_left), qos)
-            self.create_subscription(Image, "right/image_rect", feed("right", self.sync.add_right), qos)
+        reliable = QoSProfile(depth=self.values[P.QUEUE_SIZE], reliability=ReliabilityPolicy.RELIABLE)
+        self.input_qos = reliable if self.values[P.QOS] == "reliable" else qos_profile_sensor_data
+        self._subscribe_inputs(self.input_qos)
+        if self.values[P.QOS] == "auto":  # best effort matches every publisher; reliable once they all are
+            self.create_timer(1.0, self._match_publisher_qos)
 
         self.pub_disp = self.create_publisher(DisparityImage, "disparity", 5)
         self.pub_depth = self.create_publisher(Image, "depth", 5)
@@ -173,6 +149,58 @@ class StereoNode(Node):
                                f"{getattr(self.runtime, 'input_size', None)}, sync {self.values[P.SYNC_MODE]} via "
                                f"{self.sync_backend}, outputs via {self.output_backend}, inputs "
                                f"{self.topics['left/image_rect']} / {self.topics['right/image_rect']}")
+
+    def _subscribe_inputs(self, qos: QoSProfile) -> None:
+        """(Re)create the input subscriptions and the pairing with ``qos``."""
+        for sub in self._input_subs:
+            self.destroy_subscription(sub)
+        self._input_subs = [self.create_subscription(CameraInfo, f"{side}/camera_info",
+                                                     lambda m, s=side: self._on_info(s, m), qos)
+                            for side in ("left", "right")]
+        slop = self.values[P.SLOP] if self.values[P.SYNC_MODE] == "approximate" else None
+        try:
+            import message_filters
+
+            left = message_filters.Subscriber(self, Image, "left/image_rect", qos_profile=qos)
+            right = message_filters.Subscriber(self, Image, "right/image_rect", qos_profile=qos)
+            left.registerCallback(lambda m: self._on_image("left", m))
+            right.registerCallback(lambda m: self._on_image("right", m))
+            if slop is None:
+                self._mf = message_filters.TimeSynchronizer([left, right], self.values[P.QUEUE_SIZE])
+            else:
+                self._mf = message_filters.ApproximateTimeSynchronizer([left, right], self.values[P.QUEUE_SIZE], slop)
+            self._mf.registerCallback(self._on_pair)
+            self._input_subs += [left.sub, right.sub]
+            self.sync_backend = "message_filters"
+            self.sync = None
+        except ImportError:
+            self.sync = PairSynchronizer(self._on_pair, self.values[P.QUEUE_SIZE], slop)
+
+            def feed(side: str, add: Any) -> Any:
+                def callback(msg: Image) -> None:
+                    self._on_image(side, msg)
+                    add(msg)
+                return callback
+
+            self._input_subs += [self.create_subscription(Image, "left/image_rect", feed("left", self.sync.add_left), qos),
+                                 self.create_subscription(Image, "right/image_rect", feed("right", self.sync.add_right), qos)]
+
+    def _match_publisher_qos(self) -> None:
+        """qos auto (every second): subscribe reliable while every publisher of the image topics is
+        reliable (Fast DDS 2.14, Jazzy's, delivers about half of the large samples of a reliable writer
+        to a best-effort reader), best effort as soon as one is not (a reliable reader cannot hear it)."""
+        infos = [i for name in ("left/image_rect", "right/image_rect")
+                 for i in self.get_publishers_info_by_topic(self.topics[name])]
+        if not infos:
+            return
+        want = ReliabilityPolicy.RELIABLE if all(
+            i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos) else ReliabilityPolicy.BEST_EFFORT
+        if want == self.input_qos.reliability:
+            return
+        self.input_qos = (QoSProfile(depth=self.values[P.QUEUE_SIZE], reliability=want)
+                          if want == ReliabilityPolicy.RELIABLE else qos_profile_sensor_data)
+        self._subscribe_inputs(self.input_qos)
+        self.get_logger().info(f"qos auto: the image publishers are {'all reliable' if want == ReliabilityPolicy.RELIABLE else 'not all reliable'}: subscribing {'reliable' if want == ReliabilityPolicy.RELIABLE else 'best effort'}")
 
     def _resolve(self, name: str) -> str:
         """The topic a relative name resolves to here (namespace and remappings applied)."""
