@@ -35,11 +35,11 @@ def onnx_model(stereo_onnx):
 class Harness:
     """The node under test plus a tester node (publishers of the inputs, subscribers of the outputs)."""
 
-    def __init__(self, model, **overrides):
+    def __init__(self, model, runtime=None, **overrides):
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         params = [Parameter("model_path", value=str(model))] + [Parameter(k, value=v) for k, v in overrides.items()]
-        self.node = StereoNode(parameter_overrides=params, context=self.context)
+        self.node = StereoNode(runtime=runtime, parameter_overrides=params, context=self.context)
         self.tester = Node("tester", context=self.context)
         self.received = {"disparity": [], "depth": [], "points2": [], "rosout": []}
         qos = 10
@@ -167,18 +167,33 @@ def test_bad_inputs_are_named_and_good_frames_still_served(onnx_model, aloe):
         hx.close()
 
 
+class SlowRuntime:
+    """The real runtime behind a fixed extra delay: a model slower than the camera, whatever this machine's
+    speed (the small test model alone runs in ~2 ms, and publishing 4x faster than that measures the
+    GIL, not the node). The delay is a sleep, so it holds no core and no GIL, as a GPU inference does not."""
+
+    def __init__(self, runtime, delay_s):
+        self.runtime, self.delay_s = runtime, delay_s
+        self.backend, self.input_size, self.meta = runtime.backend, runtime.input_size, runtime.meta
+
+    def infer(self, left, right):
+        time.sleep(self.delay_s)
+        return self.runtime.infer(left, right)
+
+
 def test_overload_drops_stale_pairs_with_bounded_latency(onnx_model):
     rng = np.random.default_rng(0)
     h, w = 240, 320
     left = rng.integers(0, 255, (h, w, 3), np.uint8)
     right = np.roll(left, -6, axis=1)
     camera = StereoCamera.ideal(w, h, focal_px=300.0, baseline_m=0.1)
-    hx = Harness(onnx_model, publish_points=False)
+    hx = Harness(onnx_model, runtime=SlowRuntime(load_runtime(onnx_model), 0.04), publish_points=False)
     try:
         hx.publish(left, right, camera, 10**9)
         assert hx.wait(lambda: hx.received["depth"], 30)
         rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        infer_s = max(hx.node.stats()["inference_ms"], 1.0) / 1e3
+        infer_s = hx.node.stats()["inference_ms"] / 1e3
+        assert infer_s >= 0.04
         period = infer_s / 4  # publish 4x faster than the node can process
         start = time.monotonic()
         sent = 0
@@ -189,14 +204,20 @@ def test_overload_drops_stale_pairs_with_bounded_latency(onnx_model):
             time.sleep(period)
         hx.wait(lambda: False, 1.0)
         stats = hx.node.stats()
-        assert stats["dropped_pairs"] > 0.3 * sent, stats
-        lat = [v for _, v in hx.node.health.samples["stamp_latency_ms"]][1:]  # stamps on the node's clock
-        third = max(len(lat) // 3, 1)
-        assert np.median(lat[-third:]) < 2.0 * np.median(lat[:third]) + 50.0  # no growth over the run
-        # bounded: never a backlog of stale pairs. An unbounded queue would reach ~3 s by the end of
-        # this 4 s, 4x overload; a one-off stall of the shared test machine (GC, scheduler) is not one.
-        assert np.percentile(lat, 95) < 4 * infer_s * 1e3 + 200.0, lat
-        assert np.max(lat) < 1500.0, lat
+        # of the pairs that reached the node (on Jazzy many of the sent ones do not: best-effort
+        # delivery of fast large samples), the stale ones were dropped, not queued
+        assert stats["pairs_in"] > 0.2 * sent and stats["dropped_pairs"] > 0.3 * stats["pairs_in"], (sent, stats)
+        # never a backlog of stale pairs: a pair waits at most for the inference in progress, and the wait
+        # does not grow over the run. An unbounded queue would make them wait ~3 s by the end of this 4 s,
+        # 4x overload. (Not asserted on the end-to-end latency: it also holds the inference itself, which
+        # onnxruntime's thread pool stretches to 0.2-0.7 s now and then when this 2-core machine is
+        # oversubscribed by the publisher and executor threads of this one-process harness.)
+        wait = [v for _, v in hx.node.health.samples["queue_ms"]][1:]
+        third = max(len(wait) // 3, 1)
+        assert np.median(wait[-third:]) < 2.0 * np.median(wait[:third]) + 50.0, wait
+        assert np.percentile(wait, 95) < 2 * infer_s * 1e3 + 100.0, wait
+        assert np.max(wait) < 1000.0, wait
+        assert len(hx.node.health.samples["stamp_latency_ms"]) > 10  # stamps on the node's clock: measured
         rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         assert rss1 - rss0 < 200_000  # KiB: no unbounded queue
     finally:

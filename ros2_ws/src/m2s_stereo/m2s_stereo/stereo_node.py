@@ -297,6 +297,7 @@ class StereoNode(Node):
                 self.get_logger().warning(message)
 
     def _process(self, left_msg: Image, right_msg: Image, left_info: Any, right_info: Any, received: float) -> None:
+        self.health.sample("queue_ms", (time.monotonic() - received) * 1e3)  # how stale the pair is when taken
         # input checks first, whether anybody listens or not: a broken input is reported at once
         for msg, topic in ((left_msg, self.topics["left/image_rect"]), (right_msg, self.topics["right/image_rect"])):
             if (problem := _image_problem(msg, topic)) is not None:
