@@ -44,6 +44,8 @@ from m2s_train.models.registry import check_state_fits
 
 log = logging.getLogger(__name__)
 
+CONFIDENCE_PREFIX = "confidence_head."  # parameters of the learned confidence head (m2s_train.models.igev)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -174,9 +176,10 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     torch.manual_seed(config.seed)  # same initial weights on every rank
     model = create_model(config.model, **config.model_overrides)
     if config.init:
-        source = load_model(config.init)
-        check_state_fits(model, source.state_dict(), config.init)
-        model.load_state_dict(source.state_dict())
+        source = load_model(config.init).state_dict()
+        # a checkpoint from before the confidence head starts a fresh head (it learns from the data)
+        check_state_fits(model, source, config.init, may_lack=(CONFIDENCE_PREFIX,))
+        model.load_state_dict(source, strict=False)
     model.to(info.device)
     model_cfg = model.config
 
@@ -185,6 +188,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
         dataset = build_dataset("+".join(config.datasets), augment, seed=config.seed)
     batches = EpochBatches(dataset, config, info)
 
+    clip_groups = [[p for n, p in model.named_parameters() if n.startswith(CONFIDENCE_PREFIX) == head]
+                   for head in (False, True)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, eps=1e-8)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps + 100,
                                                     pct_start=config.pct_start, cycle_momentum=False,
@@ -257,7 +262,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        for group in clip_groups:  # the confidence head apart: its gradients never rescale the disparity path's
+            torch.nn.utils.clip_grad_norm_(group, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()

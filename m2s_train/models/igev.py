@@ -19,8 +19,9 @@ Deployment-minded differences from the reference code, same mathematics:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,12 @@ class IGEVConfig:
     cost_base: int = num(8, ge=1)  # channels of the first hourglass level (x2, x4, x6 deeper)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # input normalisation from [0, 1] images
     std: tuple[float, float, float] = num((0.5, 0.5, 0.5), gt=0)
+    # learned confidence head (False: the confidence is derived from the GEV distribution alone)
+    confidence_head: bool = True
+    confidence_width: int = num(16, ge=1)  # channels of the confidence head
+
+    # what a field absent from a saved config means: checkpoints from before the field existed
+    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"confidence_head": False}
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -75,12 +82,17 @@ class StereoOutput(NamedTuple):
     iterations: full-resolution predictions of every GRU iteration in training; ``[disparity]`` otherwise.
     init_disparity: B,1,H,W soft-argmin disparity from the geometry encoding volume, upsampled.
     init_prob: B,D,H/4,W/4 softmax over the D = max_disp/4 candidates (the distribution S2DKD distils).
+    confidence: B,1,H,W in [0, 1], how likely ``disparity`` is within 3 px of the truth
+        (:class:`ConfidenceHead`; with ``confidence_head=False`` the GEV mass around ``disparity``).
+    confidence_logit: B,1,H,W, the logit of ``confidence`` (what its loss is computed on).
     """
 
     disparity: torch.Tensor
     iterations: list[torch.Tensor]
     init_disparity: torch.Tensor
     init_prob: torch.Tensor
+    confidence: torch.Tensor
+    confidence_logit: torch.Tensor
 
 
 class FeatureAttention(nn.Module):
@@ -274,6 +286,68 @@ class ConvexCombine(nn.Module):
         return convex_combine(disp_quarter * 4.0, weights)
 
 
+class ConfidenceCues(nn.Module):
+    """Per-pixel cues of how trustworthy the final disparity is, from what the network already has
+    (B,C,h,w at 1/4 resolution; parameter-free, kept in fp32 by the export):
+
+    0. the GEV probability mass within +-1 candidate (4 px) of the final disparity: the *derived*
+       confidence (a triangular window, so the mass moves smoothly with the disparity);
+    1. the mass within +-2 candidates;
+    2. the peak probability of the GEV distribution;
+    3. its entropy over log(D) (0: one candidate, 1: uniform);
+    4. how far the refinement moved from the GEV estimate, |d - d_init| / (1 + |d - d_init|);
+    5. the size of the last update, |delta| / (1 + |delta|) (a pixel still moving has not converged).
+    """
+
+    count = 6
+
+    def forward(self, prob: torch.Tensor, disp: torch.Tensor, init_disp: torch.Tensor,
+                delta: torch.Tensor) -> torch.Tensor:
+        candidates = torch.arange(prob.shape[1], device=prob.device, dtype=prob.dtype).view(1, -1, 1, 1)
+        distance = (candidates - disp).abs()  # B,D,h,w in candidates
+        mass1 = (prob * (2.0 - distance).clamp(0, 1)).sum(1, keepdim=True)
+        mass2 = (prob * (3.0 - distance).clamp(0, 1)).sum(1, keepdim=True)
+        peak = prob.amax(1, keepdim=True)
+        entropy = -(prob * torch.log(prob.clamp(min=1e-6))).sum(1, keepdim=True) / math.log(prob.shape[1])
+        moved = (disp - init_disp).abs()
+        step = delta.abs()
+        return torch.cat([mass1, mass2, peak, entropy, moved / (1 + moved), step / (1 + step)], 1)
+
+
+def derived_confidence_logit(cues: torch.Tensor) -> torch.Tensor:
+    """The logit of the GEV mass within +-1 candidate (cue 0), for models without a learned head."""
+    mass = cues[:, :1].clamp(1e-4, 1 - 1e-4)
+    return torch.log(mass) - torch.log1p(-mass)
+
+
+class ConfidenceHead(nn.Module):
+    """Learned confidence: P(|disparity - truth| <= 3 px) per full-resolution pixel.
+
+    Inputs are detached (:class:`ConfidenceCues`, the 1/4-resolution GRU hidden state, the final
+    disparity's local slope at full resolution), so training the head leaves every gradient of the
+    disparity path unchanged; it is trained with a binary cross-entropy against "within 3 px" on the
+    pixels with GT (:func:`m2s_train.losses.confidence_loss`). A small 1/4-resolution stack gives
+    features that are upsampled bilinearly and combined with full-resolution edge cues (errors
+    concentrate at depth edges, which a 1/4-resolution map blurs over 4 px).
+    """
+
+    def __init__(self, hidden: int, width: int) -> None:
+        super().__init__()
+        self.quarter = nn.Sequential(nn.Conv2d(hidden + ConfidenceCues.count, width, 3, 1, 1), nn.ReLU(),
+                                     nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(), nn.Conv2d(width, 8, 1))
+        self.full = nn.Sequential(nn.Conv2d(8 + 2, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+
+    def forward(self, cues: torch.Tensor, hidden: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
+        """cues B,6,h,w, hidden B,C,h,w, disparity B,1,H,W (full resolution, px) -> logits B,1,H,W."""
+        q = self.quarter(torch.cat([cues, hidden], 1).detach())
+        q = F.interpolate(q, size=disparity.shape[-2:], mode="bilinear", align_corners=False)
+        d = disparity.detach()
+        dx = F.pad((d[..., :, 1:] - d[..., :, :-1]).abs(), (0, 1, 0, 0))
+        dy = F.pad((d[..., 1:, :] - d[..., :-1, :]).abs(), (0, 0, 0, 1))
+        slope = torch.cat([dx / (1 + dx), dy / (1 + dy)], 1)
+        return self.full(torch.cat([q, slope], 1))
+
+
 class IGEVStereo(nn.Module):
     def __init__(self, config: IGEVConfig) -> None:
         super().__init__()
@@ -312,6 +386,9 @@ class IGEVStereo(nn.Module):
         self.softargmin = SoftArgmin()
         self.disp_update = DisparityUpdate()
         self.upsample_combine = ConvexCombine()
+        self.confidence_cues = ConfidenceCues()  # parameter-free: named for the fp32 set of the export
+        # created last, so the disparity path's initial weights are the same with or without it
+        self.confidence_head = ConfidenceHead(cfg.hidden_dim, cfg.confidence_width) if cfg.confidence_head else None
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
@@ -396,10 +473,20 @@ class IGEVStereo(nn.Module):
             if final_only and i < iters - 1:
                 continue
             logits = self.spx_gru(self.spx2_gru(mask_feat, stem2_l))
-            predictions.append(self.upsample_combine(disp, upsample_weights(logits))[:, :, :h_in, :w_in])
+            predictions.append(self.upsample_combine(disp, upsample_weights(logits)))
 
-        init_full = init_full[:, :, :h_in, :w_in]
-        return StereoOutput(predictions[-1], predictions, init_full, init_prob)
+        final = predictions[-1]  # B,1,H,W padded size
+        cues = self.confidence_cues(init_prob.detach(), disp.detach(), init_disp.detach(), delta.detach())
+        if self.confidence_head is not None:
+            conf_logit = self.confidence_head(cues, net[0], final)
+        else:
+            conf_logit = F.interpolate(derived_confidence_logit(cues), size=final.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+        crop = (slice(None), slice(None), slice(0, h_in), slice(0, w_in))
+        predictions = [p[crop] for p in predictions]
+        conf_logit = conf_logit[crop]
+        return StereoOutput(predictions[-1], predictions, init_full[crop], init_prob, torch.sigmoid(conf_logit),
+                            conf_logit)
 
 
 IGEV_DEFAULT = IGEVConfig()

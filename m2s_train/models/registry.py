@@ -96,6 +96,14 @@ def checkpoint_dir(path: str | os.PathLike) -> Path:
     return directory
 
 
+def saved_config(cls: type, config: Any) -> Any:
+    """A config dict as saved in a checkpoint, with the fields it predates filled in with what their
+    absence means (``cls.ABSENT_MEANS``; e.g. a checkpoint from before the confidence head has none)."""
+    if not isinstance(config, dict):
+        return config
+    return {**getattr(cls, "ABSENT_MEANS", {}), **config}
+
+
 def _config_differences(a: Any, b: Any) -> list[str]:
     return [f"{f.name} {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}" for f in dataclasses.fields(a)
             if getattr(a, f.name) != getattr(b, f.name)]
@@ -122,7 +130,7 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     name = meta.get("name")
     if name not in _REGISTRY:
         raise ConfigError(f"{meta_path}: unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
-    config = from_dict(_REGISTRY[name][0], meta.get("config", {}), str(meta_path))
+    config = from_dict(_REGISTRY[name][0], saved_config(_REGISTRY[name][0], meta.get("config", {})), str(meta_path))
     try:
         with safe_open(str(weights), framework="pt") as f:
             stored = (f.metadata() or {}).get("model")
@@ -135,7 +143,8 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
         try:
             stored_meta = json.loads(stored)
             stored_name = stored_meta["name"]
-            stored_config = from_dict(_REGISTRY[stored_name][0], stored_meta.get("config", {}), f"{weights} metadata")
+            cls = _REGISTRY[stored_name][0]
+            stored_config = from_dict(cls, saved_config(cls, stored_meta.get("config", {})), f"{weights} metadata")
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ConfigError(f"{weights}: unreadable model metadata ({exc})") from None
         if stored_name != name:
@@ -152,10 +161,12 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     return model
 
 
-def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Raise :class:`ConfigError` unless ``state`` has exactly ``model``'s keys and shapes."""
+def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], where: str,
+                     may_lack: tuple[str, ...] = ()) -> None:
+    """Raise :class:`ConfigError` unless ``state`` has exactly ``model``'s keys and shapes (keys under
+    the prefixes ``may_lack`` may be absent: they keep the model's own values)."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(may_lack))
     unexpected = sorted(set(state) - set(own))
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
                   if k in state and state[k].shape != own[k].shape]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -107,10 +108,77 @@ class TestArchitecture:
         size = (32, 64) if name == "igev-tiny" else (64, 96)
         out = model(torch.rand(1, 3, *size), torch.rand(1, 3, *size))
         assert len(out.iterations) == 2
-        loss = sum(p.abs().mean() for p in out.iterations) + out.init_disparity.abs().mean()
+        loss = sum(p.abs().mean() for p in out.iterations) + out.init_disparity.abs().mean() + out.confidence_logit.mean()
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert out.confidence.shape == out.disparity.shape
+        assert ((out.confidence >= 0) & (out.confidence <= 1)).all()
+
+
+class TestConfidence:
+    def test_every_model_has_one_in_every_mode(self):
+        for name in ("igev-tiny", "igev-rt", "igev"):
+            assert model_config(name).confidence_head
+        model = create_model("igev-tiny").eval()
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, 50, 70), torch.rand(1, 3, 50, 70))
+        assert out.confidence.shape == (1, 1, 50, 70)
+        torch.testing.assert_close(out.confidence, torch.sigmoid(out.confidence_logit))
+
+    def test_head_leaves_the_disparity_path_unchanged(self):
+        """Same seed with and without the head: the same initial disparity weights, the same outputs, and
+        (its inputs detached) the same gradients for every disparity parameter under the full loss."""
+        from m2s_train.losses import sequence_loss
+
+        grads = {}
+        for head in (True, False):
+            torch.manual_seed(0)
+            model = create_model("igev-tiny", train_iters=2, confidence_head=head).train()
+            g = torch.Generator().manual_seed(1)
+            left, right = torch.rand(2, 3, 32, 64, generator=g), torch.rand(2, 3, 32, 64, generator=g)
+            gt = torch.rand(2, 1, 32, 64, generator=g) * 30
+            loss, stats = sequence_loss(model(left, right), gt, None, 64)
+            loss.backward()
+            grads[head] = {n: p.grad for n, p in model.named_parameters() if not n.startswith("confidence_head.")}
+            assert math.isfinite(stats["confidence_bce"])
+        assert grads[True].keys() == grads[False].keys()
+        for n in grads[True]:
+            torch.testing.assert_close(grads[True][n], grads[False][n], rtol=0, atol=0, msg=n)
+
+    def test_derived_confidence_is_the_gev_mass_near_the_estimate(self):
+        from m2s_train.models.igev import ConfidenceCues
+
+        prob = torch.zeros(1, 8, 1, 3)
+        prob[0, 2, 0, :] = 1.0  # all mass on candidate 2
+        disp = torch.tensor([2.0, 3.0, 5.0]).view(1, 1, 1, 3)
+        cues = ConfidenceCues()(prob, disp, disp, torch.zeros_like(disp))
+        torch.testing.assert_close(cues[0, 0, 0], torch.tensor([1.0, 1.0, 0.0]))  # mass within +-1 candidate
+        torch.testing.assert_close(cues[0, 1, 0], torch.tensor([1.0, 1.0, 0.0]))  # +-2
+        torch.testing.assert_close(cues[0, 3, 0], torch.zeros(3))  # entropy of a one-hot
+        model = create_model("igev-tiny", confidence_head=False).eval()
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, 64, 96), torch.rand(1, 3, 64, 96))
+        assert ((out.confidence > 0) & (out.confidence < 1)).all() and model.confidence_head is None
+
+    def test_checkpoint_from_before_the_head_loads_with_derived_confidence(self, tmp_path):
+        """A checkpoint saved before the confidence head existed: no head weights, no key in its config."""
+        from safetensors.torch import load_file, save
+
+        torch.manual_seed(0)
+        model = create_model("igev-tiny", confidence_head=False)
+        save_model(model, tmp_path / "old")
+        meta = json.loads((tmp_path / "old" / "model.json").read_text())
+        for key in ("confidence_head", "confidence_width"):
+            del meta["config"][key]
+        (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+        state = load_file(str(tmp_path / "old" / "model.safetensors"))
+        (tmp_path / "old" / "model.safetensors").write_bytes(save(state, metadata={"model": json.dumps(meta)}))
+        loaded = load_model(tmp_path / "old")
+        assert loaded.config.confidence_head is False
+        x = torch.rand(1, 3, 32, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.eval()(x, x).confidence, model.eval()(x, x).confidence)
 
     def test_bad_inputs(self):
         model = create_model("igev-tiny")

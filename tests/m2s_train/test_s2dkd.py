@@ -89,7 +89,7 @@ class TestLossTerms:
         logits = torch.randn(1, 16, h // 4, w // 4, generator=g, requires_grad=True)
         disp = torch.rand(1, 1, h, w, generator=g) * 40
         disp.requires_grad_(True)
-        out = StereoOutput(disp, [disp], disp, torch.softmax(logits, 1))
+        out = StereoOutput(disp, [disp], disp, torch.softmax(logits, 1), torch.full_like(disp, 0.5), torch.zeros_like(disp))
         gt = torch.full((1, 1, h, w), float("nan"))
         gt[..., ::4, :] = 20.0
         teacher = torch.rand(1, 1, h, w, generator=g) * 40

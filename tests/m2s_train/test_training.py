@@ -105,7 +105,8 @@ def test_torchrun_two_processes_keep_identical_weights(synth_dataset, tmp_path):
 
 class TestLossMasking:
     def test_nan_inf_gt_is_masked(self):
-        out = StereoOutput(torch.ones(1, 1, 4, 4), [torch.ones(1, 1, 4, 4)] * 2, torch.ones(1, 1, 4, 4), torch.ones(1, 2, 1, 1))
+        out = StereoOutput(torch.ones(1, 1, 4, 4), [torch.ones(1, 1, 4, 4)] * 2, torch.ones(1, 1, 4, 4), torch.ones(1, 2, 1, 1),
+                           torch.full((1, 1, 4, 4), 0.5), torch.zeros(1, 1, 4, 4))
         gt = torch.full((1, 1, 4, 4), 2.0)
         gt[0, 0, 0, :2] = float("nan")
         gt[0, 0, 1, :2] = float("inf")
