@@ -28,6 +28,7 @@ __all__ = [
     "disparity_to_depth",
     "disparity_to_points",
     "fill_outputs",
+    "left_right_consistency",
     "q_matrix",
 ]
 
@@ -214,6 +215,36 @@ def depth_to_points(depth: np.ndarray, *, fx: float, fy: float, cx: float, cy: f
             raise ShapeError(f"out must be float32 of shape {depth.shape + (3,)} or more channels, "
                              f"got {out.dtype} {out.shape}")
     return _back_project(depth, fx, fy, cx, cy, colors, organized, stride, out)
+
+
+def left_right_consistency(disp_left: np.ndarray, disp_right: np.ndarray, max_diff: float = 1.0
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Which left-view disparities the right view's disparity confirms.
+
+    ``disp_left`` HxW (left reference, ``x_R = x_L - d``) and ``disp_right`` HxW (right reference,
+    ``x_L = x_R + d``), both px. For each left pixel, the right disparity is read (linear
+    interpolation along the row) at ``x_L - d_L``. Returns ``(consistent, checkable)``, HxW bool:
+    ``checkable`` where ``d_L`` is finite and its match falls inside the right image, ``consistent``
+    where also ``|d_L - d_R(x_L - d_L)| <= max_diff`` (px). A pixel that is not checkable (no match
+    in the right image, typically occluded at the left border) is not consistent either.
+    """
+    left = _check_image_2d("disp_left", disp_left).astype(np.float32, copy=False)
+    right = _check_image_2d("disp_right", disp_right).astype(np.float32, copy=False)
+    if left.shape != right.shape:
+        raise ShapeError(f"disp_left {left.shape} and disp_right {right.shape} differ in size")
+    if not max_diff > 0:
+        raise ShapeError(f"max_diff must be > 0 px, got {max_diff}")
+    h, w = left.shape
+    with np.errstate(invalid="ignore"):
+        xr = np.arange(w, dtype=np.float32)[None, :] - left  # HxW, NaN where d_L is NaN
+        checkable = np.isfinite(xr) & (xr >= 0) & (xr <= w - 1)
+    # x_R outside the image reads a border value (remap clamps), and those pixels are not checkable anyway
+    sampled = cv2.remap(right, np.where(checkable, xr, 0).astype(np.float32),
+                        np.repeat(np.arange(h, dtype=np.float32)[:, None], w, 1), cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+    with np.errstate(invalid="ignore"):
+        consistent = checkable & (np.abs(left - sampled) <= np.float32(max_diff))
+    return consistent, checkable
 
 
 def _check_stride(stride: int) -> None:

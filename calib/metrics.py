@@ -130,6 +130,132 @@ class MetricAccumulator:
         return {"images": len(self.per_image), "pixel": self.total.summary(), "image": image_mean}
 
 
+# -- confidence: sparsification ------------------------------------------------------------------------
+
+DENSITIES = tuple(round(0.05 * k, 2) for k in range(1, 21))  # fraction of pixels kept: 5 %, 10 %, ..., 100 %
+REPORT_DENSITIES = (0.5, 0.8, 0.95)  # bad-3 of the most confident pixels at these densities
+BAD = 3.0  # px: the error that counts as bad (bad-3, the criterion the learned confidence predicts)
+
+
+def _curves(order: np.ndarray, err: np.ndarray, densities: np.ndarray) -> dict[str, np.ndarray]:
+    """EPE and bad-3 of the first ``k = ceil(x n)`` pixels of ``order``, for each density x."""
+    n = err.size
+    k = np.maximum(np.ceil(densities * n).astype(np.int64), 1)
+    sorted_err = err[order]
+    epe = np.cumsum(sorted_err, dtype=np.float64)[k - 1] / k
+    bad = np.cumsum(sorted_err > BAD, dtype=np.float64)[k - 1] / k
+    return {"epe": epe, "bad3": bad}
+
+
+def _mean_over(curve: np.ndarray, x: np.ndarray, span: float) -> float:
+    """Trapezoid area under ``curve`` over ``x`` divided by ``span`` (numpy 1.x has no ``trapezoid``)."""
+    if x.size < 2:
+        return float(curve[0])
+    return float(np.sum((curve[1:] + curve[:-1]) * 0.5 * np.diff(x)) / span)
+
+
+def sparsification(pred: Any, gt: Any, confidence: Any, mask: Any | None = None,
+                   densities: tuple[float, ...] = DENSITIES) -> dict[str, Any] | None:
+    """How well ``confidence`` ranks the errors of ``pred`` on the valid pixels of one image.
+
+    For each density x, the EPE and bad-3 of the most confident x % of the pixels (ties broken by
+    pixel order), next to the *oracle* (pixels sorted by their true error: the best any confidence
+    can do) and *random* order (its expected curve is flat at the overall error). ``auc_*`` is the
+    area under each curve over the densities, in the curve's units (EPE px / bad-3 fraction);
+    ``gap_closed`` = (AUC_random - AUC_conf) / (AUC_random - AUC_oracle): 1 is the oracle, 0 no better
+    than chance. A non-finite prediction is an error of +inf for bad-3 and is left out of EPE;
+    a non-finite confidence counts as 0. None where no pixel is valid.
+    """
+    p = _squeeze_hw("pred", _as_numpy(pred)).astype(np.float32)
+    c = _squeeze_hw("confidence", _as_numpy(confidence)).astype(np.float32)
+    if c.shape != p.shape:
+        raise ShapeError(f"confidence {c.shape} and prediction {p.shape} differ")
+    valid = valid_mask(gt, mask) & np.isfinite(p)
+    if not valid.any():
+        return None
+    g = _squeeze_hw("gt", _as_numpy(gt)).astype(np.float32)
+    err = np.abs(p[valid] - g[valid]).astype(np.float64)
+    conf = np.nan_to_num(c[valid], nan=0.0, posinf=1.0, neginf=0.0)
+    x = np.asarray(densities, np.float64)
+    curves = {"confidence": _curves(np.argsort(-conf, kind="stable"), err, x),
+              "oracle": _curves(np.argsort(err, kind="stable"), err, x),
+              "random": {"epe": np.full(x.size, err.mean()), "bad3": np.full(x.size, float(np.mean(err > BAD)))}}
+    out: dict[str, Any] = {"densities": list(x), "pixels": int(err.size)}
+    span = x[-1] - x[0] if x.size > 1 else 1.0
+    for metric in ("epe", "bad3"):
+        auc = {k: _mean_over(v[metric], x, span) for k, v in curves.items()}
+        out[f"auc_{metric}"] = auc
+        width = auc["random"] - auc["oracle"]
+        out[f"gap_closed_{metric}"] = float((auc["random"] - auc["confidence"]) / width) if width > 0 else float("nan")
+        out[f"curve_{metric}"] = {k: [float(v) for v in curves[k][metric]] for k in curves}
+    for density in REPORT_DENSITIES:
+        i = int(np.argmin(np.abs(x - density)))
+        out[f"bad3_at_{round(100 * density)}"] = float(curves["confidence"]["bad3"][i])
+    out["bad3_all"] = float(np.mean(err > BAD))
+    return out
+
+
+class SparsificationAccumulator:
+    """Sparsification over images: each image's curves and figures, averaged over the images that have a
+    valid pixel (mean of images, so a large image does not dominate)."""
+
+    def __init__(self) -> None:
+        self.per_image: list[dict[str, Any]] = []
+
+    def add(self, pred: Any, gt: Any, confidence: Any, mask: Any | None = None) -> dict[str, Any] | None:
+        result = sparsification(pred, gt, confidence, mask)
+        if result is not None:
+            self.per_image.append(result)
+        return result
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.per_image:
+            return None
+        rows = self.per_image
+        out: dict[str, Any] = {"images": len(rows), "densities": rows[0]["densities"]}
+        for metric in ("epe", "bad3"):
+            out[f"auc_{metric}"] = {k: float(np.mean([r[f"auc_{metric}"][k] for r in rows])) for k in rows[0][f"auc_{metric}"]}
+            auc = out[f"auc_{metric}"]
+            width = auc["random"] - auc["oracle"]
+            out[f"gap_closed_{metric}"] = float((auc["random"] - auc["confidence"]) / width) if width > 0 else float("nan")
+            out[f"curve_{metric}"] = {k: list(np.mean([r[f"curve_{metric}"][k] for r in rows], 0))
+                                      for k in rows[0][f"curve_{metric}"]}
+        for key in [k for k in rows[0] if k.startswith("bad3_")]:
+            out[key] = float(np.mean([r[key] for r in rows]))
+        return out
+
+
+def sparsification_plot(summary: dict[str, Any], path: Any, title: str = "") -> None:
+    """PNG of the sparsification curves (EPE and bad-3 vs density: confidence, oracle, random)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = 100 * np.asarray(summary["densities"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, label in ((axes[0], "epe", "EPE (px)"), (axes[1], "bad3", "bad-3 (%)")):
+        scale = 100.0 if metric == "bad3" else 1.0
+        for name, style in (("confidence", "o-"), ("oracle", "--"), ("random", ":")):
+            ax.plot(x, scale * np.asarray(summary[f"curve_{metric}"][name]), style,
+                    label=f"{name} (AUC {scale * summary[f'auc_{metric}'][name]:.3g})")
+        ax.set(xlabel="pixels kept, most confident first (%)", ylabel=label)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "sparsification")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    plt.close(fig)
+
+
+def confidence_map_rgb(confidence: Any) -> np.ndarray:
+    """RGB uint8 visualisation of a confidence in [0, 1]: black (0) -> white (1), NaN red."""
+    c = _squeeze_hw("confidence", _as_numpy(confidence)).astype(np.float32)
+    grey = (np.clip(np.nan_to_num(c, nan=0.0), 0, 1) * 255 + 0.5).astype(np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rgb[~np.isfinite(c)] = (255, 0, 0)
+    return rgb
+
+
 def error_map_rgb(pred: Any, gt: Any, max_error: float = 3.0) -> np.ndarray:
     """RGB uint8 visualisation of |pred - gt|: 0..``max_error`` px blue -> red, no GT black."""
     p = _squeeze_hw("pred", _as_numpy(pred)).astype(np.float32)

@@ -4,7 +4,8 @@ for strongly typed networks, and an fp16 check that runs on any CPU. Torch-free.
 The fp32 set (:func:`fp32_set`) is the union of
 - **precision regions, by construction**: the nodes of the model's named fp32 modules
   (:data:`FP32_REGIONS`: look-up coordinates and their floor/fraction/gather indices, the
-  soft-argmin, the recurrent ``disp + delta``, the final convex upsampling). fp16 has a spacing of
+  soft-argmin, the recurrent ``disp + delta``, the final convex upsampling, the confidence cues:
+  distances to candidates, a logarithm of probabilities, the right view sampled at ``x - d``). fp16 has a spacing of
   1/8 between 128 and 256, so interpolation weights and small GRU updates computed there would
   be quantised or lost, whatever the magnitudes;
 - **range**: for every activation whose magnitude on the calibration pairs exceeds half the fp16
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 FP16_MAX = 65504.0
 # names of the model's parameter-free modules whose computations need fp32 (m2s_train.models.igev)
-FP32_REGIONS = ("lookup_coords", "softargmin", "disp_update", "upsample_combine")
+FP32_REGIONS = ("lookup_coords", "softargmin", "disp_update", "upsample_combine", "confidence_cues", "confidence_photo")
 _REGION = re.compile(r"(?:^|/)(?:%s)(?:_\d+)?/" % "|".join(FP32_REGIONS))  # /model/disp_update_3/Add
 # input slots that must stay fp32 whatever the node's precision (ONNX type constraints)
 FP32_SLOTS = {"Resize": {1, 2}}  # roi may differ from X; scales is tensor(float) only
@@ -450,13 +451,19 @@ def disparity_drift(reference: list[np.ndarray], candidate: list[np.ndarray]) ->
             "nonfinite_fraction": bad / max(total, 1), "pairs": len(reference)}
 
 
-def drift_problems(drift: dict[str, float], thresholds: dict[str, float] = DEFAULT_THRESHOLDS) -> list[str]:
-    """Which thresholds ``drift`` exceeds (non-finite pixels are always a problem)."""
+CONFIDENCE_THRESHOLDS = {"mean_abs_diff_px": 0.02, "nonfinite_fraction": 0.0}  # in confidence units
+
+
+def drift_problems(drift: dict[str, Any], thresholds: dict[str, float] = DEFAULT_THRESHOLDS) -> list[str]:
+    """Which thresholds ``drift`` exceeds (non-finite pixels are always a problem), and those of its
+    ``confidence`` part against :data:`CONFIDENCE_THRESHOLDS`."""
     out = []
     for key, limit in thresholds.items():
         value = drift.get(key, float("nan"))
         if not np.isfinite(value) or value > limit:
             out.append(f"{key} {value:.4g} > {limit:g}")
+    if isinstance(drift.get("confidence"), dict):
+        out += [f"confidence {p}" for p in drift_problems(drift["confidence"], CONFIDENCE_THRESHOLDS)]
     return out
 
 
@@ -478,15 +485,18 @@ def fp16_check(model: Any, fp32_nodes: list[str], feeds: list[dict[str, np.ndarr
             o.intra_op_num_threads = threads
     ref_session = ort.InferenceSession(model.SerializeToString(), fast, providers=["CPUExecutionProvider"])
     emu_session = ort.InferenceSession(emulated.SerializeToString(), exact, providers=["CPUExecutionProvider"])
+    names = [output] + [n for n in ("confidence",) if n != output and n in {o.name for o in model.graph.output}]
     refs, gots = [], []
     for feed in feeds:
-        refs.append(ref_session.run([output], feed)[0])
-        gots.append(emu_session.run([output], feed)[0])
-    result = disparity_drift(refs, gots)
+        refs.append(ref_session.run(names, feed))
+        gots.append(emu_session.run(names, feed))
+    result = disparity_drift([r[0] for r in refs], [g[0] for g in gots])
+    if len(names) > 1:  # the confidence: the same figures (its "px" are confidence units), a problem if non-finite
+        result["confidence"] = disparity_drift([r[1] for r in refs], [g[1] for g in gots])
     result.update({"seconds": round(time.perf_counter() - t0, 2), "fp32_nodes": len(fp32_nodes),
                    "method": "onnxruntime CPU, fp16 rounding of every tensor an fp16 layer reads or writes"})
     return result
 
 
-__all__ = ["DEFAULT_THRESHOLDS", "FP16_MAX", "FP32_REGIONS", "activation_peaks", "disparity_drift", "drift_problems",
+__all__ = ["CONFIDENCE_THRESHOLDS", "DEFAULT_THRESHOLDS", "FP16_MAX", "FP32_REGIONS", "activation_peaks", "disparity_drift", "drift_problems",
            "fp16_check", "fp16_emulation", "fp16_onnx", "fp32_set", "overflow_report", "region_nodes", "to_fp16_onnx"]

@@ -23,17 +23,30 @@ DEFAULT_TOLERANCE_PX = 0.01  # mean |d_onnx - d_torch| allowed in fp32
 def _wrapper(model: Any, iters: int):
     import torch
 
-    class DisparityOnly(torch.nn.Module):
-        """left, right (float32 NCHW in [0, 1]) -> disparity (B,1,H,W): the deployed contract."""
+    class Deployed(torch.nn.Module):
+        """left, right (float32 NCHW in [0, 1]) -> disparity (B,1,H,W, px), confidence (B,1,H,W in [0, 1]):
+        the deployed contract."""
 
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-            return self.model(left, right, iters=iters, final_only=True).disparity
+        def forward(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.model(left, right, iters=iters, final_only=True)
+            return out.disparity, out.confidence
 
-    return DisparityOnly().eval()
+    return Deployed().eval()
+
+
+OUTPUTS = ("disparity", "confidence")
+
+
+def confidence_description(config: Any) -> str:
+    """How the model's confidence output is made (for the metadata and the node's log)."""
+    if getattr(config, "confidence_head", False):
+        return ("learned: P(|d - d_gt| <= 3 px) from a head on detached cues (GEV distribution around the estimate, "
+                "its peak and entropy, refinement motion, GRU state, disparity slope)")
+    return "derived: probability mass of the geometry encoding volume within +-1 candidate (+-4 px) of the estimate"
 
 
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: int, width: int, *,
@@ -75,12 +88,12 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
     wrapper = _wrapper(model, iters)
     example = (torch.rand(1, 3, height, width), torch.rand(1, 3, height, width))
     out.parent.mkdir(parents=True, exist_ok=True)
-    dynamic = {"left": {0: "batch"}, "right": {0: "batch"}, "disparity": {0: "batch"}} if dynamic_batch else None
+    dynamic = {n: {0: "batch"} for n in ("left", "right", *OUTPUTS)} if dynamic_batch else None
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings on static shape checks; static export is intended
-            torch.onnx.export(wrapper, example, str(raw), input_names=["left", "right"], output_names=["disparity"],
+            torch.onnx.export(wrapper, example, str(raw), input_names=["left", "right"], output_names=list(OUTPUTS),
                               opset_version=opset, dynamic_axes=dynamic, do_constant_folding=True, dynamo=False)
         wrapper.eval()  # the exporter restores the wrapper's previous mode; keep inference mode for verification
         graph = onnx.load(str(raw))
@@ -102,7 +115,8 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
             "input_height": height, "input_width": width, "input_spec": INPUT_SPEC, "iters": iters,
             "max_disp": cfg.max_disp, "opset": opset, "dynamic_batch": dynamic_batch,
             "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
-            "versions": _versions(), "precision": "fp32",
+            "versions": _versions(), "precision": "fp32", "outputs": list(OUTPUTS),
+            "confidence": confidence_description(cfg),
         }
         del graph.metadata_props[:]
         for key, value in to_onnx_props(meta).items():
@@ -130,7 +144,7 @@ def fp16_decision(onnx_path: Path, height: int, width: int, calib_images: tuple[
     on the calibration pairs; raises :class:`ExportError` on drift beyond the thresholds unless
     ``allow_drift``. Torch-free (``m2s-export --trt`` runs it for ONNX files exported without it)."""
     from m2s_export.calibration import calibration_feeds
-    from m2s_export.fp16 import DEFAULT_THRESHOLDS, activation_peaks, drift_problems, fp16_check, fp32_set
+    from m2s_export.fp16 import CONFIDENCE_THRESHOLDS, DEFAULT_THRESHOLDS, activation_peaks, drift_problems, fp16_check, fp32_set
 
     names, feeds = calibration_feeds(height, width, calib_images, calib_pairs)
     analysis = activation_peaks(onnx_path, feeds)
@@ -139,10 +153,14 @@ def fp16_decision(onnx_path: Path, height: int, width: int, calib_images: tuple[
     check["pair_names"] = names
     problems = drift_problems(check, DEFAULT_THRESHOLDS)
     check["thresholds"] = DEFAULT_THRESHOLDS
+    if "confidence" in check:
+        check["confidence"]["thresholds"] = CONFIDENCE_THRESHOLDS
     check["passed"] = not problems
-    log.info("fp16 check on %d pairs: mean %.4f px, p99 %.4f px, max %.4f px, non-finite %.2g (%d fp32 nodes)",
+    log.info("fp16 check on %d pairs: mean %.4f px, p99 %.4f px, max %.4f px, non-finite %.2g (%d fp32 nodes)%s",
              check["pairs"], check["mean_abs_diff_px"], check["p99_abs_diff_px"], check["max_abs_diff_px"],
-             check["nonfinite_fraction"], len(pinned["nodes"]))
+             check["nonfinite_fraction"], len(pinned["nodes"]),
+             f"; confidence mean {check['confidence']['mean_abs_diff_px']:.4f}, max "
+             f"{check['confidence']['max_abs_diff_px']:.4f}" if "confidence" in check else "")
     if problems and not allow_drift:
         raise ExportError("the fp16 check failed (" + "; ".join(problems) + f" on {', '.join(names)}): an FP16 engine "
                           "would not match this fp32 model; the ONNX file was not written. Pass --allow-fp16-drift to "
@@ -156,8 +174,12 @@ def fp16_decision(onnx_path: Path, height: int, width: int, calib_images: tuple[
     return {"fp16": fp16, "fp16_check": check}
 
 
+CONFIDENCE_TOLERANCE = 1e-3  # mean |c_onnx - c_torch| allowed in fp32
+
+
 def verify_onnx(path: Path, wrapper: Any, height: int, width: int, tolerance: float) -> list[dict[str, float]]:
-    """onnxruntime (CPU, fp32) vs PyTorch on the verification pairs; raises above ``tolerance``."""
+    """onnxruntime (CPU, fp32) vs PyTorch on the verification pairs; raises above ``tolerance`` (px, mean
+    |Δd|) or :data:`CONFIDENCE_TOLERANCE` (mean |Δconfidence|)."""
     import onnxruntime as ort
     import torch
 
@@ -168,16 +190,22 @@ def verify_onnx(path: Path, wrapper: Any, height: int, width: int, tolerance: fl
     rows = []
     for name, left, right in verification_pairs(height, width):
         a, b = to_input(left, None), to_input(right, None)
-        got = session.run(["disparity"], {"left": a, "right": b})[0][0, 0]
+        got, got_conf = (o[0, 0] for o in session.run(list(OUTPUTS), {"left": a, "right": b}))
         with torch.inference_mode():
-            ref = wrapper(torch.from_numpy(a), torch.from_numpy(b))[0, 0].numpy()
+            ref, ref_conf = (o[0, 0].numpy() for o in wrapper(torch.from_numpy(a), torch.from_numpy(b)))
         diff = np.abs(got - ref)
+        conf_diff = np.abs(got_conf - ref_conf)
         epe = disparity_metrics(got, np.where(ref > 0, ref, np.nan))["epe"]
-        row = {"pair": name, "max_abs_px": float(diff.max()), "mean_abs_px": float(diff.mean()), "epe_vs_torch": float(epe)}
+        row = {"pair": name, "max_abs_px": float(diff.max()), "mean_abs_px": float(diff.mean()), "epe_vs_torch": float(epe),
+               "confidence_max_abs": float(conf_diff.max()), "confidence_mean_abs": float(conf_diff.mean())}
         rows.append(row)
         if not row["mean_abs_px"] <= tolerance:
             raise ExportError(f"onnxruntime output differs from PyTorch on '{name}': mean |Δd| = {row['mean_abs_px']:.4g} px "
                               f"(max {row['max_abs_px']:.4g}) > tolerance {tolerance} px; the ONNX file was not written")
+        if not row["confidence_mean_abs"] <= CONFIDENCE_TOLERANCE:
+            raise ExportError(f"onnxruntime confidence differs from PyTorch on '{name}': mean |Δc| = "
+                              f"{row['confidence_mean_abs']:.4g} (max {row['confidence_max_abs']:.4g}) > "
+                              f"{CONFIDENCE_TOLERANCE}; the ONNX file was not written")
     return rows
 
 

@@ -3,10 +3,13 @@
 ``load_runtime(path)`` picks the backend from the file: a checkpoint directory or
 ``.safetensors`` -> PyTorch, ``.onnx`` -> onnxruntime (TensorRT / CUDA execution providers when
 present, else CPU), ``.engine``/``.plan`` -> TensorRT. Every backend has the same
-``infer(left_rgb_uint8, right_rgb_uint8) -> disparity float32 HxW`` with identical pre- and
-post-processing: resize to the model's input size, [0, 1] float NCHW, and the disparity resized
-back with its values scaled by the width ratio. The onnxruntime and TensorRT paths import no
-torch, so a robot image needs neither the training stack nor torch.
+``infer_with_confidence(left_rgb_uint8, right_rgb_uint8) -> Inference(disparity, confidence)``
+(float32 HxW each; ``confidence`` in [0, 1], None for a model exported before it had one) and the
+disparity-only ``infer``, with identical pre- and post-processing: resize to the model's input
+size, [0, 1] float NCHW, and the outputs resized back (disparity values scaled by the width
+ratio). ``infer_right_view`` runs the mirrored, swapped pair: the disparity of the right view (for
+a left-right check). The onnxruntime and TensorRT paths import no torch, so a robot image needs
+neither the training stack nor torch.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -49,13 +52,24 @@ def to_input(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
-def from_output(disparity: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-    """Model output (any of HxW, 1xHxW, 1x1xHxW) -> HxW float32 at ``out_hw``, values scaled with the width."""
+def from_output(disparity: np.ndarray, out_hw: tuple[int, int], scale_values: bool = True) -> np.ndarray:
+    """Model output (any of HxW, 1xHxW, 1x1xHxW) -> HxW float32 at ``out_hw``, values scaled with the width
+    (``scale_values``: a disparity; not for a confidence)."""
     d = np.asarray(disparity, dtype=np.float32).reshape(disparity.shape[-2:])
     h, w = d.shape
     if (h, w) != out_hw:
-        d = cv2.resize(d, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR) * np.float32(out_hw[1] / w)
+        d = cv2.resize(d, (out_hw[1], out_hw[0]), interpolation=cv2.INTER_LINEAR)
+        if scale_values:
+            d *= np.float32(out_hw[1] / w)
     return d
+
+
+class Inference(NamedTuple):
+    """What a runtime returns for a pair: HxW float32 disparity (px) and confidence in [0, 1] (None for
+    a model exported before models had one)."""
+
+    disparity: np.ndarray
+    confidence: np.ndarray | None
 
 
 def check_input_shape(shape: Any, meta: dict[str, Any], where: str) -> None:
@@ -80,22 +94,40 @@ class StereoRuntime:
         self.meta = meta
         self.timings: dict[str, deque[float]] = {k: deque(maxlen=500) for k in ("pre", "infer", "post", "total")}
 
-    def _run(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    has_confidence = True  # the model has a ``confidence`` output (set by the subclasses that can tell)
+
+    def _run(self, left: np.ndarray, right: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's outputs on 1x3xhxw inputs: ``disparity`` and, where it has one, ``confidence``."""
         raise NotImplementedError
 
-    def infer(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        """Disparity (px, left reference) of a rectified RGB uint8 pair, float32 HxW at the input size."""
+    def infer_with_confidence(self, left: np.ndarray, right: np.ndarray) -> Inference:
+        """Disparity (px, left reference) and its confidence of a rectified RGB uint8 pair, float32 HxW
+        at the input size."""
         check_pair(left, right)
         t0 = time.perf_counter()
         a, b = to_input(left, self.input_size), to_input(right, self.input_size)
         t1 = time.perf_counter()
         raw = self._run(a, b)
         t2 = time.perf_counter()
-        disp = from_output(raw, left.shape[:2])
+        disp = from_output(raw["disparity"], left.shape[:2])
+        conf = raw.get("confidence")
+        if conf is not None:
+            conf = np.clip(from_output(conf, left.shape[:2], scale_values=False), 0.0, 1.0)
         t3 = time.perf_counter()
         for key, value in (("pre", t1 - t0), ("infer", t2 - t1), ("post", t3 - t2), ("total", t3 - t0)):
             self.timings[key].append(value)
-        return disp
+        return Inference(disp, conf)
+
+    def infer(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Disparity (px, left reference) of a rectified RGB uint8 pair, float32 HxW at the input size."""
+        return self.infer_with_confidence(left, right).disparity
+
+    def infer_right_view(self, left: np.ndarray, right: np.ndarray) -> Inference:
+        """Disparity of the *right* view (px, ``x_L = x_R + d``) and its confidence: the model run on the
+        swapped, mirrored pair (mirroring turns the right view into a left reference), mirrored back."""
+        out = self.infer_with_confidence(np.ascontiguousarray(right[:, ::-1]), np.ascontiguousarray(left[:, ::-1]))
+        conf = None if out.confidence is None else np.ascontiguousarray(out.confidence[:, ::-1])
+        return Inference(np.ascontiguousarray(out.disparity[:, ::-1]), conf)
 
     def warmup(self, runs: int = 2) -> None:
         h, w = self.input_size or (64, 96)
@@ -135,12 +167,12 @@ class TorchRuntime(StereoRuntime):
                 "max_disp": self.model.config.max_disp}
         super().__init__(input_size, meta)
 
-    def _run(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    def _run(self, left: np.ndarray, right: np.ndarray) -> dict[str, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
             out = self.model(torch.from_numpy(left).to(self.device), torch.from_numpy(right).to(self.device),
                              iters=self.iters)
-        return out.disparity.float().cpu().numpy()
+        return {"disparity": out.disparity.float().cpu().numpy(), "confidence": out.confidence.float().cpu().numpy()}
 
 
 EXECUTIONS = ("auto", "tensorrt", "cuda", "cpu")
@@ -199,11 +231,16 @@ class OnnxRuntime(StereoRuntime):
         if names[:2] != ["left", "right"]:
             raise RuntimeBackendError(f"{path}: inputs are {names}, expected ['left', 'right']")
         check_input_shape(inputs[0].shape, meta, str(path))
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "disparity" not in outputs:
+            raise RuntimeBackendError(f"{path}: outputs are {outputs}, expected 'disparity' (and 'confidence')")
+        self.outputs = ["disparity"] + (["confidence"] if "confidence" in outputs else [])
+        self.has_confidence = "confidence" in outputs
         self.providers = self.session.get_providers()
         super().__init__((meta["input_height"], meta["input_width"]), meta)
 
-    def _run(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-        return self.session.run(["disparity"], {"left": left, "right": right})[0]
+    def _run(self, left: np.ndarray, right: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(self.outputs, {"left": left, "right": right})))
 
 
 BACKENDS = {"torch": ("", ".safetensors"), "onnxruntime": (".onnx",), "tensorrt": (".engine", ".plan", ".trt")}
@@ -238,5 +275,5 @@ def load_runtime(path: str | Path, backend: str = "auto", **kwargs: Any) -> Ster
     return TensorRTRuntime(p, **kwargs)
 
 
-__all__ = ["BACKENDS", "OnnxRuntime", "StereoRuntime", "TorchRuntime", "check_pair", "load_runtime", "read_sidecar",
+__all__ = ["BACKENDS", "Inference", "OnnxRuntime", "StereoRuntime", "TorchRuntime", "check_pair", "load_runtime", "read_sidecar",
            "runtime_backend"]

@@ -24,6 +24,7 @@ from m2s_export.tensorrt_build import check_engine_compat
 
 INPUTS = ("left", "right")
 OUTPUTS = ("disparity",)
+OPTIONAL_OUTPUTS = ("confidence",)  # engines built from ONNX files exported before it lack it
 _DTYPES = {"FLOAT": np.float32, "HALF": np.float16}  # tensorrt.DataType names this runtime handles
 
 
@@ -60,7 +61,7 @@ def io_spec(engine: Any, trt: Any, where: str) -> dict[str, tuple[tuple[int, ...
     if missing:
         raise RuntimeBackendError(f"{where}: I/O tensors are {names}; missing {', '.join(missing)}")
     spec = {}
-    for name in INPUTS + OUTPUTS:
+    for name in INPUTS + OUTPUTS + tuple(n for n in OPTIONAL_OUTPUTS if n in names):
         dtype = engine.get_tensor_dtype(name)
         kind = getattr(dtype, "name", str(dtype)).split(".")[-1]
         if kind not in _DTYPES:
@@ -125,6 +126,8 @@ class TensorRTRuntime(StereoRuntime):
             raise RuntimeBackendError(f"{path} is not a valid engine for TensorRT {trt.__version__} on this GPU "
                                       "(corrupt, or built elsewhere): rebuild it with m2s-export --trt")
         self.spec = io_spec(self.engine, trt, str(path))
+        self.outputs = [n for n in OUTPUTS + OPTIONAL_OUTPUTS if n in self.spec]
+        self.has_confidence = "confidence" in self.spec
         shape = self.spec["left"][0]
         if sidecar and {"input_height", "input_width"} <= set(sidecar):
             check_input_shape(shape, sidecar, str(path))
@@ -144,7 +147,7 @@ class TensorRTRuntime(StereoRuntime):
             self.context.set_tensor_address(name, int(self.device[name]))
         super().__init__((shape[2], shape[3]), dict(sidecar or {}))
 
-    def _run(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    def _run(self, left: np.ndarray, right: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self.cudart
         for name, arr in (("left", left), ("right", right)):
             np.copyto(self.host[name].array, arr, casting="same_kind")
@@ -154,13 +157,13 @@ class TensorRTRuntime(StereoRuntime):
                            f"copy of '{name}' to the GPU")
         if not self.context.execute_async_v3(int(self.stream)):
             raise RuntimeBackendError("TensorRT execution failed (see the TensorRT log above)")
-        for name in OUTPUTS:
+        for name in self.outputs:
             if not self.zero_copy:
                 cuda_check(cudart, cudart.cudaMemcpyAsync(self.host[name].ptr, self.device[name], self.host[name].nbytes,
                                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream),
                            f"copy of '{name}' from the GPU")
         cuda_check(cudart, cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return self.host["disparity"].array.astype(np.float32)  # a copy: the buffer is reused
+        return {name: self.host[name].array.astype(np.float32) for name in self.outputs}  # copies: buffers are reused
 
     def close(self) -> None:
         """Release the stream and every buffer (idempotent)."""
@@ -199,9 +202,13 @@ def record_engine_check(engine_path: str | Path, onnx_path: str | Path, calib_im
     names, feeds = calibration_feeds(h, w, calib_images, calib_pairs)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     refs = [session.run(["disparity"], f)[0] for f in feeds]
-    gots = [runtime._run(f["left"], f["right"]) for f in feeds]
+    outs = [runtime._run(f["left"], f["right"]) for f in feeds]
     runtime.close()
-    check = {**disparity_drift(refs, gots), "pair_names": names, "reference": "fp32 ONNX in onnxruntime CPU"}
+    check = {**disparity_drift(refs, [o["disparity"] for o in outs]), "pair_names": names,
+             "reference": "fp32 ONNX in onnxruntime CPU"}
+    if "confidence" in runtime.outputs and "confidence" in [o.name for o in session.get_outputs()]:
+        check["confidence"] = disparity_drift([session.run(["confidence"], f)[0] for f in feeds],
+                                              [o["confidence"] for o in outs])
     problems = drift_problems(check, DEFAULT_THRESHOLDS)
     check["passed"] = not problems
     meta = dict(read_sidecar(engine_path) or {})

@@ -14,7 +14,13 @@ import torch
 from tqdm import tqdm
 
 from calib.errors import DataError
-from calib.metrics import MetricAccumulator, error_map_rgb
+from calib.metrics import (
+    MetricAccumulator,
+    SparsificationAccumulator,
+    confidence_map_rgb,
+    error_map_rgb,
+    sparsification_plot,
+)
 from calib.safe_files import write_json_atomic, write_text_atomic
 from m2s_train.data.stereo_datasets import build_dataset
 
@@ -62,9 +68,11 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     rows: dict[str, MetricAccumulator] = {}
     timing: dict[str, list[float]] = {}
+    confidences: dict[str, SparsificationAccumulator] = {}
     if model is not None:
         model = model.to(device).eval()
         rows["model"] = MetricAccumulator()
+        confidences["model"] = SparsificationAccumulator()
     if sgbm:
         rows["sgbm"] = MetricAccumulator()
     out_dir = Path(out) if out else None
@@ -75,10 +83,12 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         item = dataset[i]
         gt = item["disparity"][0].numpy()
         gt = np.where(item["valid"][0].numpy(), gt, np.nan)
-        preds = {}
+        preds, confs = {}, {}
         if model is not None:
             t0 = time.perf_counter()
-            preds["model"] = model(item["left"][None].to(device), item["right"][None].to(device), iters=iters).disparity[0, 0].cpu().numpy()
+            out = model(item["left"][None].to(device), item["right"][None].to(device), iters=iters)
+            preds["model"] = out.disparity[0, 0].cpu().numpy()
+            confs["model"] = out.confidence[0, 0].cpu().numpy()
             timing.setdefault("model", []).append(time.perf_counter() - t0)
         if sgbm:
             left = (item["left"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -89,11 +99,20 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
             preds["sgbm"] = fill_invalid(raw)
         for name, pred in preds.items():
             rows[name].add(pred, gt, sample_id=item["sample_id"])
+            if name in confs:
+                confidences[name].add(pred, gt, confs[name])
             if out_dir and i < error_maps:
-                cv2.imwrite(str(out_dir / f"error_{name}_{i:04d}.png"), error_map_rgb(pred, gt)[:, :, ::-1])
-    result = {"dataset": dataset_spec, "images": n, "iters": iters,
-              "methods": {k: {**acc.summary(), "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))}
-                          for k, acc in rows.items()},
+                error = error_map_rgb(pred, gt)
+                if name in confs:  # the confidence beside the error it should predict
+                    error = np.concatenate([error, confidence_map_rgb(confs[name])], axis=1)
+                cv2.imwrite(str(out_dir / f"error_{name}_{i:04d}.png"), error[:, :, ::-1])
+    methods = {k: {**acc.summary(), "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))} for k, acc in rows.items()}
+    for name, acc in confidences.items():
+        methods[name]["confidence"] = acc.summary()
+        if out_dir and methods[name]["confidence"] is not None:
+            sparsification_plot(methods[name]["confidence"], out_dir / f"sparsification_{name}.png",
+                                f"{name} on {dataset_spec}")
+    result = {"dataset": dataset_spec, "images": n, "iters": iters, "methods": methods,
               "per_image": {k: acc.per_image for k, acc in rows.items()}}
     first = next(iter(rows.values()), None)
     unmeasured = [r["sample_id"] for r in (first.per_image if first else []) if not r["pixels"]]
@@ -121,4 +140,17 @@ def markdown_table(result: dict[str, Any]) -> str:
         p = m["pixel"]
         lines.append(f"| {name} | {_fmt(p['epe'], digits=3)} | {_fmt(p['d1'], 100)} | {_fmt(p['bad1'], 100)} | "
                      f"{_fmt(p['bad2'], 100)} | {_fmt(p['bad3'], 100)} | {_fmt(m['seconds_per_pair'], digits=3)} |")
+    confident = {k: m["confidence"] for k, m in result["methods"].items() if m.get("confidence")}
+    if confident:
+        lines += ["", "Confidence (sparsification, mean of images): AUC of the error of the most confident pixels over "
+                  "5-100 % density, next to the oracle (sorted by true error) and a random order; gap closed = "
+                  "(random - confidence) / (random - oracle).", "",
+                  "| method | AUC EPE conf / oracle / random | gap closed | AUC bad-3 % conf / oracle / random | gap closed | "
+                  "bad-3 % at 50 / 80 / 95 / 100 % |", "|---|---|---|---|---|---|"]
+        for name, c in confident.items():
+            e, b = c["auc_epe"], c["auc_bad3"]
+            lines.append(f"| {name} | {e['confidence']:.3f} / {e['oracle']:.3f} / {e['random']:.3f} | "
+                         f"{_fmt(c['gap_closed_epe'])} | {100 * b['confidence']:.2f} / {100 * b['oracle']:.2f} / "
+                         f"{100 * b['random']:.2f} | {_fmt(c['gap_closed_bad3'])} | {_fmt(c['bad3_at_50'], 100)} / "
+                         f"{_fmt(c['bad3_at_80'], 100)} / {_fmt(c['bad3_at_95'], 100)} / {_fmt(c['bad3_all'], 100)} |")
     return "\n".join(lines) + "\n"

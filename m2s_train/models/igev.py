@@ -320,32 +320,57 @@ def derived_confidence_logit(cues: torch.Tensor) -> torch.Tensor:
     return torch.log(mass) - torch.log1p(-mass)
 
 
+class PhotometricResidual(nn.Module):
+    """How well the right image, sampled at ``x - d``, matches the left one at full resolution:
+    B,2,H,W = the per-pixel mean absolute difference over the channels of the normalised images and
+    its 3x3 mean, 1.0 where ``x - d`` falls outside the right image or ``d`` is not finite.
+    Parameter-free and kept in fp32 by the export (``x - d`` runs up to the image width, where fp16
+    has a spacing of 0.5 px)."""
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = right.shape
+        x = torch.arange(w, device=right.device, dtype=right.dtype).view(1, 1, 1, w)
+        pos = x - disparity  # B,1,H,W
+        p0 = torch.floor(torch.where(pos == pos, pos, -2.0))  # NaN-safe, as lookup_index (scalars: no folded constants)
+        frac = pos - p0
+        i0 = p0.clamp(0, w - 1).long().expand(b, c, h, w)
+        i1 = (p0 + 1).clamp(0, w - 1).long().expand(b, c, h, w)
+        warped = torch.gather(right, 3, i0) * (1 - frac) + torch.gather(right, 3, i1) * frac
+        inside = (pos >= 0) & (pos <= w - 1)
+        residual = torch.where(inside, (left - warped).abs().mean(1, keepdim=True), 1.0)
+        return torch.cat([residual, F.avg_pool2d(residual, 3, 1, 1, count_include_pad=False)], 1)
+
+
 class ConfidenceHead(nn.Module):
     """Learned confidence: P(|disparity - truth| <= 3 px) per full-resolution pixel.
 
-    Inputs are detached (:class:`ConfidenceCues`, the 1/4-resolution GRU hidden state, the final
-    disparity's local slope at full resolution), so training the head leaves every gradient of the
-    disparity path unchanged; it is trained with a binary cross-entropy against "within 3 px" on the
-    pixels with GT (:func:`m2s_train.losses.confidence_loss`). A small 1/4-resolution stack gives
-    features that are upsampled bilinearly and combined with full-resolution edge cues (errors
-    concentrate at depth edges, which a 1/4-resolution map blurs over 4 px).
+    Inputs, all detached, so training the head leaves every gradient of the disparity path unchanged:
+    at 1/4 resolution the GEV cues (:class:`ConfidenceCues`), the volume look-ups at the final
+    disparity (the local matching costs around it, the classic stereo-confidence evidence) and the
+    GRU hidden state; at full resolution the photometric residual of the right view warped by the
+    final disparity (:class:`PhotometricResidual`) and the disparity's local slope (errors
+    concentrate at depth edges and occlusions, which a 1/4-resolution map blurs over 4 px). Trained
+    with a binary cross-entropy against "within 3 px" on the pixels with GT
+    (:func:`m2s_train.losses.confidence_loss`).
     """
 
-    def __init__(self, hidden: int, width: int) -> None:
+    def __init__(self, hidden: int, lookup_channels: int, width: int) -> None:
         super().__init__()
-        self.quarter = nn.Sequential(nn.Conv2d(hidden + ConfidenceCues.count, width, 3, 1, 1), nn.ReLU(),
-                                     nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(), nn.Conv2d(width, 8, 1))
-        self.full = nn.Sequential(nn.Conv2d(8 + 2, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+        self.quarter = nn.Sequential(nn.Conv2d(hidden + ConfidenceCues.count + lookup_channels, width, 3, 1, 1),
+                                     nn.ReLU(), nn.Conv2d(width, width, 3, 1, 1), nn.ReLU(), nn.Conv2d(width, 8, 1))
+        self.full = nn.Sequential(nn.Conv2d(8 + 4, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, 1, 1))
+        # forward differences along x and y as one fixed convolution (no Slice nodes in the export)
+        diff = torch.zeros(2, 1, 2, 2)
+        diff[0, 0, 0, 0], diff[0, 0, 0, 1], diff[1, 0, 0, 0], diff[1, 0, 1, 0] = -1.0, 1.0, -1.0, 1.0
+        self.register_buffer("diff", diff, persistent=False)
 
-    def forward(self, cues: torch.Tensor, hidden: torch.Tensor, disparity: torch.Tensor) -> torch.Tensor:
-        """cues B,6,h,w, hidden B,C,h,w, disparity B,1,H,W (full resolution, px) -> logits B,1,H,W."""
-        q = self.quarter(torch.cat([cues, hidden], 1).detach())
+    def forward(self, cues: torch.Tensor, lookup: torch.Tensor, hidden: torch.Tensor, photo: torch.Tensor,
+                disparity: torch.Tensor) -> torch.Tensor:
+        """cues B,6,h,w, lookup B,L,h,w, hidden B,C,h,w; photo B,2,H,W, disparity B,1,H,W (px) -> logits B,1,H,W."""
+        q = self.quarter(torch.cat([cues, lookup, hidden], 1).detach())
         q = F.interpolate(q, size=disparity.shape[-2:], mode="bilinear", align_corners=False)
-        d = disparity.detach()
-        dx = F.pad((d[..., :, 1:] - d[..., :, :-1]).abs(), (0, 1, 0, 0))
-        dy = F.pad((d[..., 1:, :] - d[..., :-1, :]).abs(), (0, 0, 0, 1))
-        slope = torch.cat([dx / (1 + dx), dy / (1 + dy)], 1)
-        return self.full(torch.cat([q, slope], 1))
+        slope = F.conv2d(F.pad(disparity.detach(), (0, 1, 0, 1), mode="replicate"), self.diff).abs()  # B,2,H,W
+        return self.full(torch.cat([q, slope / (1 + slope), photo.detach()], 1))
 
 
 class IGEVStereo(nn.Module):
@@ -388,7 +413,9 @@ class IGEVStereo(nn.Module):
         self.upsample_combine = ConvexCombine()
         self.confidence_cues = ConfidenceCues()  # parameter-free: named for the fp32 set of the export
         # created last, so the disparity path's initial weights are the same with or without it
-        self.confidence_head = ConfidenceHead(cfg.hidden_dim, cfg.confidence_width) if cfg.confidence_head else None
+        self.confidence_photo = PhotometricResidual()  # parameter-free, fp32 in the export
+        self.confidence_head = (ConfidenceHead(cfg.hidden_dim, lookup_channels, cfg.confidence_width)
+                                if cfg.confidence_head else None)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
 
@@ -478,7 +505,10 @@ class IGEVStereo(nn.Module):
         final = predictions[-1]  # B,1,H,W padded size
         cues = self.confidence_cues(init_prob.detach(), disp.detach(), init_disp.detach(), delta.detach())
         if self.confidence_head is not None:
-            conf_logit = self.confidence_head(cues, net[0], final)
+            with torch.no_grad():
+                lookup = self._lookup(geo, corr, disp, coords)  # matching costs around the final estimate
+                photo = self.confidence_photo(images[:b], images[b:], final)
+            conf_logit = self.confidence_head(cues, lookup, net[0], photo, final)
         else:
             conf_logit = F.interpolate(derived_confidence_logit(cues), size=final.shape[-2:], mode="bilinear",
                                        align_corners=False)

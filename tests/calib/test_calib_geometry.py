@@ -230,3 +230,29 @@ class TestFillOutputs:
             cam.fill_outputs(d, depth_out=np.zeros((6, 8), np.float32), backend="cuda")
         with pytest.raises(Exception, match="image is 8x5"):
             cam.fill_outputs(np.ones((5, 8), np.float32))
+
+
+class TestLeftRightConsistency:
+    def test_a_plane_is_consistent_where_its_match_is_in_the_image(self):
+        from calib.geometry import left_right_consistency
+
+        left = np.full((4, 20), 5.0, np.float32)
+        right = np.full((4, 20), 5.0, np.float32)
+        consistent, checkable = left_right_consistency(left, right, 1.0)
+        np.testing.assert_array_equal(checkable[0], np.arange(20) >= 5)  # x_R = x - 5 inside the right image
+        np.testing.assert_array_equal(consistent, checkable)
+
+    def test_a_disagreeing_right_view_and_invalid_pixels(self):
+        from calib.geometry import left_right_consistency
+
+        left = np.full((3, 30), 4.0, np.float32)
+        left[:, 20] = np.nan
+        right = np.full((3, 30), 4.0, np.float32)
+        right[:, 10] = 7.5  # read by left x = 14 (exactly) and, interpolated, nobody else
+        right[:, 11] = 4.9  # within 1 px: still consistent
+        consistent, checkable = left_right_consistency(left, right, 1.0)
+        assert not checkable[:, 20].any() and not consistent[:, 20].any()  # NaN: nothing to check
+        assert not consistent[:, 14].any() and consistent[:, 15].all() and checkable[:, 14].all()
+        assert consistent[:, 13].all()
+        with pytest.raises(ShapeError):
+            left_right_consistency(left, right[:, :10])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from calib.errors import ShapeError
-from calib.metrics import MetricAccumulator, disparity_metrics
+from calib.metrics import MetricAccumulator, SparsificationAccumulator, disparity_metrics, sparsification
 
 
 def test_definitions_on_a_known_case():
@@ -43,3 +43,56 @@ def test_accumulator_pixel_vs_image_mean():
 def test_shape_mismatch():
     with pytest.raises(ShapeError, match="resize"):
         disparity_metrics(np.zeros((4, 4)), np.zeros((4, 5)))
+
+
+class TestSparsification:
+    def _case(self, seed=0, n=4000):
+        rng = np.random.default_rng(seed)
+        gt = rng.uniform(5, 50, (40, n // 40)).astype(np.float32)
+        err = rng.exponential(1.5, gt.shape).astype(np.float32)
+        return gt, gt + err * rng.choice([-1, 1], gt.shape), err
+
+    def test_a_perfect_confidence_is_the_oracle_and_a_useless_one_is_random(self):
+        gt, pred, err = self._case()
+        perfect = sparsification(pred, gt, 1.0 / (1.0 + err))
+        assert perfect["gap_closed_epe"] == pytest.approx(1.0) and perfect["gap_closed_bad3"] == pytest.approx(1.0)
+        assert perfect["auc_epe"]["confidence"] == pytest.approx(perfect["auc_epe"]["oracle"])
+        constant = sparsification(pred, gt, np.full(gt.shape, 0.5))  # ties keep pixel order: a random order here
+        assert abs(constant["gap_closed_epe"]) < 0.1 and abs(constant["gap_closed_bad3"]) < 0.15
+        inverted = sparsification(pred, gt, err)  # most confident where the error is largest
+        assert inverted["gap_closed_epe"] < -0.5
+
+    def test_curve_values_by_hand(self):
+        gt = np.full((1, 4), 10.0, np.float32)
+        pred = gt + np.array([[0.0, 1.0, 4.0, 10.0]], np.float32)
+        conf = np.array([[0.9, 0.1, 0.8, 0.2]], np.float32)  # order by confidence: errors 0, 4, 10, 1
+        r = sparsification(pred, gt, conf, densities=(0.25, 0.5, 0.75, 1.0))
+        np.testing.assert_allclose(r["curve_epe"]["confidence"], [0.0, 2.0, 14 / 3, 15 / 4])
+        np.testing.assert_allclose(r["curve_epe"]["oracle"], [0.0, 0.5, 5 / 3, 15 / 4])
+        np.testing.assert_allclose(r["curve_bad3"]["confidence"], [0.0, 0.5, 2 / 3, 0.5])
+        np.testing.assert_allclose(r["curve_epe"]["random"], [15 / 4] * 4)
+        assert r["bad3_all"] == 0.5 and r["pixels"] == 4
+
+    def test_invalid_gt_nan_confidence_and_nothing_valid(self):
+        gt, pred, err = self._case()
+        gt[:, :10] = np.nan
+        conf = 1.0 / (1.0 + err)
+        conf[0, 20] = np.nan  # counts as 0, not an error
+        r = sparsification(pred, gt, conf)
+        assert r["pixels"] == gt.size - 400 and np.isfinite(r["auc_epe"]["confidence"])
+        assert sparsification(pred, np.full(gt.shape, np.nan), conf) is None
+        acc = SparsificationAccumulator()
+        assert acc.add(pred, np.zeros_like(gt), conf) is None and acc.summary() is None
+        with pytest.raises(ShapeError):
+            sparsification(pred, gt, conf[:, :5])
+
+    def test_accumulator_averages_images(self):
+        acc = SparsificationAccumulator()
+        rows = []
+        for seed in (1, 2):
+            gt, pred, err = self._case(seed)
+            rows.append(acc.add(pred, gt, 1.0 / (1.0 + err + np.random.default_rng(seed).exponential(1, err.shape))))
+        s = acc.summary()
+        assert s["images"] == 2
+        assert s["auc_epe"]["confidence"] == pytest.approx(np.mean([r["auc_epe"]["confidence"] for r in rows]))
+        assert 0 < s["gap_closed_epe"] < 1 and s["bad3_at_50"] < s["bad3_all"]

@@ -48,9 +48,13 @@ class TestOnnxExport:
         assert model.opset_import[0].version >= 17
         assert [i.name for i in model.graph.input] == ["left", "right"] and model.graph.output[0].name == "disparity"
         assert read_sidecar(root / "tiny.onnx")["model_name"] == "igev-tiny"
-        # no per-disparity loop of slice assignments: no ScatterND, few Slices
+        # no per-disparity loop of slice assignments: no ScatterND, and as many Slices with twice the candidates
         ops = [n.op_type for n in model.graph.node]
-        assert "ScatterND" not in ops and ops.count("Slice") < 60
+        torch.manual_seed(0)
+        save_model(create_model("igev-tiny", max_disp=128), root / "ckpt128")
+        export_onnx(root / "ckpt128", root / "tiny128.onnx", 96, 128, verify=False, fp16=False)
+        wider = [n.op_type for n in onnx.load(str(root / "tiny128.onnx")).graph.node]
+        assert "ScatterND" not in ops and ops.count("Slice") == wider.count("Slice") and len(ops) == len(wider)
 
     def test_runtime_parity_on_real_aloe(self, exported, opencv_data):
         root, _ = exported
@@ -62,6 +66,48 @@ class TestOnnxExport:
         assert np.abs(a - b).mean() < 0.01  # identical pre/post-processing on both backends
         stats = onnx_rt.stats()
         assert stats["total"]["count"] == 1 and stats["infer"]["median_ms"] > 0
+
+    def test_confidence_output_through_onnx_and_every_runtime(self, exported, opencv_data):
+        root, meta = exported
+        model = onnx.load(str(root / "tiny.onnx"))
+        assert [o.name for o in model.graph.output] == ["disparity", "confidence"]
+        assert meta["outputs"] == ["disparity", "confidence"] and meta["confidence"].startswith("learned")
+        for row in meta["export_report"]["verification"]:  # ONNX vs PyTorch, both outputs
+            assert row["mean_abs_px"] < 0.01 and row["confidence_mean_abs"] < 1e-3, row
+        left, right = read_rgb(opencv_data / "aloeL.jpg"), read_rgb(opencv_data / "aloeR.jpg")
+        onnx_rt = load_runtime(root / "tiny.onnx")
+        torch_rt = load_runtime(root / "ckpt", input_size=(96, 128), iters=3)
+        a, b = onnx_rt.infer_with_confidence(left, right), torch_rt.infer_with_confidence(left, right)
+        assert onnx_rt.has_confidence and a.confidence.shape == a.disparity.shape == left.shape[:2]
+        assert a.confidence.dtype == np.float32 and 0 <= a.confidence.min() and a.confidence.max() <= 1
+        assert np.abs(a.confidence - b.confidence).mean() < 1e-3
+        np.testing.assert_array_equal(onnx_rt.infer(left, right), a.disparity)  # the disparity-only form
+        # the right view's disparity: the mirrored, swapped pair (what a left-right check compares)
+        r = onnx_rt.infer_right_view(left, right)
+        mirrored = onnx_rt.infer_with_confidence(np.ascontiguousarray(right[:, ::-1]), np.ascontiguousarray(left[:, ::-1]))
+        np.testing.assert_array_equal(r.disparity, mirrored.disparity[:, ::-1])
+        # a fresh onnxruntime process gives the same two outputs (no state of this test process)
+        code = ("import numpy as np, sys; from calib.image_io import read_rgb; from m2s_export.runtime import load_runtime; "
+                f"rt = load_runtime(r'{root / 'tiny.onnx'}'); o = rt.infer_with_confidence(read_rgb(r'{opencv_data / 'aloeL.jpg'}'), "
+                f"read_rgb(r'{opencv_data / 'aloeR.jpg'}')); np.save(sys.argv[1], np.stack([o.disparity, o.confidence]))")
+        res = subprocess.run([sys.executable, "-c", code, str(root / "fresh.npy")], capture_output=True, text=True, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-1000:]
+        fresh = np.load(root / "fresh.npy")
+        np.testing.assert_allclose(fresh[0], a.disparity, atol=1e-5)
+        np.testing.assert_allclose(fresh[1], a.confidence, atol=1e-6)
+
+    def test_onnx_without_confidence_still_runs(self, exported, tmp_path):
+        """An ONNX exported before models had a confidence: disparity as before, confidence None."""
+        root, _ = exported
+        model = onnx.load(str(root / "tiny.onnx"))
+        keep = [o for o in model.graph.output if o.name == "disparity"]
+        del model.graph.output[:]
+        model.graph.output.extend(keep)
+        onnx.save(model, str(tmp_path / "old.onnx"))
+        rt = load_runtime(tmp_path / "old.onnx")
+        img = np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)
+        out = rt.infer_with_confidence(img, img)
+        assert not rt.has_confidence and out.confidence is None and out.disparity.shape == (96, 128)
 
     def test_disparity_is_rescaled_with_width(self, exported):
         root, _ = exported
@@ -131,12 +177,15 @@ class TestFp16OnTheRealNetwork:
         props = {p.key: p.value for p in onnx.load(str(root / "tiny.onnx")).metadata_props}
         fp16 = sidecar["fp16"]
         assert json.loads(props["fp16"]) == fp16  # in the ONNX itself too
-        assert set(fp16["regions"]) == {"lookup_coords", "softargmin", "disp_update", "upsample_combine"}
+        assert set(fp16["regions"]) == {"lookup_coords", "softargmin", "disp_update", "upsample_combine", "confidence_cues",
+                                        "confidence_photo"}
         assert any("/disp_update" in n for n in fp16["fp32_nodes"]) and any("/lookup_coords" in n for n in fp16["fp32_nodes"])
         assert len(fp16["fp32_tensors"]) >= len(fp16["fp32_nodes"])
         check = sidecar["fp16_check"]
         assert check["passed"] and check["nonfinite_fraction"] == 0.0
         assert check["mean_abs_diff_px"] < 0.05 and check["p99_abs_diff_px"] < 0.5 and check["pairs"] >= 2
+        conf = check["confidence"]  # the second output is checked too
+        assert conf["nonfinite_fraction"] == 0.0 and conf["mean_abs_diff_px"] < 0.02
 
     def test_pinning_the_regions_cuts_the_fp16_drift(self, exported):
         from m2s_export.calibration import calibration_feeds

@@ -137,26 +137,40 @@ def test_live_replay_equals_offline(tmp_path):
     save_model(create_model("igev-tiny"), tmp_path / "ckpt")
     export_onnx(tmp_path / "ckpt", tmp_path / "m.onnx", 64, 96, verify=False)
     write_bag(tmp_path / "bag", _frames(5, 96, 128), storage="mcap")
-    offline = run_offline(tmp_path / "bag", str(tmp_path / "m.onnx"), progress=False)
-    live = run_live(tmp_path / "bag", str(tmp_path / "m.onnx"), rate=0, progress=False)
+    every = {"confidence_threshold": 0.0}  # this random model's confidence is low everywhere
+    offline = run_offline(tmp_path / "bag", str(tmp_path / "m.onnx"), progress=False, params=every)
+    live = run_live(tmp_path / "bag", str(tmp_path / "m.onnx"), rate=0, progress=False, params=every)
     assert live["answered"] + live["dropped"] == live["frames"] == 5  # every pair answered or counted
     assert live["answered"] == 5
     for a, b in zip(offline["per_frame"], live["per_frame"]):
         assert a["epe"] == pytest.approx(b["epe"], rel=1e-5) and a["bad3"] == pytest.approx(b["bad3"], abs=1e-9)
+        assert a["density"] == b["density"]
     assert live["accuracy"]["disparity"]["epe"] == pytest.approx(offline["accuracy"]["disparity"]["epe"], rel=1e-5)
+    # the confidence arrives on its own topic and ranks the pixels as offline
+    for key in ("auc_epe", "auc_bad3"):
+        assert live["accuracy"]["confidence"][key]["confidence"] == pytest.approx(
+            offline["accuracy"]["confidence"][key]["confidence"], rel=1e-4)
+    # the node's threshold masks the same pixels in both modes: half of them at the median confidence
+    median = float(np.median(np.concatenate([c.ravel() for _, _, c in offline["_preds"]])))
+    half = {"confidence_threshold": round(median, 4)}
+    offline_half = run_offline(tmp_path / "bag", str(tmp_path / "m.onnx"), progress=False, params=half)
+    live_half = run_live(tmp_path / "bag", str(tmp_path / "m.onnx"), rate=0, progress=False, params=half)
+    assert 0.3 < offline_half["accuracy"]["disparity"]["density"] < 0.7
+    for a, b in zip(offline_half["per_frame"], live_half["per_frame"]):
+        assert a["density"] == b["density"] and a["epe"] == pytest.approx(b["epe"], rel=1e-5)
     report = write_report(live, tmp_path / "report")
     assert (tmp_path / "report" / "report.md").read_text().count("latency") >= 1
     assert report["latency_summary_ms"]["median"] > 0
     assert (tmp_path / "report" / "latency.png").is_file() and (tmp_path / "report" / "error_map_0.png").is_file()
     # no GT in the bag: the self-consistency rate instead
     write_bag(tmp_path / "nogt", _frames(2, 96, 128, gt=False), storage="sqlite3")
-    res = run_offline(tmp_path / "nogt", str(tmp_path / "m.onnx"), progress=False)
+    res = run_offline(tmp_path / "nogt", str(tmp_path / "m.onnx"), progress=False, params=every)
     assert 0.0 <= res["accuracy"]["lr_consistency"] <= 1.0
     # a sqlite3 bag cut mid-file (a killed recorder) is evaluated on its readable part
     write_bag(tmp_path / "cut", _frames(5, 96, 128), storage="sqlite3")
     db = next((tmp_path / "cut").glob("*.db3"))
     db.write_bytes(db.read_bytes()[: int(db.stat().st_size * 0.7)])
-    cut = run_offline(tmp_path / "cut", str(tmp_path / "m.onnx"), progress=False)
+    cut = run_offline(tmp_path / "cut", str(tmp_path / "m.onnx"), progress=False, params=every)
     assert 2 <= cut["frames"] < 5 and any("damaged" in w for w in cut["warnings"])
     for a, b in zip(offline["per_frame"], cut["per_frame"]):
         assert a["epe"] == pytest.approx(b["epe"], rel=1e-6)

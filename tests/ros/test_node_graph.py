@@ -27,13 +27,14 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from calib import StereoCamera  # noqa: E402
 from calib.camera import CameraInfo as CalibInfo  # noqa: E402
 from m2s_stereo.dds import PROFILE  # noqa: E402
 from m2s_stereo.image_codec import array_to_image, image_to_array  # noqa: E402
+from m2s_stereo.outputs import unpack_points  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -50,11 +51,13 @@ class Listener:
         self.node = rclpy.create_node("listener", namespace=namespace or None, context=self.context)
         self.diagnostics: list[tuple[float, str, str, dict[str, float]]] = []
         self.logs: list[Log] = []
-        self.outputs: dict[str, list] = {"disparity": [], "depth": [], "depth/camera_info": []}
+        self.outputs: dict[str, list] = {"disparity": [], "depth": [], "depth/camera_info": [], "confidence": [],
+                                         "points2": []}
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.node.create_subscription(Log, "/rosout", self.logs.append, 100)
         if outputs:
-            for name, t in (("disparity", DisparityImage), ("depth", Image), ("depth/camera_info", CameraInfo)):
+            for name, t in (("disparity", DisparityImage), ("depth", Image), ("depth/camera_info", CameraInfo),
+                            ("confidence", Image), ("points2", PointCloud2)):
                 self.node.create_subscription(t, name, self.outputs[name].append, 10)
         self.pubs = {name: self.node.create_publisher(t, name, qos_profile_sensor_data) for name, t in (
             ("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
@@ -202,12 +205,65 @@ def test_free_running_cameras_under_exact_sync_are_named(stereo_onnx):
                                  "--rate", "10", "--count", "25", "--right-offset-ms", "1"],
                                 cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
         assert camera.returncode == 0, camera.stderr[-2000:]
-        assert listener.wait(lambda: listener.last()[1] == "WARN" and "none pair up" in listener.last()[2], 5), \
-            listener.last()
-        _, _, message, values = listener.last()
+
+        def named():  # any diagnostics message so far (the camera has stopped: STALE follows within 0.5 s)
+            return next((d for d in reversed(listener.diagnostics) if d[1] == "WARN" and "none pair up" in d[2]), None)
+
+        assert listener.wait(lambda: named() is not None, 5), listener.diagnostics[-3:]
+        _, _, message, values = named()
         assert "sync_mode:=approximate" in message and 0.5 <= values["stamp_offset_ms"] <= 5.0
         assert values["pairs_total"] == 0 and values["unmatched"] >= 40
         assert any("none pair up" in m.msg and m.level == 30 for m in listener.logs)  # a WARN in the log too
+    finally:
+        _stop(node)
+        listener.close()
+
+
+def test_confidence_is_published_and_masks_every_output(stereo_onnx):
+    """The node in its own process, the images from this one: ``confidence`` (32FC1, the disparity's
+    header) arrives, and disparity, depth and points are invalid exactly where it is below the
+    threshold. A model without a confidence output (the hand-built one of the torch-free legs) gets
+    no confidence topic, no masking and a WARN saying so."""
+    from m2s_export.runtime import load_runtime
+
+    rng = np.random.default_rng(5)
+    left = rng.integers(0, 255, (96, 128, 3), np.uint8)
+    right = np.roll(left, -4, axis=1)
+    camera = StereoCamera.ideal(128, 96, focal_px=100.0, baseline_m=0.1)
+    expected = load_runtime(stereo_onnx).infer_with_confidence(left, right)
+    has_confidence = expected.confidence is not None
+    threshold = round(float(np.median(expected.confidence)), 4) if has_confidence else 0.5
+    listener = Listener()
+    node = _node_process(stereo_onnx, f"confidence_threshold:={threshold}", "min_depth:=0.01", "max_depth:=1000.0")
+    try:
+        want = ("disparity", "depth", "points2") + (("confidence",) if has_confidence else ())
+        assert listener.wait(lambda: all(listener.node.count_publishers(f"/{n}") for n in want), 30), _stop(node)
+        stamp = time.time_ns()
+        for k in range(40):  # until one frame's outputs have all arrived (best-effort images may be lost)
+            listener.publish(left, right, camera, stamp + k)
+            if listener.wait(lambda: all(listener.outputs[n] for n in want), 1.0):
+                break
+        assert all(listener.outputs[n] for n in want), (_stop(node), {n: len(listener.outputs[n]) for n in want})
+        disp_msg = listener.outputs["disparity"][0]
+        key = (disp_msg.header.stamp.sec, disp_msg.header.stamp.nanosec)
+        depth_msg = next(m for m in listener.outputs["depth"] if (m.header.stamp.sec, m.header.stamp.nanosec) == key)
+        cloud = next(m for m in listener.outputs["points2"] if (m.header.stamp.sec, m.header.stamp.nanosec) == key)
+        disp, depth, points = image_to_array(disp_msg.image), image_to_array(depth_msg), unpack_points(cloud)
+        if not has_confidence:
+            assert not listener.outputs["confidence"] and np.isfinite(disp).all()
+            assert any("no confidence output" in m.msg and m.level == 30 for m in listener.logs)
+            return
+        conf_msg = next(m for m in listener.outputs["confidence"] if (m.header.stamp.sec, m.header.stamp.nanosec) == key)
+        assert conf_msg.encoding == "32FC1" and conf_msg.header.frame_id == disp_msg.header.frame_id
+        confidence = image_to_array(conf_msg)
+        np.testing.assert_allclose(confidence, expected.confidence, atol=1e-5)
+        low = confidence < threshold
+        assert 0.3 < low.mean() < 0.7  # half of the pixels at the median: both kinds are checked
+        valid = ~low & (expected.disparity > 0)
+        np.testing.assert_array_equal(np.isfinite(disp), valid)
+        np.testing.assert_allclose(disp[valid], expected.disparity[valid], rtol=1e-5)
+        np.testing.assert_array_equal(np.isnan(depth), ~valid)  # NaN: no measurement (not +-Inf: the range is wide)
+        np.testing.assert_array_equal(np.isfinite(points[..., 2]), valid)
     finally:
         _stop(node)
         listener.close()
@@ -243,7 +299,8 @@ class TestContract:
 
         listener = Listener()
         node = StereoNode(parameter_overrides=[Parameter("model_path", value=str(stereo_onnx)),
-                                               Parameter("min_depth", value=2.0), Parameter("max_depth", value=20.0)],
+                                               Parameter("min_depth", value=2.0), Parameter("max_depth", value=20.0),
+                                               Parameter("confidence_threshold", value=0.0)],
                           context=listener.context)
         listener.executor.add_node(node)
         assert listener.wait(lambda: node.pub_disp.get_subscription_count() and node.pub_depth.get_subscription_count()

@@ -100,7 +100,7 @@ def test_outputs_contract_on_real_aloe(onnx_model, aloe):
     left, right = aloe
     h, w = left.shape[:2]
     camera = StereoCamera.ideal(w, h, focal_px=0.25 * 3740.0, baseline_m=0.16)
-    hx = Harness(onnx_model, points_organized=True)
+    hx = Harness(onnx_model, points_organized=True, confidence_threshold=0.0)  # the unmasked contract
     try:
         hx.publish(left, right, camera, 1_700_000_000_123_456_789)
         assert hx.wait(lambda: all(hx.received[k] for k in ("disparity", "depth", "points2")), 30), hx.node.stats()
@@ -175,10 +175,11 @@ class SlowRuntime:
     def __init__(self, runtime, delay_s):
         self.runtime, self.delay_s = runtime, delay_s
         self.backend, self.input_size, self.meta = runtime.backend, runtime.input_size, runtime.meta
+        self.has_confidence = runtime.has_confidence
 
-    def infer(self, left, right):
+    def infer_with_confidence(self, left, right):
         time.sleep(self.delay_s)
-        return self.runtime.infer(left, right)
+        return self.runtime.infer_with_confidence(left, right)
 
 
 def test_overload_drops_stale_pairs_with_bounded_latency(onnx_model):

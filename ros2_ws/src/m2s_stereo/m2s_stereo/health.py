@@ -39,7 +39,8 @@ class PipelineHealth:
         self.totals: Counter[str] = Counter()
         self.times: dict[str, deque[float]] = {k: deque() for k in EVENTS}
         self.samples: dict[str, deque[tuple[float, float]]] = {
-            k: deque() for k in ("inference_ms", "latency_ms", "queue_ms", "stamp_latency_ms", "stamp_offset_ms")}
+            k: deque() for k in ("inference_ms", "latency_ms", "queue_ms", "stamp_latency_ms", "stamp_offset_ms",
+                                 "masked_confidence_pct", "masked_lr_pct")}
         self.last_error = ""
         self.last_error_time = -1e9
         self.last_seen: dict[str, float] = {}  # the last event of each kind, however long ago

@@ -61,7 +61,7 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
     if disparity_out:
         disp_msg = new_message(types.DisparityImage)
         disp_msg.header = header
-        disp_msg.image = _float_image(types.Image, buffers["disparity"], h, w, header)
+        disp_msg.image = float_image(types.Image, buffers["disparity"], h, w, header)
         disp_msg.f = float(camera.focal_px)
         disp_msg.t = float(camera.baseline_m)
         disp_msg.valid_window.x_offset, disp_msg.valid_window.y_offset = 0, 0
@@ -71,7 +71,7 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
         disp_msg.max_disparity = float(max_disparity + camera.doffs)
         disp_msg.delta_d = DELTA_D
     if depth_out:
-        depth = _float_image(types.Image, buffers["depth"], h, w, header)
+        depth = float_image(types.Image, buffers["depth"], h, w, header)
     if points_out:
         cloud = new_message(types.PointCloud2)
         cloud.header = header
@@ -106,7 +106,7 @@ def warm_up(types: Any) -> str:
     return fill_outputs_backend()
 
 
-def _float_image(msg_type: type, data: Any, h: int, w: int, header: Any) -> Any:
+def float_image(msg_type: type, data: Any, h: int, w: int, header: Any) -> Any:
     """A 32FC1 sensor_msgs/Image around an already filled ``array.array('B')`` buffer."""
     msg = new_message(msg_type)
     msg.header = header

@@ -26,6 +26,14 @@ DIAGNOSTICS_WINDOW = "diagnostics_window"
 STALE_TIMEOUT = "stale_timeout"
 MONO16_MAX = "mono16_max"
 ONNX_EXECUTION = "onnx_execution"
+PUBLISH_CONFIDENCE = "publish_confidence"
+CONFIDENCE_THRESHOLD = "confidence_threshold"
+LR_CHECK = "lr_check"
+LR_MAX_DIFF = "lr_max_diff"
+TEMPORAL_FILTER = "temporal_filter"
+TEMPORAL_ALPHA = "temporal_alpha"
+TEMPORAL_DELTA = "temporal_delta"
+TEMPORAL_PERSISTENCE = "temporal_persistence"
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 ONNX_EXECUTIONS = ("auto", "tensorrt", "cuda", "cpu")
@@ -69,6 +77,19 @@ PARAMS: tuple[Param, ...] = (
           range=(1.0, 600.0)),
     Param(STALE_TIMEOUT, 0.0, "Seconds without input images before diagnostics report STALE; 0: five input "
           "periods, at least 0.5 s", range=(0.0, 600.0)),
+    Param(PUBLISH_CONFIDENCE, True, "Publish the per-pixel confidence in [0, 1] (32FC1, the disparity's header) on "
+          "'confidence' (when subscribed)"),
+    Param(CONFIDENCE_THRESHOLD, 0.5, "Pixels whose confidence is below this are invalid in disparity, depth and points "
+          "(NaN); 0 disables", range=(0.0, 1.0)),
+    Param(LR_CHECK, False, "Left-right check: a second inference on the swapped, mirrored pair; pixels it does not "
+          "confirm within lr_max_diff are invalid (doubles the inference time)"),
+    Param(LR_MAX_DIFF, 1.0, "Left-right check: largest disagreement kept, px", range=(0.1, 100.0)),
+    Param(TEMPORAL_FILTER, False, "Temporal filter: confidence-weighted running average per pixel, reset where the "
+          "disparity jumps by more than temporal_delta (edges, scene changes)"),
+    Param(TEMPORAL_ALPHA, 0.4, "Temporal filter: weight of the new frame (1 = no smoothing)", range=(0.01, 1.0)),
+    Param(TEMPORAL_DELTA, 1.0, "Temporal filter: a larger change than this (px) resets the pixel", range=(0.01, 100.0)),
+    Param(TEMPORAL_PERSISTENCE, 2, "Temporal filter: frames a pixel without a measurement keeps its last value",
+          range=(0, 100)),
     Param(MONO16_MAX, 65535, "mono16/16UC1 input: the raw value shown as white, for both images and every frame "
           "(e.g. 4095 for 12-bit cameras)", range=(1, 65535)),
 )

@@ -1,13 +1,22 @@
 """``m2s-eval-bag``: replay a stereo bag through the node (live, real DDS) or the runtime (offline)
-and report accuracy, latency, throughput and dropped pairs.
+and report accuracy, confidence, temporal stability, latency, throughput and dropped pairs.
 
 live: the bag's messages are published on loopback DDS into a :class:`StereoNode` in this
 process, restamped at publish time, at the recorded rate x ``--rate`` or (``--rate 0``) as fast
-as the node answers; outputs are matched by stamp; latency = output received - stamp.
-offline: the runtime runs directly on the bag's pairs (no DDS), for fast accuracy runs.
-Accuracy uses whatever GT the bag holds (gt/disparity: EPE, D1, bad-1/2/3; gt/depth:
-abs-rel and delta<1.25 on depth, plus disparity metrics through the camera model), otherwise
-the left-right consistency rate. Writes report.json, report.md and PNG plots.
+as the node answers; outputs (disparity and confidence) are matched by stamp; latency = output
+received - stamp. offline: the runtime runs directly on the bag's pairs (no DDS), through the
+node's own post-processing (:mod:`m2s_stereo.postprocess`: confidence threshold, left-right
+check, temporal filter) with the same parameters (``--param NAME=VALUE``, the node's defaults
+otherwise), so both modes measure what the node publishes.
+
+Accuracy uses whatever GT the bag holds (gt/disparity: EPE, D1, bad-1/2/3; gt/depth: abs-rel and
+delta<1.25 on depth, plus disparity metrics through the camera model), on the pixels the node
+published, with their ``density`` (the fraction of the GT pixels that got a disparity: the
+confidence threshold and the left-right check leave holes); otherwise the left-right
+consistency rate. With a confidence: its sparsification curves (:func:`calib.metrics.sparsification`).
+On a sequence: ``flicker`` (mean |d_t - d_t-1| on pixels whose GT did not change) and the step
+response (frames until the error settles after the GT changes). Writes report.json, report.md
+and PNG plots.
 """
 
 from __future__ import annotations
@@ -26,8 +35,17 @@ from tqdm import tqdm
 from calib.console import CliParser, add_common_flags, non_negative_float, positive_float, run_command
 from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
 from calib.errors import CalibrationError
-from calib.metrics import MetricAccumulator, error_map_rgb
+from calib.geometry import left_right_consistency
+from calib.metrics import (
+    MetricAccumulator,
+    SparsificationAccumulator,
+    confidence_map_rgb,
+    error_map_rgb,
+    sparsification_plot,
+)
+from m2s_stereo import params as P
 from m2s_stereo.bag_tools import BagError, Frame, read_frames
+from m2s_stereo.postprocess import FramePostprocess, defaults
 
 log = logging.getLogger("m2s-eval-bag")
 
@@ -46,46 +64,100 @@ def depth_metrics(pred_depth: np.ndarray, gt_depth: np.ndarray) -> dict[str, flo
 
 
 def lr_consistency(runtime: Any, left: np.ndarray, right: np.ndarray, disp: np.ndarray, tol: float = 1.0) -> float:
-    """Fraction of pixels whose left disparity agrees (within ``tol`` px) with the right view's
-    disparity at x - d (right disparity = flipped inference on the flipped, swapped pair)."""
-    d_right = runtime.infer(np.ascontiguousarray(right[:, ::-1]), np.ascontiguousarray(left[:, ::-1]))[:, ::-1]
-    h, w = disp.shape
-    xs = np.arange(w)[None, :] - np.nan_to_num(disp, nan=-1e6)
-    inside = (xs >= 0) & (xs <= w - 1) & np.isfinite(disp)
-    xr = np.clip(np.rint(xs), 0, w - 1).astype(int)
-    other = d_right[np.arange(h)[:, None], xr]
-    return float(np.mean(np.abs(disp - other)[inside] <= tol)) if inside.any() else float("nan")
+    """Fraction of the checkable pixels whose left disparity the right view's disparity confirms within
+    ``tol`` px (:func:`calib.geometry.left_right_consistency`; right view = the mirrored, swapped pair)."""
+    consistent, checkable = left_right_consistency(disp, runtime.infer_right_view(left, right).disparity, tol)
+    return float(consistent.sum() / checkable.sum()) if checkable.any() else float("nan")
+
+
+SETTLE_TOLERANCE = (1.1, 0.05)  # settled: EPE <= 1.1 x the segment's steady EPE + 0.05 px
+CHANGED_FRACTION = 0.5  # a frame whose GT changed on more than half of its pixels starts a new scene
 
 
 class Evaluation:
-    """Accumulates accuracy over frames (whatever GT each frame has)."""
+    """Accumulates accuracy over frames (whatever GT each frame has), the confidence's sparsification
+    and, on a sequence, flicker and step response."""
 
     def __init__(self) -> None:
         self.disp = MetricAccumulator()
+        self.confidence = SparsificationAccumulator()
         self.depth: list[dict[str, float]] = []
         self.lr: list[float] = []
         self.per_frame: list[dict[str, Any]] = []
+        self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (gt, prediction) of the last frame
+        self.flicker: list[float] = []
+        self.scene_starts: list[int] = []  # indices into per_frame where the GT changed
 
-    def add(self, frame: Frame, disp: np.ndarray, index: int, runtime: Any = None) -> dict[str, Any]:
+    def add(self, frame: Frame, disp: np.ndarray, index: int, runtime: Any = None,
+            confidence: np.ndarray | None = None) -> dict[str, Any]:
+        """``disp`` as published: NaN (or <= 0) where the node gives no disparity."""
         row: dict[str, Any] = {"frame": index, "stamp_ns": frame.stamp_ns}
-        if frame.gt_disparity is not None:
-            row.update(self.disp.add(disp, frame.gt_disparity))
-        elif frame.gt_depth is not None:
-            gt_disp = frame.camera.depth_to_disparity(frame.gt_depth)
-            row.update(self.disp.add(disp, gt_disp))
-            d = depth_metrics(frame.camera.disparity_to_depth(disp), frame.gt_depth)
-            self.depth.append(d)
-            row.update(d)
+        gt = frame.gt_disparity
+        if gt is None and frame.gt_depth is not None:
+            gt = frame.camera.depth_to_disparity(frame.gt_depth)
+        with np.errstate(invalid="ignore"):
+            predicted = np.isfinite(disp) & (disp > 0)
+        if gt is not None:
+            row.update(self.disp.add(disp, gt, mask=predicted))
+            with np.errstate(invalid="ignore"):
+                has_gt = np.isfinite(gt) & (gt > 0)
+            row["density"] = float((predicted & has_gt).sum() / max(int(has_gt.sum()), 1))
+            if confidence is not None:
+                self.confidence.add(disp, gt, confidence, mask=predicted)
+            self._temporal(gt, np.where(predicted, disp, np.nan), row)
+            if frame.gt_depth is not None:
+                d = depth_metrics(frame.camera.disparity_to_depth(disp), frame.gt_depth)
+                self.depth.append(d)
+                row.update(d)
         elif runtime is not None:
             row["lr_consistency"] = lr_consistency(runtime, frame.left, frame.right, disp)
             self.lr.append(row["lr_consistency"])
         self.per_frame.append(row)
         return row
 
+    def _temporal(self, gt: np.ndarray, pred: np.ndarray, row: dict[str, Any]) -> None:
+        previous, self._previous = self._previous, (gt, pred)
+        if previous is None or previous[0].shape != gt.shape:
+            self.scene_starts.append(len(self.per_frame))
+            return
+        with np.errstate(invalid="ignore"):
+            both = np.isfinite(gt) & np.isfinite(previous[0])
+            same = both & (np.abs(gt - previous[0]) <= 1e-3)
+        if same.sum() < CHANGED_FRACTION * max(int(both.sum()), 1):
+            self.scene_starts.append(len(self.per_frame))
+            row["scene_change"] = True
+            return
+        stable = same & np.isfinite(pred) & np.isfinite(previous[1])
+        if stable.any():
+            row["flicker"] = float(np.abs(pred[stable] - previous[1][stable]).mean())
+            self.flicker.append(row["flicker"])
+
+    def step_response(self) -> list[int]:
+        """Per scene change (not the first scene): frames from the change until the EPE first comes within
+        SETTLE_TOLERANCE of the scene's steady EPE (the median over its second half); 1 = at once."""
+        out = []
+        bounds = self.scene_starts[1:] + [len(self.per_frame)]
+        for start, end in zip(self.scene_starts[1:], bounds[1:]):
+            epe = [r.get("epe", float("nan")) for r in self.per_frame[start:end]]
+            if len(epe) < 4 or not np.isfinite(epe).any():
+                continue
+            steady = float(np.nanmedian(epe[len(epe) // 2:]))
+            limit = SETTLE_TOLERANCE[0] * steady + SETTLE_TOLERANCE[1]
+            out.append(next((k + 1 for k, e in enumerate(epe) if np.isfinite(e) and e <= limit), len(epe)))
+        return out
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.disp.per_image:
             out["disparity"] = self.disp.summary()["pixel"]
+            densities = [r["density"] for r in self.per_frame if "density" in r]
+            out["disparity"]["density"] = float(np.mean(densities)) if densities else float("nan")
+        confidence = self.confidence.summary()
+        if confidence is not None:
+            out["confidence"] = confidence
+        if self.flicker:
+            out["temporal"] = {"flicker_px": float(np.mean(self.flicker)), "frame_pairs": len(self.flicker),
+                               "scene_changes": len(self.scene_starts) - 1, "settle_frames": self.step_response()}
         if self.depth:
             n = sum(d["depth_pixels"] for d in self.depth)
             out["depth"] = {k: sum(d[k] * d["depth_pixels"] for d in self.depth) / max(n, 1) for k in ("abs_rel", "delta1")}
@@ -94,10 +166,25 @@ class Evaluation:
         return out
 
 
-def run_offline(bag: Path, model: str, progress: bool = True) -> dict[str, Any]:
+def node_values(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The node's parameter values for a replay: its defaults with ``params`` applied (checked)."""
+    values = defaults()
+    for name, value in (params or {}).items():
+        if name not in P.BY_NAME:
+            raise BagError(f"--param: the node has no parameter '{name}' (it has {', '.join(sorted(P.BY_NAME))})")
+        if (problem := P.validate(name, value)) is not None:
+            raise BagError(f"--param: {problem}")
+        values[name] = value
+    return values
+
+
+def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The runtime on every pair of ``bag`` through the node's post-processing (``params``: node parameters)."""
     from m2s_export.runtime import load_runtime
 
+    values = node_values(params)
     runtime = load_runtime(model)
+    post = FramePostprocess(values)
     warnings: list[str] = []
     ev = Evaluation()
     preds = []
@@ -109,20 +196,28 @@ def run_offline(bag: Path, model: str, progress: bool = True) -> dict[str, Any]:
         except CalibrationError as exc:
             warnings.append(f"frame {i} ({frame.stamp_ns}) not evaluated: {exc}")
             continue
-        disp = runtime.infer(frame.left, frame.right)
-        disp = np.where(disp > 0, disp, np.nan).astype(np.float32)
-        ev.add(frame, disp, i, runtime)
-        preds.append((frame, disp))
+        out = post(runtime, frame.left, frame.right)
+        disp = np.where(out.disparity > 0, out.disparity, np.nan).astype(np.float32)
+        confidence = out.confidence if values[P.PUBLISH_CONFIDENCE] else None
+        ev.add(frame, disp, i, runtime, confidence)
+        preds.append((frame, disp, confidence))
     if not frames:
         raise BagError(f"{bag}: no complete stereo frame could be read")
     timing = runtime.stats().get("total", {})
     return {"mode": "offline", "frames": frames, "answered": len(preds), "dropped": frames - len(preds),
-            "warnings": warnings, "accuracy": ev.summary(), "per_frame": ev.per_frame, "inference_ms": timing,
-            "_preds": preds}
+            "warnings": warnings, "node_parameters": _changed(values), "accuracy": ev.summary(),
+            "per_frame": ev.per_frame, "inference_ms": timing, "_preds": preds}
 
 
-def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, progress: bool = True) -> dict[str, Any]:
-    """Publish the bag into a StereoNode over DDS and collect its disparity outputs."""
+def _changed(values: dict[str, Any]) -> dict[str, Any]:
+    """The node parameters that differ from the defaults (what the report should name)."""
+    base = defaults()
+    return {k: v for k, v in values.items() if v != base.get(k)}
+
+
+def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, progress: bool = True,
+             params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Publish the bag into a StereoNode over DDS and collect its disparity (and confidence) outputs."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
@@ -136,25 +231,34 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
     from m2s_stereo.image_codec import image_to_array
     from m2s_stereo.stereo_node import StereoNode
 
+    values = node_values(params)
     warnings: list[str] = []
     frames = list(read_frames(bag, keep_raw=True, warnings=warnings))
     if not frames:
         raise BagError(f"{bag}: no complete stereo frame could be read")
     context = rclpy.Context()
     rclpy.init(context=context)
-    node = StereoNode(parameter_overrides=[Parameter("model_path", value=str(model)),
-                                           Parameter("publish_points", value=False), Parameter("publish_depth", value=False)],
-                      context=context)
+    overrides = {**_changed(values), P.MODEL_PATH: str(model), P.PUBLISH_POINTS: False, P.PUBLISH_DEPTH: False}
+    node = StereoNode(parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()], context=context)
     player = Node("m2s_bag_player", context=context)
     types = {LEFT: Image, RIGHT: Image, LEFT_INFO: CameraInfo, RIGHT_INFO: CameraInfo}
     pubs = {t: player.create_publisher(m, t, qos_profile_sensor_data) for t, m in types.items()}
     received: dict[int, tuple[float, np.ndarray]] = {}
+    confidences: dict[int, np.ndarray] = {}
+
+    def stamp_of(msg: Any) -> int:
+        return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
     def on_disparity(msg: DisparityImage) -> None:
-        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
-        received[stamp] = (time.time(), image_to_array(msg.image).copy())
+        received[stamp_of(msg)] = (time.time(), image_to_array(msg.image).copy())
+
+    def on_confidence(msg: Image) -> None:
+        confidences[stamp_of(msg)] = image_to_array(msg).copy()
 
     player.create_subscription(DisparityImage, "disparity", on_disparity, 10)
+    want_confidence = values[P.PUBLISH_CONFIDENCE] and node.has_confidence
+    if want_confidence:
+        player.create_subscription(Image, "confidence", on_confidence, 10)
     executor = MultiThreadedExecutor(num_threads=2, context=context)
     executor.add_node(node)
     executor.add_node(player)
@@ -185,7 +289,8 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
                 while stamp not in received and time.monotonic() < end:
                     time.sleep(0.002)
         end = time.monotonic() + timeout_s
-        while time.monotonic() < end and not all(s in received for s in sent[-1:]):
+        while time.monotonic() < end and not all(s in received and (s in confidences or not want_confidence)
+                                                 for s in sent[-1:]):
             time.sleep(0.01)
         time.sleep(0.2)
         node_stats = node.stats()
@@ -202,12 +307,18 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
             continue
         t_recv, disp = received[stamp]
         latencies.append((i, (t_recv - stamp / 1e9) * 1e3))
-        ev.add(frame, disp.astype(np.float32), i)
-        preds.append((frame, disp))
+        # the DisparityImage carries d + doffs (the message's convention): back to the model's d
+        disp = (disp - np.float32(frame.camera.doffs)).astype(np.float32)
+        confidence = confidences.get(stamp)
+        if want_confidence and confidence is None:
+            warnings.append(f"frame {i}: no confidence arrived with its disparity")
+        ev.add(frame, disp, i, None, confidence)
+        preds.append((frame, disp, confidence))
     wall = max(time.monotonic() - t_start, 1e-9)
     return {"mode": "live", "rate": rate, "frames": len(frames), "answered": len(preds), "dropped": len(frames) - len(preds),
-            "warnings": warnings, "throughput_fps": len(preds) / wall, "latency_ms": latencies, "node": node_stats,
-            "accuracy": ev.summary(), "per_frame": ev.per_frame, "_preds": preds}
+            "warnings": warnings, "node_parameters": _changed(values), "throughput_fps": len(preds) / wall,
+            "latency_ms": latencies, "node": node_stats, "accuracy": ev.summary(), "per_frame": ev.per_frame,
+            "_preds": preds}
 
 
 def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[str, Any]:
@@ -217,11 +328,19 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
     if lat:
         result["latency_summary_ms"] = {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
                                         "max": float(np.max(lat))}
-    for k, (frame, disp) in enumerate(preds[:examples]):
+    for k, (frame, disp, confidence) in enumerate(preds[:examples]):
         gt = frame.gt_disparity if frame.gt_disparity is not None else (
             frame.camera.depth_to_disparity(frame.gt_depth) if frame.gt_depth is not None else None)
         if gt is not None:
-            cv2.imwrite(str(out / f"error_map_{k}.png"), error_map_rgb(disp, gt)[:, :, ::-1])
+            image = error_map_rgb(disp, gt)
+            if confidence is not None:  # the confidence beside the error it should predict
+                image = np.concatenate([image, confidence_map_rgb(confidence)], axis=1)
+            cv2.imwrite(str(out / f"error_map_{k}.png"), image[:, :, ::-1])
+    if result["accuracy"].get("confidence"):
+        try:
+            sparsification_plot(result["accuracy"]["confidence"], out / "sparsification.png", "node confidence")
+        except ImportError:
+            pass  # matplotlib missing: said below
     try:
         import matplotlib
 
@@ -240,8 +359,15 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
         epe = [r.get("epe") for r in result["per_frame"] if r.get("epe") is not None]
         if epe:
             fig, ax = plt.subplots(figsize=(6, 3.5))
-            ax.plot(range(len(epe)), epe, ".-")
-            ax.set(xlabel="frame", ylabel="EPE (px)", title="per-frame disparity error")
+            ax.plot(range(len(epe)), epe, ".-", label="EPE")
+            changes = [r["frame"] for r in result["per_frame"] if r.get("scene_change")]
+            for c in changes:
+                ax.axvline(c, color="grey", lw=0.8)
+            flicker = [(r["frame"], r["flicker"]) for r in result["per_frame"] if "flicker" in r]
+            if flicker:
+                ax.plot(*zip(*flicker), "x", label="flicker (px)")
+                ax.legend()
+            ax.set(xlabel="frame", ylabel="px", title="per-frame disparity error")
             fig.tight_layout()
             fig.savefig(out / "per_frame_error.png", dpi=100)
             plt.close(fig)
@@ -256,10 +382,25 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
     if lat:
         s = result["latency_summary_ms"]
         lines.append(f"- latency: median {s['median']:.1f} ms, p95 {s['p95']:.1f} ms, max {s['max']:.1f} ms")
+    if result.get("node_parameters"):
+        lines.append("- node parameters: " + ", ".join(f"{k}={v}" for k, v in result["node_parameters"].items()))
     if "disparity" in acc:
         d = acc["disparity"]
-        lines.append(f"- disparity: EPE {d['epe']:.3f} px, D1 {100 * d['d1']:.2f} %, bad-1/2/3 {100 * d['bad1']:.1f} / "
+        lines.append(f"- disparity (on the published pixels, density {100 * d['density']:.1f} % of the GT pixels): "
+                     f"EPE {d['epe']:.3f} px, D1 {100 * d['d1']:.2f} %, bad-1/2/3 {100 * d['bad1']:.1f} / "
                      f"{100 * d['bad2']:.1f} / {100 * d['bad3']:.1f} %")
+    if "confidence" in acc:
+        c = acc["confidence"]
+        lines.append(f"- confidence: sparsification AUC (EPE) {c['auc_epe']['confidence']:.3f} vs oracle "
+                     f"{c['auc_epe']['oracle']:.3f} / random {c['auc_epe']['random']:.3f} (gap closed "
+                     f"{c['gap_closed_epe']:.2f}); bad-3 of the most confident 50 / 80 / 95 / 100 %: "
+                     f"{100 * c['bad3_at_50']:.1f} / {100 * c['bad3_at_80']:.1f} / {100 * c['bad3_at_95']:.1f} / "
+                     f"{100 * c['bad3_all']:.1f} %")
+    if "temporal" in acc:
+        t = acc["temporal"]
+        lines.append(f"- temporal: flicker {t['flicker_px']:.4f} px (mean |d_t - d_t-1| where the GT did not change, "
+                     f"{t['frame_pairs']} frame pairs); {t['scene_changes']} scene change(s), settled after "
+                     f"{t['settle_frames']} frame(s)")
     if "depth" in acc:
         lines.append(f"- depth: abs-rel {acc['depth']['abs_rel']:.4f}, delta<1.25 {100 * acc['depth']['delta1']:.1f} %")
     if "lr_consistency" in acc:
@@ -271,10 +412,12 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
 
 def _main(args: argparse.Namespace) -> int:
     bag = Path(args.bag)
+    params = dict(args.param or [])
     if args.mode == "offline":
-        result = run_offline(bag, args.model, progress=not args.quiet)
+        result = run_offline(bag, args.model, progress=not args.quiet, params=params)
     else:
-        result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet)
+        result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet,
+                          params=params)
     result = write_report(result, Path(args.out))
     print(dumps_json({k: result[k] for k in ("mode", "frames", "answered", "dropped", "accuracy")}
                      | {"report": str(Path(args.out) / "report.md")}))
@@ -287,6 +430,32 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def node_param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` -> (name, value typed like the parameter's default); argparse turns errors into one line."""
+    name, sep, raw = text.partition("=")
+    if not sep or name not in P.BY_NAME:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of the node's parameters, got '{text}'")
+    default = P.BY_NAME[name].default
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            value: Any = raw.lower() in ("true", "1")
+        elif isinstance(default, int):
+            value = int(raw)
+        elif isinstance(default, float):
+            value = float(raw)
+            if not np.isfinite(value):
+                raise ValueError(raw)
+        else:
+            value = raw
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name} takes a {type(default).__name__}, got '{raw}'") from None
+    if (problem := P.validate(name, value)) is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="m2s-eval-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bag", required=True, help="bag directory (sqlite3 or MCAP) written by m2s-bag make or ros2 bag record")
@@ -297,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="live: x recorded rate; 0 = as fast as the node answers")
     p.add_argument("--timeout", type=positive_float, default=30.0,
                    help="live: seconds to wait for the node's answer to a pair (default 30)")
+    p.add_argument("--param", action="append", type=node_param, metavar="NAME=VALUE",
+                   help="a node parameter for both modes, e.g. confidence_threshold=0 or temporal_filter=true "
+                        "(repeatable; default: the node's config/stereo.yaml defaults)")
     add_common_flags(p)
     return run_command(_main, p.parse_args(argv))
 

@@ -2,8 +2,11 @@
 
 Inputs (relative names, remap as needed): ``left/image_rect``, ``right/image_rect``,
 ``left/camera_info``, ``right/camera_info``. Outputs: ``disparity`` (stereo_msgs/DisparityImage),
-``depth`` (32FC1 m, REP 118; -Inf/+Inf outside [min_depth, max_depth], REP 117) with
-``depth/camera_info``, ``points2`` (sensor_msgs/PointCloud2), ``/diagnostics``.
+``confidence`` (32FC1 in [0, 1], the disparity's header), ``depth`` (32FC1 m, REP 118; -Inf/+Inf
+outside [min_depth, max_depth], REP 117) with ``depth/camera_info``, ``points2``
+(sensor_msgs/PointCloud2), ``/diagnostics``. Pixels below ``confidence_threshold`` (and, with
+``lr_check``, those the right view does not confirm) are invalid in every output; an optional
+temporal filter smooths the stream (:mod:`m2s_stereo.postprocess`).
 Callbacks only count, pair and hand over: inference runs in a worker thread fed by a one-slot
 "latest pair" buffer, so a slow model drops stale pairs (counted) instead of queueing. The
 diagnostics are computed over the last ``diagnostics_window`` seconds (:mod:`m2s_stereo.health`).
@@ -31,7 +34,8 @@ from m2s_export.runtime import load_runtime
 from m2s_stereo import params as P
 from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth
 from m2s_stereo.image_codec import ENCODINGS, BufferPool, EncodingError, image_to_rgb8
-from m2s_stereo.outputs import frame_messages, warm_up
+from m2s_stereo.outputs import float_image, frame_messages, warm_up
+from m2s_stereo.postprocess import FramePostprocess
 from m2s_stereo.sync import PairSynchronizer, stamp_ns
 
 MSGS = SimpleNamespace(Image=Image, DisparityImage=DisparityImage, PointCloud2=PointCloud2, PointField=PointField)
@@ -129,6 +133,7 @@ class StereoNode(Node):
             self.create_timer(1.0, self._match_publisher_qos)
 
         self.pub_disp = self.create_publisher(DisparityImage, "disparity", 5)
+        self.pub_conf = self.create_publisher(Image, "confidence", 5)
         self.pub_depth = self.create_publisher(Image, "depth", 5)
         self.pub_depth_info = self.create_publisher(CameraInfo, "depth/camera_info", 5)
         self.pub_points = self.create_publisher(PointCloud2, "points2", 5)
@@ -141,6 +146,13 @@ class StereoNode(Node):
         self._camera: StereoCamera | None = None
         self._bad_info_logged: set[str] = set()
         self.output_backend = warm_up(MSGS)  # compile/load the output pass now, not on the first frame
+        self.postprocess = FramePostprocess(self.values)
+        self.postprocess.warm_up()
+        self.has_confidence = bool(getattr(self.runtime, "has_confidence", True))
+        if not self.has_confidence:
+            self.get_logger().warning(
+                "the model has no confidence output (exported before models had one): 'confidence' is not published "
+                f"and {P.CONFIDENCE_THRESHOLD} is not applied; re-export it with m2s-export to get both")
         self._stop = threading.Event()
         self.worker = threading.Thread(target=self._work, name="m2s_stereo_worker", daemon=True)
         self.worker.start()
@@ -222,6 +234,8 @@ class StereoNode(Node):
         if new[P.MIN_DEPTH] >= new[P.MAX_DEPTH]:
             return SetParametersResult(successful=False, reason=f"{P.MIN_DEPTH} must be below {P.MAX_DEPTH}")
         self.values = new
+        if hasattr(self, "postprocess"):  # absent while __init__ declares the parameters
+            self.postprocess.update(new)
         return SetParametersResult(successful=True)
 
     # -- input ------------------------------------------------------------------------------------
@@ -310,15 +324,25 @@ class StereoNode(Node):
         want_depth = self.values[P.PUBLISH_DEPTH] and (self.pub_depth.get_subscription_count() > 0
                                                        or self.pub_depth_info.get_subscription_count() > 0)
         want_points = self.values[P.PUBLISH_POINTS] and self.pub_points.get_subscription_count() > 0
-        if not (want_disp or want_depth or want_points):
-            return  # nobody listens: skip the work
+        want_conf = (self.values[P.PUBLISH_CONFIDENCE] and self.has_confidence
+                     and self.pub_conf.get_subscription_count() > 0)
+        if not (want_disp or want_depth or want_points or want_conf):
+            return  # nobody listens: skip the work (the temporal filter's state then waits too)
         v = self.values
         left = image_to_rgb8(left_msg, v[P.MONO16_MAX])
         right = image_to_rgb8(right_msg, v[P.MONO16_MAX])
         t0 = time.perf_counter()
-        disparity = self.runtime.infer(left, right)
+        frame = self.postprocess(self.runtime, left, right)
         self.health.sample("inference_ms", (time.perf_counter() - t0) * 1e3)
+        self.health.sample("masked_confidence_pct", 100.0 * frame.masked_confidence / frame.disparity.size)
+        if v[P.LR_CHECK]:
+            self.health.sample("masked_lr_pct", 100.0 * frame.masked_lr / frame.disparity.size)
+        disparity = frame.disparity
         scale = left.shape[1] / (self.runtime.input_size[1] if getattr(self.runtime, "input_size", None) else left.shape[1])
+        if want_conf and frame.confidence is not None:
+            data, view = self.buffers.take("confidence", frame.confidence.size * 4)
+            np.copyto(view.view(np.float32).reshape(frame.confidence.shape), frame.confidence)
+            self.pub_conf.publish(float_image(Image, data, *frame.confidence.shape, left_msg.header))
         out = frame_messages(MSGS, camera, disparity, left_msg.header, disparity_out=want_disp, depth_out=want_depth,
                              points_out=want_points, colors=left if v[P.POINT_COLORS] else None,
                              organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE], min_depth=v[P.MIN_DEPTH],
