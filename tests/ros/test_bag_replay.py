@@ -236,3 +236,64 @@ def test_info_and_reader_name_size_problems_and_short_image_data(tmp_path):
     frames = list(read_frames(tmp_path / "bag", warnings=warnings))
     assert [f.stamp_ns for f in frames] == [10**9, 12 * 10**8]  # the cut frame is skipped, named
     assert any("frame 1100000000: right/image_rect: data is 1000 bytes" in w for w in warnings)
+
+
+def test_held_sequence_and_temporal_metrics(tmp_path):
+    """m2s-bag make --hold/--noise: static scenes under fresh noise with exact GT; the evaluation finds the
+    scene changes, measures flicker on unchanged GT and the frames to settle after a change."""
+    from m2s_stereo.bag_tools import held_sequence
+    from m2s_stereo.replay import Evaluation
+
+    frames = list(held_sequence(iter(_frames(2, 48, 64)), hold=6, noise=3.0, rate_hz=10.0, start_ns=10**9, seed=1))
+    assert len(frames) == 12 and [f.stamp_ns for f in frames] == [10**9 + k * 10**8 for k in range(12)]
+    first, second = frames[0], frames[6]
+    for f in frames[1:6]:
+        np.testing.assert_array_equal(f.gt_disparity, first.gt_disparity)
+        assert 2.5 < np.std(f.left.astype(float) - first.left.astype(float)) / np.sqrt(2) < 3.5  # fresh noise
+    assert not np.array_equal(second.gt_disparity, first.gt_disparity)
+    with pytest.raises(BagError, match="hold"):
+        list(held_sequence(iter(_frames(1)), hold=0, noise=1.0, rate_hz=10.0, start_ns=0))
+
+    rng = np.random.default_rng(0)
+    ev = Evaluation()
+    for i, f in enumerate(frames):
+        # a prediction that jitters by 0.2 px and needs two frames to reach a new scene
+        late = i in (6, 7)
+        pred = (frames[5] if late else f).gt_disparity + rng.normal(0, 0.2, f.gt_disparity.shape).astype(np.float32)
+        ev.add(f, pred.astype(np.float32), i)
+    t = ev.summary()["temporal"]
+    assert t["scene_changes"] == 1 and t["settle_frames"] == [3]
+    flicker = {r["frame"]: r["flicker"] for r in ev.per_frame if "flicker" in r}
+    assert sorted(flicker) == [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]  # not across the change (frame 6)
+    for i in (1, 2, 3, 4, 5, 7, 9, 10, 11):  # |N(0, 0.2) - N(0, 0.2)| has mean 0.2 * 2 / sqrt(pi) = 0.226
+        assert 0.15 < flicker[i] < 0.3, (i, flicker[i])
+    assert flicker[8] > 1.0  # the late arrival of the new scene is instability too (the GT did not change)
+    assert t["flicker_px"] == pytest.approx(np.mean(list(flicker.values()))) and t["frame_pairs"] == 10
+
+
+def test_temporal_filter_reduces_flicker_in_the_offline_replay(tmp_path):
+    """The replay's node parameters reach the post-processing: temporal_filter on a noisy static scene."""
+    torch = pytest.importorskip("torch")
+    from m2s_export.onnx_export import export_onnx
+    from m2s_stereo.bag_tools import held_sequence
+    from m2s_stereo.replay import run_offline
+    from m2s_train.models import create_model, save_model
+
+    torch.manual_seed(0)
+    save_model(create_model("igev-tiny"), tmp_path / "ckpt")
+    export_onnx(tmp_path / "ckpt", tmp_path / "m.onnx", 64, 96, verify=False, fp16=False)
+    write_bag(tmp_path / "seq", held_sequence(iter(_frames(1, 64, 96)), hold=8, noise=4.0, rate_hz=10.0, start_ns=10**9),
+              storage="mcap")
+    base = {"confidence_threshold": 0.0}
+    raw = run_offline(tmp_path / "seq", str(tmp_path / "m.onnx"), progress=False, params=base)
+    smooth = run_offline(tmp_path / "seq", str(tmp_path / "m.onnx"), progress=False,
+                         params={**base, "temporal_filter": True, "temporal_delta": 5.0})
+    assert smooth["node_parameters"]["temporal_filter"] is True
+    assert smooth["accuracy"]["temporal"]["flicker_px"] < 0.6 * raw["accuracy"]["temporal"]["flicker_px"]
+    from m2s_stereo.replay import main as eval_main
+
+    assert eval_main(["--bag", str(tmp_path / "seq"), "--model", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "r"),
+                      "--mode", "offline", "--param", "temporal_filter=true", "--param", "confidence_threshold=0",
+                      "--quiet"]) == 0
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "flicker" in report and "temporal_filter=True" in report and "sparsification" in report

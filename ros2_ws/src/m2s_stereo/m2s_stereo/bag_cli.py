@@ -3,6 +3,8 @@
     m2s-bag make --from folder:DIR --out BAG [--calib CALIB_DIR] [--storage mcap] [--rate 10]
     m2s-bag make --from kitti2015:DIR --out BAG          (or kitti2012:DIR)
     m2s-bag make --from synth:DATASET --out BAG [--focal 500 --baseline 0.1]
+    m2s-bag make --from synth:DATASET --out BAG --limit 2 --hold 15 --noise 3    (a sequence: 2 static scenes
+        of 15 frames each under fresh sensor noise, with exact GT; m2s-eval-bag reports its flicker and step response)
     m2s-bag info BAG
 """
 
@@ -14,9 +16,25 @@ import time
 from pathlib import Path
 
 from calib import StereoCamera
-from calib.console import CliParser, add_common_flags, positive_float, positive_int, run_command
+from calib.console import (
+    CliParser,
+    add_common_flags,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_command,
+)
 from calib.safe_files import dumps_json
-from m2s_stereo.bag_tools import BagError, bag_info, frames_from_folder, frames_from_kitti, frames_from_synth, write_bag
+from m2s_stereo.bag_tools import (
+    BagError,
+    bag_info,
+    frames_from_folder,
+    frames_from_kitti,
+    frames_from_synth,
+    held_sequence,
+    write_bag,
+)
 
 
 def _make(args: argparse.Namespace) -> int:
@@ -38,6 +56,8 @@ def _make(args: argparse.Namespace) -> int:
         import itertools
 
         frames = itertools.islice(frames, args.limit)
+    if args.hold > 1 or args.noise > 0:
+        frames = held_sequence(frames, args.hold, args.noise, args.rate, start, args.seed)
     n = write_bag(args.out, frames, storage=args.storage)
     print(dumps_json({"bag": args.out, "frames": n, "storage": args.storage}))
     return 0
@@ -60,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib", help="folder source: calibration dir with left.yaml/right.yaml (else an ideal camera)")
     p.add_argument("--focal", type=positive_float, help="synth source: focal length, px (default: image width)")
     p.add_argument("--baseline", type=positive_float, default=0.1, help="synth source: baseline, m (default 0.1)")
-    p.add_argument("--limit", type=positive_int, help="write at most N frames")
+    p.add_argument("--limit", type=positive_int, help="use at most N source frames")
+    p.add_argument("--hold", type=positive_int, default=1,
+                   help="show each source frame N times in a row (a static scene, then a change; default 1)")
+    p.add_argument("--noise", type=non_negative_float, default=0.0,
+                   help="Gaussian sensor noise added to every frame, grey levels (std; default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise (default 0)")
     p.add_argument("--start-now", action="store_true", help="stamp from the current time (default: a fixed epoch)")
     add_common_flags(p)
     p.set_defaults(handler=_make)

@@ -484,6 +484,29 @@ def frames_from_synth(root: Path, rate_hz: float, start_ns: int, focal_px: float
         yield Frame(start_ns + int(i * 1e9 / rate_hz), s.left, s.right, cam, s.disparity)
 
 
+def held_sequence(frames: Iterator[Frame], hold: int, noise: float, rate_hz: float, start_ns: int,
+                  seed: int = 0) -> Iterator[Frame]:
+    """A test sequence for temporal stability: each source frame is shown for ``hold`` frames (a static
+    scene), each time with fresh Gaussian sensor noise of ``noise`` grey levels (independent per pixel,
+    channel, view and frame; seeded), then the next source frame follows (a scene change). The GT
+    disparity is the source's, exact in every frame; stamps are re-timed at ``rate_hz``."""
+    if hold < 1:
+        raise BagError(f"--hold must be >= 1 frame, got {hold}")
+    if not noise >= 0:
+        raise BagError(f"--noise must be >= 0 grey levels, got {noise}")
+    rng = np.random.default_rng(seed)
+    k = 0
+    for frame in frames:
+        for _ in range(hold):
+            views = []
+            for image in (frame.left, frame.right):
+                noisy = image.astype(np.float32) + rng.normal(0.0, noise, image.shape).astype(np.float32)
+                views.append(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+            yield Frame(start_ns + int(k * 1e9 / rate_hz), views[0], views[1], frame.camera, frame.gt_disparity,
+                        frame.gt_depth)
+            k += 1
+
+
 def parse_kitti_calib(path: Path, width: int, height: int) -> StereoCamera:
     """KITTI colour-camera projections as a rectified pair: ``P_rect_02``/``P_rect_03`` (2015
     calib_cam_to_cam) or ``P2``/``P3`` (2012 calib)."""
