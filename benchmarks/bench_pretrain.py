@@ -37,6 +37,35 @@ def row(result: dict, method: str) -> str:
     return f"EPE {p['epe']:6.2f} px  bad-3 {100 * p['bad3']:5.1f} %  D1 {100 * p['d1']:5.1f} %"
 
 
+BENCH_SYNTH = {"max_side": 512, "disparity.min_max_disparity": 24.0, "disparity.max_max_disparity": 120.0,
+               "disparity.overshoot_max": 128.0}
+
+
+def synthesize(out: Path, holdout: int, overrides: dict | None = None) -> tuple[Path, Path]:
+    """The bench's data (resumable): opencv-doc photos synthesized into ``out/synth_train`` and, for the last
+    ``holdout`` photos, ``out/synth_test``."""
+    photos = quickstart_photos(require_opencv_examples())
+    synth = load_config(SynthConfig, None, {**BENCH_SYNTH, **(overrides or {})})
+    t0 = time.perf_counter()
+    run_synthesis(photos[:-holdout], out / "synth_train", synth, resume=True, progress=False)
+    run_synthesis(photos[-holdout:], out / "synth_test", synth, resume=True, progress=False)
+    print(f"synthesized {len(photos)} photos in {time.perf_counter() - t0:.0f} s")
+    return out / "synth_train", out / "synth_test"
+
+
+def pretrain(out: Path, model: str = "igev-tiny", max_disp: int = 128, steps: int = 600, batch_size: int = 4,
+             crop: tuple[int, int] = (128, 256), holdout: int = 8, progress: bool = True) -> tuple[Path, dict]:
+    """Synthesize (if needed) and pre-train (or resume, or reuse a finished run) the bench's model; returns
+    the final checkpoint and the training summary."""
+    train_set, _ = synthesize(out, holdout)
+    cfg = load_config(TrainConfig, None, {
+        "model": model, "model_overrides": {"max_disp": max_disp}, "datasets": [f"synth:{train_set}"],
+        "crop": list(crop), "batch_size": batch_size, "steps": steps, "lr": 5e-4, "pct_start": 0.05,
+        "num_workers": 0, "checkpoint_every": max(steps // 4, 1), "log_every": 50})
+    summary = train(cfg, out / "run", resume=True, progress=progress)
+    return latest_checkpoint(out / "run"), summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="igev-tiny")
@@ -49,13 +78,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    photos = quickstart_photos(require_opencv_examples())
-    synth = load_config(SynthConfig, None, {"max_side": 512, "disparity.min_max_disparity": 24.0,
-                                            "disparity.max_max_disparity": 120.0, "disparity.overshoot_max": 128.0})
-    t0 = time.perf_counter()
-    run_synthesis(photos[: -args.holdout], out / "synth_train", synth, resume=True, progress=False)
-    run_synthesis(photos[-args.holdout :], out / "synth_test", synth, resume=True, progress=False)
-    print(f"synthesized {len(photos)} photos in {time.perf_counter() - t0:.0f} s")
+    synthesize(out, args.holdout)
 
     overrides = {"max_disp": args.max_disp}
     torch.manual_seed(0)
@@ -63,18 +86,17 @@ def main() -> int:
     tests = {"held-out synthetic": f"synth:{out / 'synth_test'}", "Aloe half (real)": "aloe:half"}
     res_before = {k: evaluate(before, spec, sgbm=True, progress=False) for k, spec in tests.items()}
 
-    cfg = load_config(TrainConfig, None, {
-        "model": args.model, "model_overrides": overrides, "datasets": [f"synth:{out / 'synth_train'}"],
-        "crop": args.crop, "batch_size": args.batch_size, "steps": args.steps, "lr": 5e-4, "pct_start": 0.05,
-        "num_workers": 0, "checkpoint_every": max(args.steps // 4, 1), "log_every": 50})
     t0 = time.perf_counter()
-    summary = train(cfg, out / "run", resume=True, progress=True)
+    checkpoint, summary = pretrain(out, args.model, args.max_disp, args.steps, args.batch_size, tuple(args.crop),
+                                   args.holdout)
     train_s = time.perf_counter() - t0
-    after = load_model(latest_checkpoint(out / "run"))
+    after = load_model(checkpoint)
     res_after = {k: evaluate(after, spec, sgbm=False, progress=False) for k, spec in tests.items()}
 
     print(f"\n{args.model} (max_disp {args.max_disp}), {summary['steps']} steps of batch {args.batch_size} at "
-          f"{args.crop[0]}x{args.crop[1]} on CPU in {train_s:.0f} s; loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f}")
+          f"{args.crop[0]}x{args.crop[1]} on CPU in {train_s:.0f} s"
+          + (f"; loss {summary['first_loss']:.2f} -> {summary['last_loss']:.2f}" if summary["first_loss"] is not None
+             else " (an earlier, finished run of this --out)"))
     report = {}
     for name in tests:
         print(f"{name}:")

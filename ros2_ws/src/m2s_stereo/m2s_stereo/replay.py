@@ -71,7 +71,7 @@ def lr_consistency(runtime: Any, left: np.ndarray, right: np.ndarray, disp: np.n
 
 
 SETTLE_TOLERANCE = (1.1, 0.05)  # settled: EPE <= 1.1 x the segment's steady EPE + 0.05 px
-CHANGED_FRACTION = 0.5  # a frame whose GT changed on more than half of its pixels starts a new scene
+CHANGED_FRACTION = 0.1  # a frame whose GT changed on more than 10 % of its pixels starts a new scene
 
 
 class Evaluation:
@@ -123,7 +123,7 @@ class Evaluation:
         with np.errstate(invalid="ignore"):
             both = np.isfinite(gt) & np.isfinite(previous[0])
             same = both & (np.abs(gt - previous[0]) <= 1e-3)
-        if same.sum() < CHANGED_FRACTION * max(int(both.sum()), 1):
+        if both.sum() - same.sum() > CHANGED_FRACTION * max(int(both.sum()), 1):
             self.scene_starts.append(len(self.per_frame))
             row["scene_change"] = True
             return
