@@ -34,6 +34,7 @@ def _synth(args: argparse.Namespace) -> int:
         "disparity.min_max_disparity": args.min_disp,
         "disparity.max_max_disparity": args.max_disp,
         "inpaint.method": args.inpaint,
+        "inpaint.edge_aware": False if args.no_ea else None,
         "inpaint.sd_model": args.sd_model,
         "max_side": args.max_side,
     })
@@ -78,6 +79,7 @@ def _finetune_config(args: argparse.Namespace):
         "s2dkd.enabled": False if getattr(args, "no_s2dkd", False) else None,
         "s2dkd.lambda_kd": getattr(args, "lambda_kd", None), "s2dkd.lambda_grad": getattr(args, "lambda_grad", None),
         "s2dkd.width": getattr(args, "kd_width", None), "sparsify": getattr(args, "sparsify", None),
+        "s2dkd.lambda_dense": getattr(args, "lambda_dense", None), "s2dkd.dense_width": getattr(args, "dense_width", None),
         "teacher_cache": args.teacher_cache, "depth.backend": args.depth_backend, "depth.model": args.depth_model,
         "depth.precomputed_dir": args.depth_dir, "depth.device": args.device if args.device != "auto" else None,
     })
@@ -171,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-disp", type=positive_float, help="lower bound of the sampled maximum disparity, px")
     p.add_argument("--max-disp", type=positive_float, help="upper bound of the sampled maximum disparity, px")
     p.add_argument("--inpaint", choices=["telea", "ns", "sd"], help="hole filler on the edge-aware mask")
+    p.add_argument("--no-ea", action="store_true",
+                   help="fill the plain hole mask as it is, without the edge-aware mask and background context "
+                        "(the ablation of the EA step; benchmarks/bench_ea.py)")
     p.add_argument("--sd-model", help="Stable Diffusion inpainting weights directory (for --inpaint sd)")
     p.add_argument("--max-side", type=bounded(int, ge=16, le=16384),
                    help="downscale images whose longer side exceeds this, px")
@@ -215,11 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "cache is filled first (see cache-mono). --no-s2dkd gives plain sparse fine-tuning.")
     _teacher_flags(p)
     _run_flags(p, "run directory: checkpoints/, tensorboard/, train_summary.json")
-    p.add_argument("--sparsify", choices=["lidar-like"], help="turn dense GT into KITTI-like sparse labels")
+    p.add_argument("--sparsify", choices=["lidar-like", "scan"],
+                   help="turn dense GT into sparse labels: lidar-like (lines 4 rows apart, ~18 %% of the pixels) or scan "
+                        "(one 64-beam LiDAR sweep as KITTI has it, ~5 %%)")
     p.add_argument("--no-s2dkd", action="store_true", help="sparse loss only (the ablation baseline)")
     p.add_argument("--lambda-kd", type=non_negative_float, help="weight of the KL distillation term")
     p.add_argument("--lambda-grad", type=non_negative_float, help="weight of the gradient (structure) term")
     p.add_argument("--kd-width", type=positive_float, help="Laplacian width of the target distribution, candidates")
+    p.add_argument("--lambda-dense", type=non_negative_float,
+                   help="weight of the full-resolution distillation of every iteration's prediction (Laplacian KL)")
+    p.add_argument("--dense-width", type=positive_float, help="Laplacian scale of the full-resolution distillation, px")
     add_common_flags(p)
     p.set_defaults(handler=_finetune)
 

@@ -22,7 +22,7 @@ from m2s_train.config import check_fields, num, to_dict
 from m2s_train.errors import ConfigError, DatasetError, SynthesisError
 from m2s_train.synth.depth import DepthEstimator, create_depth_estimator
 from m2s_train.synth.disparity import DisparityScaling, inverse_depth_to_disparity
-from m2s_train.synth.inpaint import EAMaskConfig, StableDiffusionInpainter, ea_fill, ea_inpaint_mask
+from m2s_train.synth.inpaint import EAMaskConfig, StableDiffusionInpainter, classical_fill, ea_fill, ea_inpaint_mask
 from m2s_train.synth.shards import FORMAT, ShardWriter, StereoSample, read_sample_meta
 from m2s_train.synth.warp import forward_warp
 
@@ -57,6 +57,7 @@ class InpaintConfig:
     method: str = "telea"  # telea | ns | sd
     radius: int = num(3, ge=1, le=64)  # classical inpainting radius, px (cost grows with its square)
     ea: EAMaskConfig = field(default_factory=EAMaskConfig)
+    edge_aware: bool = True  # False: the plain hole mask filled as it is (the ablation of the paper's EA step)
     sd_model: str | None = None  # Stable Diffusion inpainting weights (local), for method 'sd'
     sd_steps: int = num(20, ge=1)
     sd_tile: int = num(512, ge=64)
@@ -157,10 +158,16 @@ def synthesize_pair(left: np.ndarray, inv_depth: np.ndarray, max_disparity: floa
         raise SynthesisError(f"depth map is {inv_depth.shape[1]}x{inv_depth.shape[0]}, image {left.shape[1]}x{left.shape[0]}")
     disparity = inverse_depth_to_disparity(inv_depth, max_disparity, config.disparity.flying_pixel_threshold)
     warped = forward_warp(left, disparity, config.max_gap)
-    ea = ea_inpaint_mask(warped.hole, warped.right_disparity, config.inpaint.ea)
     method = "telea" if config.inpaint.method == "sd" else config.inpaint.method
-    right = ea_fill(warped.right, ea, warped.right_disparity, method, config.inpaint.radius, diffusion)
-    return {"left": left, "right": right, "disparity": disparity, "hole": warped.hole, "ea_mask": ea.mask,
+    if config.inpaint.edge_aware:
+        ea = ea_inpaint_mask(warped.hole, warped.right_disparity, config.inpaint.ea)
+        right = ea_fill(warped.right, ea, warped.right_disparity, method, config.inpaint.radius, diffusion)
+        mask = ea.mask
+    else:  # naive: the holes alone, filled from whatever surrounds them (the foreground halo included)
+        mask = warped.hole
+        right = (diffusion(warped.right, mask) if diffusion is not None
+                 else classical_fill(warped.right, mask, method, config.inpaint.radius))
+    return {"left": left, "right": right, "disparity": disparity, "hole": warped.hole, "ea_mask": mask,
             "visible": warped.visible}
 
 
@@ -274,7 +281,8 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
     if config.inpaint.method == "sd":
         diffusion = StableDiffusionInpainter(config.inpaint.sd_model, device=config.depth.device,
                                              steps=config.inpaint.sd_steps, tile=config.inpaint.sd_tile, seed=config.seed)
-    inpainter = f"sd:{config.inpaint.sd_model}" if diffusion else f"ea-{config.inpaint.method}"
+    inpainter = (f"sd:{config.inpaint.sd_model}" if diffusion else config.inpaint.method)
+    inpainter = f"ea-{inpainter}" if config.inpaint.edge_aware else f"naive-{inpainter}"
     skipped: list[dict[str, str]] = []
     written = 0
     t0 = time.perf_counter()
