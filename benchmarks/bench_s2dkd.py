@@ -1,15 +1,27 @@
-"""The S2DKD ablation, CPU-sized: sparse-only vs S2DKD fine-tuning from the same pre-trained model.
+"""The S2DKD sanity ladder: does the distillation carry a teacher's dense information to the network?
 
-    python benchmarks/bench_pretrain.py            # once: makes the pre-trained checkpoint and data
-    python benchmarks/bench_s2dkd.py [--steps 300]
+    python benchmarks/bench_s2dkd.py [--steps 200] [--seeds 0 1 2] [--teachers perfect gamma blur]
+        [--lambda-dense 0] [--model igev-tiny] [--device cpu] [--depth-model DIR]
 
-Data: the held-out synthesized pairs of bench_pretrain (photos never used in pre-training),
-labels sparsified ``lidar-like`` (~18 % density, no labels in the top 30 %). Teacher: a
-*simulated* monocular network (no Depth Anything weights offline): the true disparity passed
-through an unknown non-linear response (gamma 0.8), a smooth low-frequency gain error (+-8 %)
-and an affine change, so it has exact edges but no metric scale, like monocular depth.
-Both runs use the same seed, steps and crops; evaluation on the dense GT: EPE, bad-3 and the
-EPE in the edge region (within 3 px of a GT discontinuity > 1 px), plus real Aloe (half res).
+Every row fine-tunes the same warm-started model (``--warmup-steps`` of dense pre-training on the
+bench's synthesized training photos, see ``bench_pretrain.py``) with the same steps, crops, data
+and seeds, on the training photos; each is evaluated on the held-out synthesized pairs (dense GT,
+never trained on) and on the real Aloe pair:
+
+- **sparse only**: the labels a LiDAR gives (``--sparsify scan``: one 64-beam sweep, about 5 % of
+  the pixels with the gaps between beams; the density is measured and printed);
+- **S2DKD, <teacher>**: the same labels plus S2DKD with a simulated monocular teacher, aligned to the
+  sparse labels by the product's own alignment code: ``perfect`` (the dense GT itself), ``gain``
+  (an affine map with a smooth +-8 % gain error), ``gamma`` (a 0.8 response non-linearity and the gain
+  error), ``blur`` (edges blurred over ~3 px, as monocular networks blur them), ``prior`` (the offline
+  segment-plane prior: a monocular-like guess that knows nothing of the GT); with ``--depth-model``,
+  ``depth-anything`` (the real monocular teacher);
+- **dense GT**: the same images with every label (the upper bound).
+
+Perfect-teacher S2DKD should land near dense GT: if it does not, the distillation term does not carry
+the teacher's information. Reported per row as mean +- spread (std) over the seeds: EPE, bad-3 and the
+edge EPE (pixels within 2 px of a GT disparity discontinuity) on the held-out pairs, Aloe EPE, and
+error-vs-steps curves (``--out``/s2dkd.json, s2dkd.png).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -29,20 +42,39 @@ from m2s_train.data.stereo_datasets import build_dataset
 from m2s_train.evaluate import evaluate
 from m2s_train.finetune import FinetuneConfig, run_finetune
 from m2s_train.models import load_model
-from m2s_train.train import latest_checkpoint
+from m2s_train.s2dkd import SPARSIFY
+from m2s_train.synth.pipeline import DepthConfig, depth_estimator_from_config
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+from bench_pretrain import pretrain, synthesize  # noqa: E402
+
+TEACHERS = ("perfect", "gain", "gamma", "blur", "prior")
 
 
-def simulated_teacher(disparity: np.ndarray, rng: np.random.Generator, gamma: float = 0.8,
-                      gain_error: float = 0.08) -> np.ndarray:
+def simulated_teacher(kind: str, disparity: np.ndarray, left: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Relative inverse depth as a monocular network of the given kind would give it (no metric scale)."""
     d = np.nan_to_num(disparity, nan=0.0).astype(np.float32)
     h, w = d.shape
-    gain = cv2.resize(rng.uniform(-gain_error, gain_error, (3, 4)).astype(np.float32), (w, h),
-                      interpolation=cv2.INTER_CUBIC)
-    rel = (d / max(float(d.max()), 1e-6)) ** gamma * (1.0 + gain)
-    return (0.37 * rel + 0.11).astype(np.float32)
+    rel = d / max(float(d.max()), 1e-6)
+    gain = cv2.resize(rng.uniform(-0.08, 0.08, (3, 4)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    if kind == "perfect":
+        out = rel
+    elif kind == "gain":
+        out = rel * (1.0 + gain)
+    elif kind == "gamma":
+        out = rel**0.8 * (1.0 + gain)
+    elif kind == "blur":
+        out = cv2.GaussianBlur(rel, (0, 0), 3.0)
+    elif kind == "prior":
+        return depth_estimator_from_config(DepthConfig(backend="segment-prior")).estimate([left], ["x"])[0]
+    else:
+        raise ValueError(f"unknown teacher '{kind}' (one of {', '.join(TEACHERS)})")
+    return (0.37 * out + 0.11).astype(np.float32)  # an unknown affine map: the alignment must undo it
 
 
-def edge_mask(gt: np.ndarray, radius: int = 3) -> np.ndarray:
+def edge_mask(gt: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Pixels within ``radius`` px of a GT disparity discontinuity (a step > 1 px between neighbours)."""
     g = np.nan_to_num(gt, nan=0.0)
     jumps = (np.abs(np.diff(g, axis=1, prepend=g[:, :1])) > 1.0) | (np.abs(np.diff(g, axis=0, prepend=g[:1])) > 1.0)
     return cv2.dilate(jumps.astype(np.uint8), np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)) > 0
@@ -60,67 +92,145 @@ def dense_eval(model: torch.nn.Module, spec: str) -> dict[str, float]:
         whole.add(pred, gt)
         edges.add(pred, gt, mask=edge_mask(gt))
     a, e = whole.summary()["pixel"], edges.summary()["pixel"]
-    return {"epe": a["epe"], "bad3": a["bad3"], "edge_epe": e["epe"], "edge_bad3": e["bad3"], "edge_pixels": e["pixels"]}
+    return {"epe": a["epe"], "bad3": a["bad3"], "edge_epe": e["epe"], "edge_bad3": e["bad3"]}
+
+
+def label_density(dataset_spec: str, sparsify: str, crop: tuple[int, int]) -> float:
+    """Share of the pixels of a training crop that carry a label (centre crops of every training image)."""
+    base = build_dataset(dataset_spec)
+    kept = total = 0
+    for i in range(len(base)):
+        disp = base.load(i)[2]
+        labels = SPARSIFY[sparsify](disp, np.random.default_rng([0, i]))
+        h, w = labels.shape
+        y, x = max((h - crop[0]) // 2, 0), max((w - crop[1]) // 2, 0)
+        window = labels[y : y + crop[0], x : x + crop[1]]
+        kept += int(np.isfinite(window).sum())
+        total += window.size
+    return kept / max(total, 1)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrain-dir", default="/tmp/m2s_bench_pretrain")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.py's data folder")
+    parser.add_argument("--model", default="igev-tiny")
+    parser.add_argument("--max-disp", type=int, default=128)
+    parser.add_argument("--warmup-steps", type=int, default=150, help="dense pre-training before the ladder")
+    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps of every row")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--teachers", nargs="+", default=["perfect", "gamma", "blur"],
+                        choices=[*TEACHERS, "depth-anything"])
+    parser.add_argument("--depth-model", help="Depth Anything weights (local): adds the real teacher row")
+    parser.add_argument("--sparsify", default="scan", choices=sorted(SPARSIFY))
+    parser.add_argument("--lambda-kd", type=float, default=None, help="S2DKD KL weight (default: the config's)")
+    parser.add_argument("--lambda-grad", type=float, default=None)
+    parser.add_argument("--lambda-dense", type=float, default=None, help="full-resolution distillation weight")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop", type=int, nargs=2, default=[128, 256])
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="/tmp/m2s_bench_s2dkd")
-    parser.add_argument("--lambda-kd", type=float, default=0.5)
-    parser.add_argument("--lambda-grad", type=float, default=0.5)
-    parser.add_argument("--kd-width", type=float, default=1.0)
-    parser.add_argument("--teacher-gamma", type=float, default=0.8, help="teacher response non-linearity (1: affine)")
-    parser.add_argument("--teacher-gain", type=float, default=0.08, help="teacher low-frequency gain error (0: none)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    pre = Path(args.pretrain_dir)
-    init = latest_checkpoint(pre / "run")
-    data = pre / "synth_test"
-    if init is None or not data.is_dir():
-        print(f"no pre-trained run in {pre}: run benchmarks/bench_pretrain.py first", file=sys.stderr)
-        return 2
     out = Path(args.out)
-    teachers = out / f"teachers_g{args.teacher_gamma:g}_e{args.teacher_gain:g}"
-    teachers.mkdir(parents=True, exist_ok=True)
-    base = build_dataset(f"synth:{data}")
-    rng = np.random.default_rng(0)
-    for i in range(len(base)):
-        np.save(teachers / f"{i:06d}.npy", simulated_teacher(base.load(i)[2], rng, args.teacher_gamma, args.teacher_gain))
+    teachers_root = out / "teachers"
+    train_set, test_set = synthesize(Path(args.pretrain_out), 8)
+    t0 = time.perf_counter()
+    init, _ = pretrain(out / "warmup", args.model, args.max_disp, args.warmup_steps, args.batch_size, tuple(args.crop),
+                       progress=False, train_set=train_set)
+    print(f"warm start: {args.warmup_steps} dense steps in {time.perf_counter() - t0:.0f} s ({init})")
+    density = label_density(f"synth:{train_set}", args.sparsify, tuple(args.crop))
+    print(f"labels: --sparsify {args.sparsify}, {100 * density:.1f} % of the pixels of a {args.crop[0]}x{args.crop[1]} "
+          "training crop")
 
-    max_disp = load_model(init).config.max_disp
-    rows = {}
-    for name, enabled in (("sparse only", False), ("S2DKD", True)):
-        cfg = load_config(FinetuneConfig, None, {
-            "train.model": "igev-tiny", "train.model_overrides": {"max_disp": max_disp}, "train.init": str(init),
-            "train.datasets": [f"synth:{data}"], "train.crop": [128, 256], "train.batch_size": 4,
-            "train.steps": args.steps, "train.lr": 2e-4, "train.pct_start": 0.05, "train.num_workers": 0,
-            "train.checkpoint_every": args.steps, "train.freeze_bn": True, "sparsify": "lidar-like",
-            "s2dkd.enabled": enabled, "s2dkd.lambda_kd": args.lambda_kd if enabled else None,
-            "s2dkd.lambda_grad": args.lambda_grad if enabled else None, "s2dkd.width": args.kd_width if enabled else None,
-            "depth.backend": "precomputed",
-            # the sparse-only run ignores the teacher: keep its config (and so its resumable run) fixed
-            "depth.precomputed_dir": str(teachers if enabled else out / "teachers"),
-            "teacher_cache": str(out / (f"cache_g{args.teacher_gamma:g}_e{args.teacher_gain:g}" if enabled else "cache"))})
-        tag = (f"s2dkd_kd{args.lambda_kd:g}_g{args.lambda_grad:g}_b{args.kd_width:g}_t{args.teacher_gamma:g}_{args.teacher_gain:g}"
-               if enabled else "sparse")
-        run = out / tag
-        run_finetune(cfg, run, resume=True, device="cpu", progress=True)
-        model = load_model(latest_checkpoint(run))
-        rows[name] = dense_eval(model, f"synth:{data}")
-        aloe = evaluate(model, "aloe:half", progress=False)["methods"]["model"]["pixel"]
-        rows[name].update({"aloe_epe": aloe["epe"], "aloe_bad3": aloe["bad3"]})
-    rows["pre-trained (no fine-tuning)"] = dense_eval(load_model(init), f"synth:{data}")
+    base = build_dataset(f"synth:{train_set}")
+    teachers = [t for t in args.teachers if t != "depth-anything"]
+    for kind in teachers:
+        folder = teachers_root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for i in range(len(base)):
+            if not (folder / f"{i:06d}.npy").is_file():
+                left, _, disp, _ = base.load(i)
+                np.save(folder / f"{i:06d}.npy", simulated_teacher(kind, disp, left, rng))
+    rows: list[tuple[str, dict]] = [("sparse only", {"s2dkd.enabled": False, "sparsify": args.sparsify})]
+    weights = {k: v for k, v in (("s2dkd.lambda_kd", args.lambda_kd), ("s2dkd.lambda_grad", args.lambda_grad),
+                                 ("s2dkd.lambda_dense", args.lambda_dense)) if v is not None}
+    for kind in teachers:
+        rows.append((f"S2DKD, {kind} teacher", {"sparsify": args.sparsify, "depth.backend": "precomputed",
+                                                "depth.precomputed_dir": str(teachers_root / kind), **weights}))
+    if args.depth_model or "depth-anything" in args.teachers:
+        if not args.depth_model:
+            parser.error("the depth-anything teacher needs --depth-model")
+        rows.append(("S2DKD, Depth Anything", {"sparsify": args.sparsify, "depth.backend": "depth-anything",
+                                               "depth.model": args.depth_model, **weights}))
+    rows.append(("dense GT", {"s2dkd.enabled": False}))
 
-    print(f"\nfine-tuning {args.steps} steps from {init.name} on {len(base)} pairs with lidar-like sparse labels; "
-          f"S2DKD lambda_kd {args.lambda_kd:g}, lambda_grad {args.lambda_grad:g}, width {args.kd_width:g}; "
-          f"teacher gamma {args.teacher_gamma:g}, gain error {args.teacher_gain:g}")
-    print(f"{'':30s} {'EPE':>7s} {'bad-3 %':>8s} {'edge EPE':>9s} {'edge bad-3 %':>13s} {'Aloe EPE':>9s}")
-    for name, r in rows.items():
-        aloe = f"{r['aloe_epe']:9.2f}" if "aloe_epe" in r else f"{'':9s}"
-        print(f"{name:30s} {r['epe']:7.2f} {100 * r['bad3']:8.1f} {r['edge_epe']:9.2f} {100 * r['edge_bad3']:13.1f} {aloe}")
-    (out / "report.json").write_text(json.dumps(rows, indent=2) + "\n")
+    results: dict[str, list[dict]] = {}
+    for name, overrides in rows:
+        for seed in args.seeds:
+            tag = f"{name.replace(' ', '_').replace(',', '')}_seed{seed}_{args.steps}" + "".join(
+                f"_{k.split('.')[-1]}{v:g}" for k, v in weights.items() if "S2DKD" in name)
+            cfg = load_config(FinetuneConfig, None, {
+                "train.model": args.model, "train.model_overrides": {"max_disp": args.max_disp}, "train.init": str(init),
+                "train.datasets": [f"synth:{train_set}"], "train.crop": args.crop, "train.batch_size": args.batch_size,
+                "train.steps": args.steps, "train.lr": 2e-4, "train.pct_start": 0.05, "train.num_workers": 0,
+                "train.checkpoint_every": max(args.steps // 4, 1), "train.keep_checkpoints": 4, "train.seed": seed,
+                "train.freeze_bn": True, "teacher_cache": str(out / "teacher_cache"), **overrides})
+            t0 = time.perf_counter()
+            run_finetune(cfg, out / "runs" / tag, resume=True, device=args.device, progress=False)
+            curve = []
+            for ck in sorted((out / "runs" / tag / "checkpoints").glob("step_*")):
+                curve.append({"step": int(ck.name.split("_")[1]), **dense_eval(load_model(ck), f"synth:{test_set}")})
+            final = dict(curve[-1])
+            aloe = evaluate(load_model(ck), "aloe:half", progress=False)["methods"]["model"]["pixel"]
+            final.update({"aloe_epe": aloe["epe"], "curve": curve, "seconds": time.perf_counter() - t0})
+            results.setdefault(name, []).append(final)
+            print(f"  {name:28s} seed {seed}: EPE {final['epe']:.3f}, edge EPE {final['edge_epe']:.3f}, "
+                  f"Aloe {final['aloe_epe']:.3f} ({final['seconds']:.0f} s)", flush=True)
+    before = dense_eval(load_model(init), f"synth:{test_set}")
+
+    def ms(name: str, key: str, scale: float = 1.0) -> str:
+        v = scale * np.array([r[key] for r in results[name]])
+        return f"{v.mean():6.3f} +- {v.std():5.3f}"
+
+    print(f"\nS2DKD ladder: {args.model}, warm start {args.warmup_steps} dense steps, then {args.steps} steps per row, "
+          f"seeds {args.seeds}; labels {args.sparsify} ({100 * density:.1f} % of a training crop); weights "
+          f"{weights or 'the config defaults'}; held-out synthesized pairs (dense GT) and Aloe half")
+    print(f"{'':30s} {'EPE':>16s} {'bad-3 %':>16s} {'edge EPE':>16s} {'Aloe EPE':>16s}")
+    print(f"{'warm start (no fine-tuning)':30s} {before['epe']:6.3f}{'':10s} {100 * before['bad3']:6.3f}{'':10s} "
+          f"{before['edge_epe']:6.3f}")
+    for name in results:
+        print(f"{name:30s} {ms(name, 'epe')} {ms(name, 'bad3', 100)} {ms(name, 'edge_epe')} {ms(name, 'aloe_epe')}")
+    if "S2DKD, perfect teacher" in results:
+        def mean(name: str, key: str) -> float:
+            return float(np.mean([r[key] for r in results[name]]))
+        for key in ("epe", "edge_epe"):
+            sparse, perfect, dense = (mean(n, key) for n in ("sparse only", "S2DKD, perfect teacher", "dense GT"))
+            share = (sparse - perfect) / (sparse - dense) if sparse != dense else float("nan")
+            print(f"perfect teacher, {key}: {100 * share:.0f} % of the way from sparse-only to dense GT "
+                  f"({'closer to dense GT' if share > 0.5 else 'NOT closer to dense GT'})")
+    report = {"args": vars(args), "label_density": density, "warm_start": before, "rows": results}
+    (out / "s2dkd.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name, runs in results.items():
+            steps = [p["step"] for p in runs[0]["curve"]]
+            for ax, key in zip(axes, ("epe", "edge_epe")):
+                values = np.array([[p[key] for p in r["curve"]] for r in runs])
+                ax.errorbar(steps, values.mean(0), yerr=values.std(0), label=name, capsize=3)
+        for ax, key in zip(axes, ("held-out EPE (px)", "held-out edge EPE (px)")):
+            ax.set(xlabel="fine-tuning step", ylabel=key)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "s2dkd.png", dpi=100)
+    except ImportError:
+        pass
+    print(f"written: {out / 's2dkd.json'}, {out / 's2dkd.png'}")
     return 0
 
 
