@@ -27,9 +27,7 @@ import numpy as np
 import torch
 
 from calib.example_data import require_opencv_examples
-from calib.metrics import MetricAccumulator
 from m2s_train.config import load_config
-from m2s_train.data.stereo_datasets import build_dataset
 from m2s_train.models import load_model
 from m2s_train.synth.pipeline import SynthConfig, run_synthesis
 
@@ -37,23 +35,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "scripts"))
 from bench_pretrain import BENCH_SYNTH, pretrain  # noqa: E402
-from bench_s2dkd import edge_mask  # noqa: E402
+from bench_s2dkd import dense_eval  # noqa: E402
 from quickstart import quickstart_photos  # noqa: E402
-
-
-@torch.no_grad()
-def evaluate_with_edges(model: torch.nn.Module, spec: str) -> dict[str, float]:
-    dataset = build_dataset(spec)
-    whole, edges = MetricAccumulator(), MetricAccumulator()
-    model.eval()
-    for i in range(len(dataset)):
-        item = dataset[i]
-        gt = np.where(item["valid"][0].numpy(), item["disparity"][0].numpy(), np.nan)
-        pred = model(item["left"][None], item["right"][None]).disparity[0, 0].numpy()
-        whole.add(pred, gt)
-        edges.add(pred, gt, mask=edge_mask(gt))
-    a, e = whole.summary()["pixel"], edges.summary()["pixel"]
-    return {"epe": a["epe"], "bad3": a["bad3"], "edge_epe": e["epe"], "edge_bad3": e["bad3"]}
 
 
 def main() -> int:
@@ -92,7 +75,7 @@ def main() -> int:
                                      args.batch_size, tuple(args.crop), progress=False, train_set=data, seed=seed)
             model = load_model(checkpoint)
             for test, spec in tests.items():
-                r = evaluate_with_edges(model, spec)
+                r = dense_eval(model, spec)
                 results.setdefault(test, {}).setdefault(name, []).append(r)
             print(f"  {name:6s} seed {seed}: " + "; ".join(
                 f"{t} EPE {results[t][name][-1]['epe']:.3f}" for t in tests) + f" ({time.perf_counter() - t0:.0f} s)",
