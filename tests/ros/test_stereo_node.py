@@ -234,6 +234,14 @@ def test_parameters_validated_on_set(onnx_model):
         res = hx.node.set_parameters([Parameter("model_path", value="/x.onnx")])[0]
         assert not res.successful
         assert not hx.node.set_parameters([Parameter("point_stride", value=0)])[0].successful
+        # the post-processing follows ros2 param set: the filter starts (compiled now), and a new alpha restarts it
+        assert hx.node.postprocess.filter is None
+        assert hx.node.set_parameters([Parameter("temporal_filter", value=True)])[0].successful
+        first = hx.node.postprocess.filter
+        assert first is not None and first.config.alpha == 0.4
+        assert hx.node.set_parameters([Parameter("temporal_alpha", value=0.7)])[0].successful
+        assert hx.node.postprocess.filter is not first and hx.node.postprocess.filter.config.alpha == 0.7
+        assert not hx.node.set_parameters([Parameter("confidence_threshold", value=1.5)])[0].successful
     finally:
         hx.close()
 

@@ -47,19 +47,17 @@ class FramePostprocess:
         if not values[P.TEMPORAL_FILTER]:
             self.filter = None
         elif self.filter is None or self.filter.config != cfg:
-            self.filter = TemporalFilter(cfg)  # a new setting starts from a clean state
+            fresh = TemporalFilter(cfg)  # a new setting starts from a clean state
+            fresh.warm_up()  # compiled here (parameter callback), not on the next frame
+            self.filter = fresh
         self.values = dict(values)
-
-    def warm_up(self) -> str:
-        """Compile the temporal filter's kernel now (when it is on); returns its backend or 'off'."""
-        return self.filter.warm_up() if self.filter is not None else "off"
 
     def reset(self) -> None:
         if self.filter is not None:
             self.filter.reset()
 
     def __call__(self, runtime: Any, left: np.ndarray, right: np.ndarray) -> Processed:
-        v = self.values
+        v, filt = self.values, self.filter  # read once: ros2 param set may replace them from another thread
         out = runtime.infer_with_confidence(left, right)
         disparity = out.disparity  # a fresh array from the runtime: masked in place; <= 0 is invalid too
         confidence = out.confidence
@@ -74,8 +72,8 @@ class FramePostprocess:
             low = confidence < threshold
             masked_conf = int(np.count_nonzero(low))
             np.copyto(disparity, np.float32(np.nan), where=low)
-        if self.filter is not None:
-            disparity = self.filter(np.where(disparity > 0, disparity, np.float32(np.nan)), confidence)
+        if filt is not None:
+            disparity = filt(np.where(disparity > 0, disparity, np.float32(np.nan)), confidence)
         return Processed(disparity, confidence, masked_conf, masked_lr)
 
 

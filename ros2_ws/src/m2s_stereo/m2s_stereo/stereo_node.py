@@ -147,7 +147,6 @@ class StereoNode(Node):
         self._bad_info_logged: set[str] = set()
         self.output_backend = warm_up(MSGS)  # compile/load the output pass now, not on the first frame
         self.postprocess = FramePostprocess(self.values)
-        self.postprocess.warm_up()
         self.has_confidence = bool(getattr(self.runtime, "has_confidence", True))
         if not self.has_confidence:
             self.get_logger().warning(
