@@ -130,9 +130,9 @@ def _recorded_bag_with_wrong_camera_info(path: Path, img: np.ndarray) -> None:
     from rosbags.rosbag2 import Writer
 
     from calib import StereoCamera
-    from m2s_stereo.bag_tools import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, _header, _image, _info, _typestore
+    from m2s_stereo.bag_tools import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, _header, _image, _info, typestore
 
-    ts = _typestore()
+    ts = typestore()
     cam = StereoCamera.ideal(80, 60, focal_px=80.0, baseline_m=0.1)
     with Writer(path, version=8) as writer:
         conns = {}

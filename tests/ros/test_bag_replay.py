@@ -46,9 +46,9 @@ def _raw_bag(path, topics_stamps):
     """A bag written with rosbags directly: {topic: [stamps]} of images / camera_info."""
     from rosbags.rosbag2 import Writer
 
-    from m2s_stereo.bag_tools import _header, _image, _info, _typestore
+    from m2s_stereo.bag_tools import _header, _image, _info, typestore
 
-    ts = _typestore()
+    ts = typestore()
     cam = StereoCamera.ideal(8, 6, focal_px=8.0, baseline_m=0.1)
     with Writer(path, version=8) as w:
         for topic, stamps in topics_stamps.items():
@@ -209,9 +209,9 @@ def test_info_and_reader_name_size_problems_and_short_image_data(tmp_path):
     """A recorded bag can hold what m2s-bag make refuses to write: camera_info for another size, cut image data."""
     from rosbags.rosbag2 import Writer
 
-    from m2s_stereo.bag_tools import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, _header, _image, _info, _typestore
+    from m2s_stereo.bag_tools import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, _header, _image, _info, typestore
 
-    ts = _typestore()
+    ts = typestore()
     cam = StereoCamera.ideal(64, 48, focal_px=60.0, baseline_m=0.1)
     other = StereoCamera.ideal(32, 24, focal_px=30.0, baseline_m=0.1)
     img = np.zeros((48, 64, 3), np.uint8)

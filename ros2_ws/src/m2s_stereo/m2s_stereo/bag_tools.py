@@ -20,6 +20,8 @@ import numpy as np
 
 from calib import StereoCamera
 from calib.errors import CalibrationError, DataError
+from calib.ros_image import EncodingError, image_problem, image_to_array, image_to_rgb8
+from calib.rosbag_io import BagError, raw_messages, typestore  # BagError re-exported: the stereo bag tools raise it
 from calib.safe_files import load_npy, staged_directory
 
 LEFT, RIGHT = "left/image_rect", "right/image_rect"
@@ -27,16 +29,6 @@ LEFT_INFO, RIGHT_INFO = "left/camera_info", "right/camera_info"
 GT_DISP, GT_DEPTH = "gt/disparity", "gt/depth"
 REQUIRED = (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO)
 STORAGES = ("sqlite3", "mcap")
-
-
-class BagError(DataError):
-    """A bag that cannot be written or read as a stereo bag; the message says what is wrong."""
-
-
-def _typestore():
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_HUMBLE)
 
 
 @dataclass
@@ -89,7 +81,7 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
     path = Path(path)
     if path.exists():
         raise BagError(f"{path} exists: choose a new bag directory (bags are never overwritten)")
-    ts = _typestore()
+    ts = typestore()
     plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
     n = 0
     with staged_directory(path) as stage, Writer(stage, version=8, storage_plugin=plugin) as writer:
@@ -125,39 +117,17 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
     return n
 
 
-_ENCODINGS = {"rgb8": 3, "bgr8": 3, "mono8": 1, "32FC1": 1, "rgba8": 4}  # channels
-
-
-def image_problem(msg: Any) -> str | None:
-    """Why an Image message cannot be read as an array (None when it can)."""
-    channels = _ENCODINGS.get(msg.encoding)
-    if channels is None:
-        return f"unsupported image encoding '{msg.encoding}' (use one of {', '.join(_ENCODINGS)})"
-    item = (4 if msg.encoding == "32FC1" else 1) * channels
-    if msg.width <= 0 or msg.height <= 0:
-        return f"image is {msg.width}x{msg.height}"
-    if msg.step < msg.width * item:
-        return f"step {msg.step} is less than width {msg.width} x {item} bytes per pixel"
-    if len(msg.data) < msg.step * msg.height:
-        return (f"data is {len(msg.data)} bytes, shorter than its declared size {msg.step * msg.height} "
-                f"(step {msg.step} x {msg.height} rows)")
-    return None
-
-
 def _to_array(msg: Any, where: str = "image") -> np.ndarray:
+    """An image topic's message as RGB uint8 (any encoding the node takes), a 32FC1 one (GT) as float32 HxW."""
     problem = image_problem(msg)
     if problem is not None:
         raise BagError(f"{where}: {problem}")
-    channels = _ENCODINGS[msg.encoding]
-    dtype = np.float32 if msg.encoding == "32FC1" else np.uint8
-    item = np.dtype(dtype).itemsize * channels
-    rows = np.asarray(msg.data, np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)[:, : msg.width * item]
-    arr = np.ascontiguousarray(rows).view(dtype).reshape(msg.height, msg.width, channels)
-    if msg.encoding == "bgr8":
-        arr = arr[:, :, ::-1]
-    if msg.encoding == "rgba8":
-        arr = arr[:, :, :3]
-    return np.ascontiguousarray(arr[:, :, 0] if channels == 1 else arr)
+    try:
+        if msg.encoding == "32FC1":
+            return np.array(image_to_array(msg), dtype=np.float32)  # a native-order copy, not a view of the message
+        return np.ascontiguousarray(image_to_rgb8(msg))
+    except EncodingError as exc:
+        raise BagError(f"{where}: {exc}") from None
 
 
 def _camera(left: Any, right: Any) -> StereoCamera:
@@ -170,172 +140,6 @@ def _camera(left: Any, right: Any) -> StereoCamera:
     return StereoCamera(one(left, "left"), one(right, "right"))
 
 
-def _open_reader(path: Path) -> Any:
-    from rosbags.rosbag2 import Reader
-
-    if not path.exists():
-        raise BagError(f"bag {path} not found")
-    try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as exc:  # noqa: BLE001  (rosbags raises several error types for broken bags)
-        raise BagError(f"cannot open bag {path}: {exc}") from None
-    return reader
-
-
-def _salvage_mcap(path: Path) -> Iterator[tuple[str, str, bytes]]:
-    """(topic, msgtype, cdr) of every complete message in a damaged MCAP file, in file order.
-
-    Walks the records (and uncompressed chunks) from the start and stops at the first cut one.
-    """
-    import struct
-
-    files = sorted(path.glob("*.mcap")) if path.is_dir() else [path]
-    for f in files:
-        data = f.read_bytes()
-        schemas: dict[int, str] = {}
-        channels: dict[int, tuple[str, int]] = {}
-
-        def records(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
-            while pos + 9 <= end:
-                op = buf[pos]
-                (length,) = struct.unpack_from("<Q", buf, pos + 1)
-                if pos + 9 + length > end:
-                    return  # cut record: the rest of the file is gone
-                yield op, buf[pos + 9 : pos + 9 + length]
-                pos += 9 + length
-
-        def text(rec: bytes, pos: int) -> tuple[str, int]:
-            (n,) = struct.unpack_from("<I", rec, pos)
-            return rec[pos + 4 : pos + 4 + n].decode(), pos + 4 + n
-
-        def handle(op: int, rec: bytes) -> Iterator[tuple[str, str, bytes]]:
-            if op == 0x03:  # schema
-                (sid,) = struct.unpack_from("<H", rec, 0)
-                schemas[sid], _ = text(rec, 2)
-            elif op == 0x04:  # channel
-                cid, sid = struct.unpack_from("<HH", rec, 0)
-                topic, _ = text(rec, 4)
-                channels[cid] = (topic, sid)
-            elif op == 0x05 and len(rec) >= 22:  # message
-                (cid,) = struct.unpack_from("<H", rec, 0)
-                if cid in channels:
-                    topic, sid = channels[cid]
-                    yield topic, schemas.get(sid, ""), rec[22:]
-            elif op == 0x06:  # chunk: times, size, crc, compression, records
-                compression, pos = text(rec, 8 + 8 + 8 + 4)
-                if compression:
-                    return  # compressed chunks cannot be salvaged piecewise
-                (n,) = struct.unpack_from("<Q", rec, pos)
-                inner = rec[pos + 8 : pos + 8 + n]
-                for op2, rec2 in records(inner, 0, len(inner)):
-                    yield from handle(op2, rec2)
-
-        if data[:8] != b"\x89MCAP0\r\n":
-            continue
-        # a chunk cut by the truncation still holds complete inner records: parse it partially
-        pos = 8
-        while pos + 9 <= len(data):
-            op = data[pos]
-            (length,) = struct.unpack_from("<Q", data, pos + 1)
-            rec = data[pos + 9 : pos + 9 + length]
-            if len(rec) < length and op == 0x06:
-                compression, p2 = text(rec, 28)
-                if not compression and len(rec) >= p2 + 8:
-                    for op2, rec2 in records(rec, p2 + 8, len(rec)):
-                        yield from handle(op2, rec2)
-                return
-            if len(rec) < length:
-                return
-            yield from handle(op, rec)
-            pos += 9 + length
-
-
-def _salvage_sqlite(path: Path, max_misses: int = 256) -> Iterator[tuple[str, str, bytes]]:
-    """(topic, msgtype, cdr) rows a damaged rosbag2 sqlite3 file still gives, in id order.
-
-    A file cut short still declares its full page count, which SQLite refuses as corrupt
-    unless ``writable_schema`` is on (then it reads only the pages that exist; the connection
-    is read-only, so nothing is written). Rows are scanned in id order; past the first
-    unreadable B-tree page, each later id is looked up on its own (its leaf may still be
-    there), until ``max_misses`` ids in a row cannot be read.
-    """
-    import sqlite3
-
-    for db in sorted(path.glob("*.db3")) if path.is_dir() else [path]:
-        try:
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        except sqlite3.Error:
-            continue
-        try:
-            con.execute("PRAGMA writable_schema=ON")
-            topics = {i: (n, t) for i, n, t in con.execute("SELECT id, name, type FROM topics")}
-        except sqlite3.DatabaseError:
-            con.close()
-            continue
-        last = 0
-        try:
-            cur = con.execute("SELECT id, topic_id, data FROM messages ORDER BY id")
-            while True:
-                try:
-                    row = cur.fetchone()
-                except sqlite3.DatabaseError:
-                    break
-                if row is None:
-                    break
-                last = row[0]
-                if row[1] in topics:
-                    yield topics[row[1]][0], topics[row[1]][1], bytes(row[2])
-            misses, rowid = 0, last
-            while misses < max_misses:
-                rowid += 1
-                try:
-                    row = con.execute("SELECT topic_id, data FROM messages WHERE id = ?", (rowid,)).fetchone()
-                except sqlite3.DatabaseError:
-                    row = None
-                if row is None:
-                    misses += 1
-                    continue
-                misses = 0
-                if row[0] in topics:
-                    yield topics[row[0]][0], topics[row[0]][1], bytes(row[1])
-        finally:
-            con.close()
-
-
-def _raw_messages(path: Path, warnings: list[str] | None) -> tuple[set[str], Iterator[tuple[str, str, bytes]]]:
-    """Topics and a (topic, msgtype, cdr) stream, through rosbags or, for damaged files, salvage."""
-    try:
-        reader = _open_reader(path)
-    except BagError as exc:
-        if not path.exists():
-            raise
-        salvaged = list(_salvage_mcap(path)) if list(path.glob("*.mcap")) or path.suffix == ".mcap" else list(_salvage_sqlite(path))
-        if not salvaged:
-            raise BagError(f"{exc}; no readable messages could be salvaged") from None
-        if warnings is not None:
-            warnings.append(f"{path} is damaged ({exc}); evaluating the {len(salvaged)} messages that could be read")
-        return {t for t, _, _ in salvaged}, iter(salvaged)
-
-    def stream() -> Iterator[tuple[str, str, bytes]]:
-        try:
-            it = reader.messages()
-            while True:
-                try:
-                    conn, _, raw = next(it)
-                except StopIteration:
-                    return
-                except Exception as exc:  # noqa: BLE001  (a file cut mid-record fails mid-iteration)
-                    if warnings is not None:
-                        warnings.append(f"{path}: stopped at a damaged record ({type(exc).__name__}); using the readable part")
-                    return
-                yield conn.topic, conn.msgtype, raw
-        finally:
-            reader.close()
-
-    return {c.topic for c in reader.connections}, stream()
-
-
 def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: list[str] | None = None) -> Iterator[Frame]:
     """Frames of a stereo bag, grouped by stamp, in stamp order.
 
@@ -344,8 +148,8 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
     skipped and counted the same way.
     """
     path = Path(path)
-    ts = _typestore()
-    topics, stream = _raw_messages(path, warnings)
+    ts = typestore()
+    topics, stream = raw_messages(path, warnings)
     missing = [t for t in REQUIRED if t not in topics]
     if missing:
         raise BagError(f"{path} lacks topic(s) {', '.join(missing)} (has {', '.join(sorted(topics)) or 'none'})")
@@ -381,12 +185,12 @@ def bag_info(path: str | os.PathLike) -> dict[str, Any]:
     """Topics with message counts and rates, stamp gaps, and problems (missing topics, unequal
     counts, non-monotonic stamps)."""
     path = Path(path)
-    ts = _typestore()
+    ts = typestore()
     stamps: dict[str, list[int]] = defaultdict(list)
     problems: list[str] = []
     types: dict[str, str] = {}
     sizes: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)  # stamp -> topic -> (width, height)
-    _, stream = _raw_messages(path, problems)
+    _, stream = raw_messages(path, problems)
     for topic, msgtype, raw in stream:
         types[topic] = msgtype
         try:

@@ -30,10 +30,11 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from stereo_msgs.msg import DisparityImage
 
 from calib import CalibrationError, StereoCamera
+from calib.ros_image import ENCODINGS, EncodingError, image_problem, image_to_rgb8
 from m2s_export.runtime import load_runtime
 from m2s_stereo import params as P
 from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth
-from m2s_stereo.image_codec import ENCODINGS, BufferPool, EncodingError, image_to_rgb8
+from m2s_stereo.image_codec import BufferPool
 from m2s_stereo.outputs import float_image, frame_messages, warm_up
 from m2s_stereo.postprocess import FramePostprocess
 from m2s_stereo.sync import PairSynchronizer, stamp_ns
@@ -92,12 +93,8 @@ def _image_problem(msg: Image, topic: str) -> str | None:
     """Why an input image cannot be used, checked without decoding it (None when it can)."""
     if msg.encoding not in ENCODINGS:
         return f"unsupported image encoding '{msg.encoding}' on {topic}; supported: {', '.join(ENCODINGS)}"
-    channels, kind, _ = ENCODINGS[msg.encoding]
-    row = msg.width * channels * np.dtype(kind).itemsize
-    if msg.width <= 0 or msg.height <= 0 or msg.step < row or len(msg.data) < msg.step * msg.height:
-        return (f"image on {topic} is {msg.width}x{msg.height} '{msg.encoding}' with step {msg.step}: needs "
-                f"{msg.step * msg.height} bytes, has {len(msg.data)}")
-    return None
+    problem = image_problem(msg)
+    return None if problem is None else f"image on {topic}: {problem}"
 
 
 class StereoNode(Node):

@@ -1,0 +1,204 @@
+"""Reading rosbag2 bags (sqlite3 and MCAP) with the pure-Python ``rosbags`` library, damaged ones too.
+
+The one bag reader of the project: the stereo bag tools and the replay (m2s_stereo), and synthesis
+from a recording (m2s_train), read through it. ``raw_messages`` gives (topic, msgtype, CDR bytes) in
+file order; a bag cut short (a recorder killed mid-write) gives its readable part with a warning:
+MCAP records are walked from the start, a sqlite3 file is opened read-only with
+``writable_schema`` (SQLite then reads the pages that exist) and scanned by row id. ``rosbags`` is
+imported lazily (the ``ros`` extra); nothing here needs a ROS install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from calib.errors import DataError
+
+
+class BagError(DataError):
+    """A bag that cannot be written or read as a stereo bag; the message says what is wrong."""
+
+
+def typestore() -> Any:
+    """The message definitions of ROS 2 Humble (the stereo, image and point-cloud messages are alike in every distribution)."""
+    from rosbags.typesys import Stores, get_typestore
+
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+def open_reader(path: Path) -> Any:
+    from rosbags.rosbag2 import Reader
+
+    if not path.exists():
+        raise BagError(f"bag {path} not found")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:  # noqa: BLE001  (rosbags raises several error types for broken bags)
+        raise BagError(f"cannot open bag {path}: {exc}") from None
+    return reader
+
+
+def salvage_mcap(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """(topic, msgtype, cdr) of every complete message in a damaged MCAP file, in file order.
+
+    Walks the records (and uncompressed chunks) from the start and stops at the first cut one.
+    """
+    import struct
+
+    files = sorted(path.glob("*.mcap")) if path.is_dir() else [path]
+    for f in files:
+        data = f.read_bytes()
+        schemas: dict[int, str] = {}
+        channels: dict[int, tuple[str, int]] = {}
+
+        def records(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
+            while pos + 9 <= end:
+                op = buf[pos]
+                (length,) = struct.unpack_from("<Q", buf, pos + 1)
+                if pos + 9 + length > end:
+                    return  # cut record: the rest of the file is gone
+                yield op, buf[pos + 9 : pos + 9 + length]
+                pos += 9 + length
+
+        def text(rec: bytes, pos: int) -> tuple[str, int]:
+            (n,) = struct.unpack_from("<I", rec, pos)
+            return rec[pos + 4 : pos + 4 + n].decode(), pos + 4 + n
+
+        def handle(op: int, rec: bytes) -> Iterator[tuple[str, str, bytes]]:
+            if op == 0x03:  # schema
+                (sid,) = struct.unpack_from("<H", rec, 0)
+                schemas[sid], _ = text(rec, 2)
+            elif op == 0x04:  # channel
+                cid, sid = struct.unpack_from("<HH", rec, 0)
+                topic, _ = text(rec, 4)
+                channels[cid] = (topic, sid)
+            elif op == 0x05 and len(rec) >= 22:  # message
+                (cid,) = struct.unpack_from("<H", rec, 0)
+                if cid in channels:
+                    topic, sid = channels[cid]
+                    yield topic, schemas.get(sid, ""), rec[22:]
+            elif op == 0x06:  # chunk: times, size, crc, compression, records
+                compression, pos = text(rec, 8 + 8 + 8 + 4)
+                if compression:
+                    return  # compressed chunks cannot be salvaged piecewise
+                (n,) = struct.unpack_from("<Q", rec, pos)
+                inner = rec[pos + 8 : pos + 8 + n]
+                for op2, rec2 in records(inner, 0, len(inner)):
+                    yield from handle(op2, rec2)
+
+        if data[:8] != b"\x89MCAP0\r\n":
+            continue
+        # a chunk cut by the truncation still holds complete inner records: parse it partially
+        pos = 8
+        while pos + 9 <= len(data):
+            op = data[pos]
+            (length,) = struct.unpack_from("<Q", data, pos + 1)
+            rec = data[pos + 9 : pos + 9 + length]
+            if len(rec) < length and op == 0x06:
+                compression, p2 = text(rec, 28)
+                if not compression and len(rec) >= p2 + 8:
+                    for op2, rec2 in records(rec, p2 + 8, len(rec)):
+                        yield from handle(op2, rec2)
+                return
+            if len(rec) < length:
+                return
+            yield from handle(op, rec)
+            pos += 9 + length
+
+
+def salvage_sqlite(path: Path, max_misses: int = 256) -> Iterator[tuple[str, str, bytes]]:
+    """(topic, msgtype, cdr) rows a damaged rosbag2 sqlite3 file still gives, in id order.
+
+    A file cut short still declares its full page count, which SQLite refuses as corrupt
+    unless ``writable_schema`` is on (then it reads only the pages that exist; the connection
+    is read-only, so nothing is written). Rows are scanned in id order; past the first
+    unreadable B-tree page, each later id is looked up on its own (its leaf may still be
+    there), until ``max_misses`` ids in a row cannot be read.
+    """
+    import sqlite3
+
+    for db in sorted(path.glob("*.db3")) if path.is_dir() else [path]:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        except sqlite3.Error:
+            continue
+        try:
+            con.execute("PRAGMA writable_schema=ON")
+            topics = {i: (n, t) for i, n, t in con.execute("SELECT id, name, type FROM topics")}
+        except sqlite3.DatabaseError:
+            con.close()
+            continue
+        last = 0
+        try:
+            cur = con.execute("SELECT id, topic_id, data FROM messages ORDER BY id")
+            while True:
+                try:
+                    row = cur.fetchone()
+                except sqlite3.DatabaseError:
+                    break
+                if row is None:
+                    break
+                last = row[0]
+                if row[1] in topics:
+                    yield topics[row[1]][0], topics[row[1]][1], bytes(row[2])
+            misses, rowid = 0, last
+            while misses < max_misses:
+                rowid += 1
+                try:
+                    row = con.execute("SELECT topic_id, data FROM messages WHERE id = ?", (rowid,)).fetchone()
+                except sqlite3.DatabaseError:
+                    row = None
+                if row is None:
+                    misses += 1
+                    continue
+                misses = 0
+                if row[0] in topics:
+                    yield topics[row[0]][0], topics[row[0]][1], bytes(row[1])
+        finally:
+            con.close()
+
+
+def raw_messages(path: Path, warnings: list[str] | None = None) -> tuple[set[str], Iterator[tuple[str, str, bytes]]]:
+    """Topics and a (topic, msgtype, cdr) stream, through rosbags or, for damaged files, salvage."""
+    try:
+        reader = open_reader(path)
+    except BagError as exc:
+        if not path.exists():
+            raise
+        salvaged = list(salvage_mcap(path)) if list(path.glob("*.mcap")) or path.suffix == ".mcap" else list(salvage_sqlite(path))
+        if not salvaged:
+            raise BagError(f"{exc}; no readable messages could be salvaged") from None
+        if warnings is not None:
+            warnings.append(f"{path} is damaged ({exc}); evaluating the {len(salvaged)} messages that could be read")
+        return {t for t, _, _ in salvaged}, iter(salvaged)
+
+    def stream() -> Iterator[tuple[str, str, bytes]]:
+        try:
+            it = reader.messages()
+            while True:
+                try:
+                    conn, _, raw = next(it)
+                except StopIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001  (a file cut mid-record fails mid-iteration)
+                    if warnings is not None:
+                        warnings.append(f"{path}: stopped at a damaged record ({type(exc).__name__}); using the readable part")
+                    return
+                yield conn.topic, conn.msgtype, raw
+        finally:
+            reader.close()
+
+    return {c.topic for c in reader.connections}, stream()
+
+
+
+
+def stamp_ns(msg: Any) -> int:
+    """A deserialised message's header stamp in nanoseconds."""
+    return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+
+
+__all__ = ["BagError", "open_reader", "raw_messages", "salvage_mcap", "salvage_sqlite", "stamp_ns", "typestore"]
