@@ -48,6 +48,43 @@ class DisparityScaling:
         return float(rng.uniform(self.min_max_disparity, self.max_max_disparity))
 
 
+@dataclass(frozen=True)
+class CameraRange:
+    """Camera-matched disparities: the robot's camera and working depth range instead of the generic draw.
+
+    A sample's relative inverse depth, normalised to [0, 1], is mapped affinely onto
+    ``[f B / max_depth, f B / min_depth]`` px (the farthest point of the image at ``max_depth``,
+    the nearest at ``min_depth``), with the focal length scaled to the synthesis resolution
+    (``f * width_synth / width``). Monocular networks give inverse depth up to an unknown scale and
+    shift, so an affine map onto the camera's range is the model; the range actually used is
+    recorded per sample.
+    """
+
+    focal_px: float = num(0.0, ge=0)  # the camera's focal length at its own resolution (0: not set)
+    baseline_m: float = num(0.0, ge=0)
+    width: int = num(0, ge=0)  # the camera's image width, px
+    min_depth: float = num(0.0, ge=0)  # metres
+    max_depth: float = num(0.0, ge=0)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.enabled:
+            if not 0 < self.min_depth < self.max_depth:
+                raise ShapeError(f"the depth range needs 0 < MIN < MAX metres, got {self.min_depth} {self.max_depth}")
+            if not (self.focal_px > 0 and self.baseline_m > 0 and self.width > 0):
+                raise ShapeError(f"a camera range needs a positive focal length, baseline and width, got "
+                                 f"{self.focal_px} px, {self.baseline_m} m, {self.width} px")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_depth > 0 or self.min_depth > 0
+
+    def disparity_range(self, width: int) -> tuple[float, float]:
+        """(far, near) disparity in px for an image ``width`` px wide (the camera's, resized)."""
+        fb = self.focal_px * width / self.width * self.baseline_m
+        return fb / self.max_depth, fb / self.min_depth
+
+
 def normalize_inverse_depth(inv_depth: np.ndarray) -> np.ndarray:
     """Relative inverse depth -> [0, 1] (min -> 0, max -> 1), float32.
 
@@ -89,11 +126,13 @@ def remove_flying_pixels(disparity: np.ndarray, threshold: float = 3.0) -> np.nd
 
 
 def inverse_depth_to_disparity(inv_depth: np.ndarray, max_disparity: float,
-                               flying_pixel_threshold: float | None = 3.0) -> np.ndarray:
-    """Normalised inverse depth scaled to ``[0, max_disparity]`` pixels, flying pixels removed."""
+                               flying_pixel_threshold: float | None = 3.0, min_disparity: float = 0.0) -> np.ndarray:
+    """Normalised inverse depth mapped to ``[min_disparity, max_disparity]`` pixels, flying pixels removed."""
     if not np.isfinite(max_disparity) or max_disparity <= 0:
         raise ShapeError(f"max_disparity must be positive, got {max_disparity}")
-    disparity = normalize_inverse_depth(inv_depth) * np.float32(max_disparity)
+    if not 0 <= min_disparity < max_disparity:
+        raise ShapeError(f"min_disparity must be in [0, max_disparity), got {min_disparity}")
+    disparity = np.float32(min_disparity) + normalize_inverse_depth(inv_depth) * np.float32(max_disparity - min_disparity)
     if flying_pixel_threshold is not None:
         disparity = remove_flying_pixels(disparity, flying_pixel_threshold)
     return disparity

@@ -21,7 +21,7 @@ from calib.safe_files import dumps_json, read_json, write_bytes_if_absent, write
 from m2s_train.config import check_fields, num, to_dict
 from m2s_train.errors import ConfigError, DatasetError, SynthesisError
 from m2s_train.synth.depth import DepthEstimator, create_depth_estimator
-from m2s_train.synth.disparity import DisparityScaling, inverse_depth_to_disparity
+from m2s_train.synth.disparity import CameraRange, DisparityScaling, inverse_depth_to_disparity
 from m2s_train.synth.inpaint import EAMaskConfig, StableDiffusionInpainter, classical_fill, ea_fill, ea_inpaint_mask
 from m2s_train.synth.shards import FORMAT, ShardWriter, StereoSample, read_sample_meta
 from m2s_train.synth.warp import forward_warp
@@ -75,6 +75,7 @@ class SynthConfig:
     seed: int = 0
     depth: DepthConfig = field(default_factory=DepthConfig)
     disparity: DisparityScaling = field(default_factory=DisparityScaling)
+    camera: CameraRange = field(default_factory=CameraRange)  # set: camera-matched disparities instead of the draw
     max_gap: float = num(2.0, gt=0)  # warp: visible neighbours further apart leave a hole, px
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
     min_side: int = num(64, ge=16)  # smaller images are skipped
@@ -151,12 +152,14 @@ def sanitize_inverse_depth(inv: np.ndarray, max_invalid_fraction: float = 0.2) -
 
 
 def synthesize_pair(left: np.ndarray, inv_depth: np.ndarray, max_disparity: float, config: SynthConfig,
-                    diffusion: StableDiffusionInpainter | None = None) -> dict[str, np.ndarray]:
-    """One stereo pair from an image and its relative inverse depth (the classical pipeline)."""
+                    diffusion: StableDiffusionInpainter | None = None, min_disparity: float = 0.0) -> dict[str, np.ndarray]:
+    """One stereo pair from an image and its relative inverse depth (the classical pipeline); the
+    inverse depth is mapped onto ``[min_disparity, max_disparity]`` px."""
     inv_depth = sanitize_inverse_depth(np.asarray(inv_depth, np.float32))
     if inv_depth.shape != left.shape[:2]:
         raise SynthesisError(f"depth map is {inv_depth.shape[1]}x{inv_depth.shape[0]}, image {left.shape[1]}x{left.shape[0]}")
-    disparity = inverse_depth_to_disparity(inv_depth, max_disparity, config.disparity.flying_pixel_threshold)
+    disparity = inverse_depth_to_disparity(inv_depth, max_disparity, config.disparity.flying_pixel_threshold,
+                                           min_disparity)
     warped = forward_warp(left, disparity, config.max_gap)
     method = "telea" if config.inpaint.method == "sd" else config.inpaint.method
     if config.inpaint.edge_aware:
@@ -214,10 +217,23 @@ def _check_dataset_json(out: Path, config: SynthConfig) -> None:
     if not isinstance(existing, dict) or existing.get("format") != FORMAT:
         found = existing.get("format") if isinstance(existing, dict) else None
         raise DatasetError(f"{out} holds a dataset of format {found!r}, not {FORMAT!r}; write to a new --out")
-    if existing.get("config") != info["config"]:
-        changed = _differences(existing.get("config") or {}, info["config"])
+    # options added since the dataset was made read as their defaults, which reproduce what came before
+    saved = _with_defaults(existing.get("config") or {}, to_dict(SynthConfig()))
+    if saved != info["config"]:
+        changed = _differences(saved, info["config"])
         raise DatasetError(f"{out} was synthesized with a different config (differs in: {', '.join(changed)}); "
                            "use the same config or write to a new --out")
+
+
+def _with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the keys it lacks taken from ``defaults`` (recursively)."""
+    out = dict(saved)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -309,20 +325,28 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
         for (sample_id, name, path, image, sha), inv in zip(loaded, depths):
             rng = np.random.default_rng([config.seed, int(sha[:16], 16)])
             max_disp = config.disparity.sample(rng)
+            min_disp = 0.0
+            if config.camera.enabled:  # the robot's camera and depth range instead of the draw
+                min_disp, max_disp = config.camera.disparity_range(image.shape[1])
             try:
                 if isinstance(inv, Exception):
                     raise inv
-                pair = synthesize_pair(image, inv, max_disp, config, diffusion)
+                pair = synthesize_pair(image, inv, max_disp, config, diffusion, min_disp)
             except SynthesisError as exc:
                 skip(path, exc)
                 continue
             h, w = image.shape[:2]
             meta = {
                 "sample_id": sample_id, "source": name, "source_sha256": sha, "width": w, "height": h,
-                "max_disparity": max_disp, "seed": config.seed, "depth_model": estimator.model_id,
+                "max_disparity": max_disp, "min_disparity": min_disp, "seed": config.seed,
+                "depth_model": estimator.model_id,
                 "inpainter": inpainter, "hole_fraction": float(pair["hole"].mean()),
                 "ea_fraction": float(pair["ea_mask"].mean()),
             }
+            if config.camera.enabled:
+                meta["camera_range"] = {"focal_px_at_sample": config.camera.focal_px * w / config.camera.width,
+                                        "baseline_m": config.camera.baseline_m, "min_depth_m": config.camera.min_depth,
+                                        "max_depth_m": config.camera.max_depth, "disparity_px": [min_disp, max_disp]}
             sample = StereoSample(sample_id, meta=meta, **pair)
             writer.write(sample)
             if written < previews:

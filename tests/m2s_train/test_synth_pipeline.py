@@ -267,3 +267,17 @@ class TestResumeSafety:
         assert "damaged JPEG" in reasons["damaged.jpg"] and "Corrupt JPEG data" in reasons["damaged.jpg"]
         assert "img3.npy" in reasons["img3.png"]
         assert summary["written"] == 5
+
+
+def test_a_dataset_from_before_new_options_resumes(tmp_path):
+    """dataset.json written before inpaint.edge_aware / camera existed: they read as their defaults
+    (which reproduce the old behaviour), so --resume goes on instead of refusing the dataset."""
+    from m2s_train.synth.pipeline import SynthConfig, _check_dataset_json
+
+    _check_dataset_json(tmp_path, SynthConfig())
+    info = json.loads((tmp_path / "dataset.json").read_text())
+    del info["config"]["camera"], info["config"]["inpaint"]["edge_aware"]
+    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    _check_dataset_json(tmp_path, SynthConfig())  # no error
+    with pytest.raises(DatasetError, match="differs in: inpaint.edge_aware"):
+        _check_dataset_json(tmp_path, load_config(SynthConfig, None, {"inpaint.edge_aware": False}))
