@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from calib.console import (
     CliParser,
@@ -18,12 +19,61 @@ from calib.console import (
 )
 from calib.safe_files import dumps_json
 from m2s_train.config import load_config
+from m2s_train.errors import ConfigError
+
+
+def _synth_frames(args: argparse.Namespace) -> tuple[list[Path], Path, dict]:
+    """The images to synthesize from: photos (--images), or frames of a bag topic / a video, extracted once."""
+    from m2s_train.synth.pipeline import image_root, list_images
+    from m2s_train.synth.sources import FrameSelection, extract_bag_frames, extract_video_frames
+
+    given = [flag for flag, value in (("--images", args.images), ("--bag", args.bag), ("--video", args.video)) if value]
+    if len(given) != 1:
+        raise ConfigError(f"give exactly one of --images, --bag, --video (got {', '.join(given) or 'none'})")
+    if args.images:
+        return list_images(args.images), image_root(args.images), {}
+    try:
+        selection = FrameSelection(every=args.every, start=args.start, end=args.end, min_change=args.min_change)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.bag:
+        found = extract_bag_frames(args.bag, args.topic, args.out, selection, progress=not args.quiet)
+    else:
+        found = extract_video_frames(args.video, args.out, selection, progress=not args.quiet)
+    info = {k: found[k] for k in ("source", "seen", "near_duplicates")}
+    return found["frames"], found["root"], info
+
+
+def _camera_range(args: argparse.Namespace) -> tuple[dict, object | None]:
+    """``camera.*`` overrides from --camera / --depth-range (or the bag's camera_info), and the camera."""
+    if args.depth_range is None:
+        if args.camera:
+            raise ConfigError("--camera needs --depth-range MIN MAX (metres): the range the disparities should cover")
+        return {}, None
+    lo, hi = args.depth_range
+    if not 0 < lo < hi:
+        raise ConfigError(f"--depth-range needs 0 < MIN < MAX metres, got {lo:g} {hi:g}")
+    from calib import StereoCamera
+
+    if args.camera:
+        camera = StereoCamera.from_dir(args.camera)
+    elif args.bag:
+        from m2s_train.synth.sources import bag_camera
+
+        camera = bag_camera(args.bag, args.topic)
+    else:
+        raise ConfigError("--depth-range needs the camera: --camera DIR (left.yaml / right.yaml) or a --bag with "
+                          "camera_info")
+    return {"camera.focal_px": float(camera.focal_px), "camera.baseline_m": float(camera.baseline_m),
+            "camera.width": int(camera.left.width), "camera.min_depth": lo, "camera.max_depth": hi}, camera
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from m2s_train.synth.pipeline import SynthConfig, image_root, list_images, run_synthesis, shard_from_env
+    from m2s_train.synth.pipeline import SynthConfig, run_synthesis, shard_from_env
 
+    camera_overrides, camera = _camera_range(args)
     config = load_config(SynthConfig, args.config, {
+        **camera_overrides,
         "seed": args.seed,
         "depth.backend": args.depth_backend,
         "depth.model": args.depth_model,
@@ -38,10 +88,18 @@ def _synth(args: argparse.Namespace) -> int:
         "inpaint.sd_model": args.sd_model,
         "max_side": args.max_side,
     })
-    summary = run_synthesis(list_images(args.images), args.out, config, shard=shard_from_env(args.shard),
-                            resume=args.resume, previews=args.preview, progress=not args.quiet, limit=args.limit,
-                            root=image_root(args.images))
-    print(dumps_json({k: (len(v) if k == "skipped" else v) for k, v in summary.items()}))
+    images, root, frames = _synth_frames(args)
+    if camera is not None:  # the camera must be the one that took the images (at any scale, the same shape)
+        from calib.image_io import read_rgb
+
+        h, w = read_rgb(images[0]).shape[:2]
+        cam_w, cam_h = camera.left.width, camera.left.height
+        if abs(cam_h * w / cam_w - h) > 1:
+            raise ConfigError(f"the camera_info is {cam_w}x{cam_h} but the images are {w}x{h}: not the camera that "
+                              "took them (or not the same crop); give the right --camera")
+    summary = run_synthesis(images, args.out, config, shard=shard_from_env(args.shard), resume=args.resume,
+                            previews=args.preview, progress=not args.quiet, limit=args.limit, root=root)
+    print(dumps_json({k: (len(v) if k == "skipped" else v) for k, v in summary.items()} | ({"frames": frames} if frames else {})))
     return 0
 
 
@@ -138,8 +196,6 @@ def _eval(args: argparse.Namespace) -> int:
 
     model = load_model(args.checkpoint) if args.checkpoint else None
     if model is None and not args.sgbm:
-        from m2s_train.errors import ConfigError
-
         raise ConfigError("nothing to evaluate: give --checkpoint DIR and/or --sgbm")
     results = []
     for i, spec in enumerate(args.dataset):
@@ -160,7 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Monocular depth -> disparity (MfS scaling) -> forward warp -> edge-aware inpainting -> "
                     "dataset of samples/*.npz + manifests. Flags override the YAML config. Under torchrun, "
                     "each rank takes its share of the images (RANK/WORLD_SIZE).")
-    p.add_argument("--images", required=True, help="directory (recursive) or quoted glob of input photos")
+    p.add_argument("--images", help="directory (recursive) or quoted glob of input photos")
+    p.add_argument("--bag", help="a rosbag2 (sqlite3 or MCAP) recorded on the robot: synthesize from --topic")
+    p.add_argument("--topic", default="left/image_rect",
+                   help="--bag: the image topic (sensor_msgs/Image in any encoding the node takes, or CompressedImage)")
+    p.add_argument("--video", help="a video file (OpenCV) to synthesize from")
+    p.add_argument("--every", type=positive_int, default=1, help="--bag/--video: keep every N-th frame (default 1)")
+    p.add_argument("--start", type=non_negative_float, default=0.0, help="--bag/--video: from S seconds in")
+    p.add_argument("--end", type=non_negative_float, help="--bag/--video: up to S seconds in")
+    p.add_argument("--min-change", type=non_negative_float, default=2.0,
+                   help="--bag/--video: skip a frame whose mean difference to the last kept one is below this many grey "
+                        "levels (a robot standing still); 0 keeps every frame (default 2)")
+    p.add_argument("--camera", help="camera_info YAML directory (m2s-calib): camera-matched disparities, with --depth-range")
+    p.add_argument("--depth-range", type=positive_float, nargs=2, metavar=("MIN", "MAX"),
+                   help="metres: synthesized disparities cover f*B/MAX .. f*B/MIN px of --camera (or the bag's "
+                        "camera_info) instead of the generic draw")
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--config", help="YAML config (configs/synth/*.yaml); defaults if omitted")
     p.add_argument("--depth-backend", choices=["auto", "depth-anything", "precomputed", "segment-prior"],

@@ -1,0 +1,235 @@
+"""Frames of a robot's own recording for synthesis: a rosbag2 image topic or a video file.
+
+The chosen frames are written once as PNG files under ``<out>/frames/`` (atomically; a rerun
+skips those already there), named by their origin: ``<bag>/<topic>/<stamp_ns>.png`` or
+``<video>/<frame index>.png``. Synthesis then runs on them like on photos, so a frame's sample id
+is its bag + topic + timestamp (or video + frame index), and resume, sharding and byte-identical
+output work as for photos.
+
+Selection: ``every`` N-th frame, between ``start`` and ``end`` seconds after the first one, and
+near-duplicates skipped: a frame whose mean absolute difference to the last kept one (grey, on a
+thumbnail 64 px wide) is below ``min_change`` grey levels is a robot standing still.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from calib.errors import DataError
+from calib.ros_image import EncodingError, image_problem, image_to_rgb8
+from calib.safe_files import write_bytes_atomic
+from m2s_train.config import check_fields, num
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    every: int = num(1, ge=1)  # keep every N-th frame of the source
+    start: float = num(0.0, ge=0)  # seconds after the first frame
+    end: float | None = num(None, ge=0)  # seconds after the first frame (None: to the end)
+    min_change: float = num(2.0, ge=0)  # grey levels; 0 keeps near-duplicates too
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"--end ({self.end} s) must be after --start ({self.start} s)")
+
+
+class _Selector:
+    """Applies a :class:`FrameSelection` to a stream of (time s, frame) in order."""
+
+    def __init__(self, selection: FrameSelection) -> None:
+        self.s = selection
+        self.count = 0
+        self.first: float | None = None
+        self.last_kept: np.ndarray | None = None
+        self.duplicates = 0
+
+    def keep(self, t: float, rgb: np.ndarray | None = None, decode: Any = None) -> tuple[bool, np.ndarray | None]:
+        """Whether the frame at ``t`` is kept; ``decode()`` gives its RGB image only when needed."""
+        self.first = t if self.first is None else self.first
+        rel = t - self.first
+        if rel < self.s.start or (self.s.end is not None and rel > self.s.end):
+            return False, None
+        self.count += 1
+        if (self.count - 1) % self.s.every:
+            return False, None
+        rgb = rgb if rgb is not None else decode()
+        thumb = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (64, max(1, round(64 * rgb.shape[0] / rgb.shape[1]))),
+                           interpolation=cv2.INTER_AREA).astype(np.float32)
+        if (self.s.min_change > 0 and self.last_kept is not None and self.last_kept.shape == thumb.shape
+                and float(np.abs(thumb - self.last_kept).mean()) < self.s.min_change):
+            self.duplicates += 1
+            return False, None
+        self.last_kept = thumb
+        return True, rgb
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")) or "_"
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    if path.is_file():
+        return  # made by an earlier run (or another shard): the same bytes
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DataError(f"cannot encode {path.name} as PNG")
+    write_bytes_atomic(path, png.tobytes())
+
+
+def bag_image_topics(bag: Path) -> dict[str, str]:
+    """{topic: message type} of a bag (every topic), for listing and checking."""
+    from calib.rosbag_io import open_reader
+
+    reader = open_reader(bag)
+    try:
+        return {c.topic: c.msgtype for c in reader.connections}
+    finally:
+        reader.close()
+
+
+def _decode(msg: Any, msgtype: str, where: str) -> np.ndarray:
+    if msgtype.endswith("CompressedImage"):
+        image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DataError(f"{where}: the compressed image ('{msg.format}') cannot be decoded")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    problem = image_problem(msg)
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")
+    try:
+        return np.ascontiguousarray(image_to_rgb8(msg))
+    except EncodingError as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
+def _topic_name(topics: dict[str, str], topic: str) -> str:
+    """The bag's name of ``topic`` (with or without the leading slash)."""
+    for candidate in (topic, "/" + topic.lstrip("/"), topic.lstrip("/")):
+        if candidate in topics:
+            return candidate
+    listing = ", ".join(f"{t} ({m.rsplit('/', 1)[-1]})" for t, m in sorted(topics.items())) or "none"
+    raise DataError(f"the bag has no topic '{topic}'; it has: {listing}")
+
+
+def extract_bag_frames(bag: str | Path, topic: str, out: str | Path, selection: FrameSelection = FrameSelection(),
+                       progress: bool = True) -> dict[str, Any]:
+    """Write the selected frames of ``topic`` (sensor_msgs/Image in any encoding the node takes, or
+    CompressedImage) under ``out/frames/<bag>/<topic>/<stamp_ns>.png``; returns the paths and counts."""
+    from calib.rosbag_io import raw_messages, stamp_ns, typestore
+
+    bag = Path(bag)
+    topics = bag_image_topics(bag)
+    name = _topic_name(topics, topic)
+    if topics[name] not in IMAGE_TYPES:
+        raise DataError(f"topic '{name}' of {bag} carries {topics[name]}, not an image ({' or '.join(IMAGE_TYPES)})")
+    folder = Path(out) / "frames" / _safe(bag.name) / _safe(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    ts = typestore()
+    selector = _Selector(selection)
+    paths: list[Path] = []
+    warnings: list[str] = []
+    _, stream = raw_messages(bag, warnings)
+    bar = tqdm(desc=f"frames of {name}", unit="msg", disable=not progress)
+    for msg_topic, msgtype, raw in stream:
+        if msg_topic != name:
+            continue
+        bar.update(1)
+        msg = ts.deserialize_cdr(raw, msgtype)
+        stamp = stamp_ns(msg)
+        where = f"{name} at {stamp}"
+        kept, rgb = selector.keep(stamp / 1e9, decode=lambda m=msg, w=where: _decode(m, msgtype, w))
+        if kept:
+            path = folder / f"{stamp:019d}.png"
+            _write_png(path, rgb)
+            paths.append(path)
+    bar.close()
+    for w in warnings:
+        log.warning("%s", w)
+    if not paths:
+        raise DataError(f"no frame of '{name}' in {bag} was selected ({selector.count} in the time window, "
+                        f"{selector.duplicates} near-duplicates); widen --start/--end or lower --min-change")
+    return {"frames": paths, "root": Path(out) / "frames", "source": f"{bag.name}:{name}",
+            "seen": selector.count, "near_duplicates": selector.duplicates, "warnings": warnings}
+
+
+def extract_video_frames(video: str | Path, out: str | Path, selection: FrameSelection = FrameSelection(),
+                         progress: bool = True) -> dict[str, Any]:
+    """Write the selected frames of a video file (OpenCV) under ``out/frames/<video>/<index>.png``."""
+    video = Path(video)
+    if not video.is_file():
+        raise DataError(f"video {video} not found")
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise DataError(f"OpenCV cannot open {video} as a video (unknown container or codec)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    folder = Path(out) / "frames" / _safe(video.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    selector = _Selector(selection)
+    paths: list[Path] = []
+    bar = tqdm(desc=f"frames of {video.name}", unit="frame", disable=not progress)
+    index = 0
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            t = index / fps if fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1e3
+            kept, rgb = selector.keep(t, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if kept:
+                path = folder / f"{index:08d}.png"
+                _write_png(path, rgb)
+                paths.append(path)
+            index += 1
+            bar.update(1)
+    finally:
+        capture.release()
+        bar.close()
+    if not index:
+        raise DataError(f"{video} has no readable frame")
+    if not paths:
+        raise DataError(f"no frame of {video} was selected ({selector.count} in the time window, "
+                        f"{selector.duplicates} near-duplicates); widen --start/--end or lower --min-change")
+    return {"frames": paths, "root": Path(out) / "frames", "source": video.name, "seen": selector.count,
+            "near_duplicates": selector.duplicates, "warnings": []}
+
+
+def bag_camera(bag: str | Path, image_topic: str) -> Any:
+    """The stereo camera of a bag: the first ``camera_info`` of the left and right cameras next to
+    ``image_topic`` (``<ns>/left/...`` and ``<ns>/right/...``), as :class:`calib.StereoCamera`."""
+    from calib import StereoCamera
+    from calib.rosbag_io import raw_messages, typestore
+
+    bag = Path(bag)
+    topics = bag_image_topics(bag)
+    infos = sorted(t for t, m in topics.items() if m == "sensor_msgs/msg/CameraInfo")
+    ns = image_topic.strip("/").split("left/")[0] if "left/" in image_topic else ""
+    wanted = {side: next((t for t in infos if t.strip("/").startswith(f"{ns}{side}/")), None) for side in ("left", "right")}
+    if None in wanted.values():
+        raise DataError(f"{bag} has no left and right camera_info next to '{image_topic}' (camera_info topics: "
+                        f"{', '.join(infos) or 'none'}); pass --camera DIR (left.yaml / right.yaml from m2s-calib)")
+    ts = typestore()
+    found: dict[str, Any] = {}
+    _, stream = raw_messages(bag)
+    for topic, msgtype, raw in stream:
+        for side, name in wanted.items():
+            if topic == name and side not in found:
+                found[side] = ts.deserialize_cdr(raw, msgtype)
+        if len(found) == 2:
+            break
+    return StereoCamera.from_msgs(found["left"], found["right"])
+
+
+__all__ = ["FrameSelection", "bag_camera", "bag_image_topics", "extract_bag_frames", "extract_video_frames"]

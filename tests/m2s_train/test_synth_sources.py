@@ -1,0 +1,127 @@
+"""Synthesis from the robot's own recording: a bag topic or a video, camera-matched disparities,
+resume giving identical samples, and bad input as one clear error. CLIs as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags", reason="rosbags is not installed: pip install 'mono2stereo[ros]'")
+pytest.importorskip("torch")
+
+from calib import StereoCamera  # noqa: E402
+from m2s_train.synth.shards import decode_sample, read_manifests  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _scene(rng, h=96, w=128):
+    img = cv2.resize(rng.uniform(0, 255, (6, 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(5):
+        cv2.circle(img, (int(rng.integers(10, w - 10)), int(rng.integers(10, h - 10))), int(rng.integers(6, 20)),
+                   rng.uniform(0, 255, 3).tolist(), -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _frames(n=6):
+    """A camera panning over a scene, standing still for two frames (a near-duplicate)."""
+    wide = _scene(np.random.default_rng(0), 96, 256)
+    xs = [0, 12, 24, 24, 36, 48][:n]
+    return [np.ascontiguousarray(wide[:, x : x + 128]) for x in xs]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    from m2s_stereo.bag_tools import Frame, write_bag
+
+    root = tmp_path_factory.mktemp("recording")
+    camera = StereoCamera.ideal(128, 96, focal_px=100.0, baseline_m=0.12)
+    frames = [Frame(10**9 + k * 10**8, f, f, camera) for k, f in enumerate(_frames())]
+    write_bag(root / "bag", frames, storage="mcap")
+    video = root / "walk.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (128, 96))
+    for f in _frames():
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return root, camera
+
+
+def _synth(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "m2s_train.cli", "synth", "--quiet", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _samples(out: Path) -> dict[str, bytes]:
+    return {e["sample_id"]: (out / "samples" / f"{e['sample_id']}.npz").read_bytes() for e in read_manifests(out)}
+
+
+def test_from_a_bag_with_resume_and_camera_matched_range(recording, tmp_path):
+    root, camera = recording
+    args = ["--bag", root / "bag", "--topic", "left/image_rect", "--depth-range", "2.0", "6.0", "--max-side", "128"]
+    first = _synth(*args, "--out", tmp_path / "a", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    report = json.loads(first.stdout)
+    assert report["frames"]["seen"] == 6 and report["frames"]["near_duplicates"] == 1 and report["written"] == 5
+    samples = _samples(tmp_path / "a")
+    assert len(samples) == 5
+    for sid in samples:
+        s = decode_sample(tmp_path / "a" / "samples" / f"{sid}.npz")
+        assert s.meta["source"].startswith("bag/left_image_rect/") and s.meta["source"].endswith(".png")
+        # camera-matched: f B / MAX .. f B / MIN at the synthesis resolution (the camera's own here)
+        lo, hi = 100.0 * 0.12 / 6.0, 100.0 * 0.12 / 2.0
+        assert s.meta["min_disparity"] == pytest.approx(lo) and s.meta["max_disparity"] == pytest.approx(hi)
+        assert s.meta["camera_range"]["disparity_px"] == pytest.approx([lo, hi])
+        assert np.nanmin(s.disparity) >= lo - 1e-4 and np.nanmax(s.disparity) <= hi + 1e-4
+        assert np.nanmax(s.disparity) > hi - 0.5 and np.nanmin(s.disparity) < lo + 0.5
+    # a killed run resumed, and a fresh run elsewhere, give the same bytes
+    next(iter((tmp_path / "a" / "samples").glob("*.npz"))).unlink()
+    again = _synth(*args, "--out", tmp_path / "a", "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _samples(tmp_path / "a") == samples
+    other = _synth(*args, "--out", tmp_path / "b", cwd=ROOT)  # another working directory
+    assert other.returncode == 0 and _samples(tmp_path / "b") == samples
+
+
+def test_from_a_video(recording, tmp_path):
+    root, _ = recording
+    if not cv2.VideoCapture(str(root / "walk.avi")).isOpened():
+        pytest.skip("this OpenCV build cannot read back an MJPG AVI")
+    args = ["--video", root / "walk.avi", "--every", "1", "--min-change", "2", "--max-side", "128"]
+    res = _synth(*args, "--out", tmp_path / "v", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["frames"]["seen"] == 6 and report["written"] == 6 - report["frames"]["near_duplicates"] >= 4
+    samples = _samples(tmp_path / "v")
+    (tmp_path / "v" / "samples" / f"{sorted(samples)[0]}.npz").unlink()
+    assert _synth(*args, "--out", tmp_path / "v", "--resume", cwd=tmp_path).returncode == 0
+    assert _samples(tmp_path / "v") == samples
+    assert all(sid.startswith("walk_avi") for sid in samples)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--topic", "front/image_raw"], r"no topic 'front/image_raw'; it has: .*left/image_rect \(Image\)"),
+    (["--topic", "left/camera_info"], r"carries sensor_msgs/msg/CameraInfo, not an image"),
+    (["--depth-range", "6", "2"], r"--depth-range needs 0 < MIN < MAX metres, got 6 2"),
+    (["--depth-range", "0", "2"], r"argument --depth-range: must be > 0"),
+    (["--camera", "CALIB_WRONG", "--depth-range", "1", "5"], r"the camera_info is 64x64 but the images are 128x96"),
+    (["--images", "x", "--depth-range", "1", "5"], r"give exactly one of --images, --bag, --video"),
+    (["--start", "5", "--end", "2"], r"--end \(2.0 s\) must be after --start \(5.0 s\)"),
+])
+def test_bad_input_is_one_error_line_and_nothing_written(recording, tmp_path, extra, message):
+    import re
+
+    root, _ = recording
+    wrong = StereoCamera.ideal(64, 64, focal_px=50.0, baseline_m=0.1)
+    wrong.to_dir(tmp_path / "calib_wrong")
+    extra = [str(tmp_path / "calib_wrong") if a == "CALIB_WRONG" else a for a in extra]
+    res = _synth("--bag", root / "bag", *extra, "--out", tmp_path / "o", cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "o" / "samples").exists() or not list((tmp_path / "o" / "samples").glob("*.npz"))
