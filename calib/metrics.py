@@ -256,6 +256,94 @@ def confidence_map_rgb(confidence: Any) -> np.ndarray:
     return rgb
 
 
+# -- label-free: how good a disparity is without ground truth ---------------------------------------------
+
+RANGE_MARGIN_PX = 1.0  # a disparity within this of 0 or of the model's maximum sits at a range limit
+
+
+def warp_right_to_left(right: np.ndarray, disparity: np.ndarray) -> np.ndarray:
+    """The right image sampled at ``x - d`` for every left pixel (linear, rows kept): HxW[xC] float32, NaN
+    where ``x - d`` falls outside the right image or ``d`` is not finite."""
+    r = np.asarray(right, np.float32)
+    d = _check_disparity(disparity, r.shape[:2])
+    h, w = d.shape
+    xs = np.arange(w, dtype=np.float32)[None, :] - d
+    with np.errstate(invalid="ignore"):
+        outside = ~(np.isfinite(xs) & (xs >= 0) & (xs <= w - 1))
+    map_x = np.where(outside, 0, xs).astype(np.float32)
+    map_y = np.repeat(np.arange(h, dtype=np.float32)[:, None], w, 1)
+    warped = cv2.remap(r, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    warped[outside] = np.nan
+    return warped
+
+
+def _check_disparity(disparity: Any, shape: tuple[int, int]) -> np.ndarray:
+    d = _squeeze_hw("disparity", _as_numpy(disparity)).astype(np.float32)
+    if d.shape != tuple(shape):
+        raise ShapeError(f"disparity {d.shape} and image {tuple(shape)} differ in size")
+    return d
+
+
+def visible_in_right(disparity: np.ndarray) -> np.ndarray:
+    """Left pixels the disparity says the right camera sees: ``x - d`` inside the image and no pixel to the
+    right landing at or left of it (z-buffer semantics, as the synthesis warp; HxW bool)."""
+    d = np.asarray(disparity, np.float32)
+    h, w = d.shape
+    with np.errstate(invalid="ignore"):
+        xs = np.where(np.isfinite(d), np.arange(w, dtype=np.float32)[None, :] - d, np.inf)
+        # the smallest x_R of the pixels strictly to the right of each pixel (+inf at the right border)
+        right_min = np.minimum.accumulate(xs[:, ::-1], axis=1)[:, ::-1]
+        right_min = np.concatenate([right_min[:, 1:], np.full((h, 1), np.inf, np.float32)], axis=1)
+        return np.isfinite(xs) & (xs >= 0) & (xs <= w - 1) & (xs < right_min)
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM of two grey float images in [0, 1] over 3x3 windows (monodepth's form), HxW."""
+    c1, c2 = 0.01**2, 0.03**2
+    blur = lambda x: cv2.blur(x, (3, 3), borderType=cv2.BORDER_REFLECT)  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def label_free_metrics(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, right_disparity: np.ndarray | None = None,
+                       max_disparity: float | None = None, lr_tolerance: float = 1.0) -> dict[str, Any]:
+    """How good ``disparity`` (left reference, px) of a rectified RGB uint8 pair is, without ground truth.
+
+    - ``photometric``: ``0.85 * (1 - SSIM) / 2 + 0.15 * L1`` (grey levels in [0, 1]) between the left
+      image and the right one warped by the disparity, averaged over the pixels the disparity says
+      are visible in the right view (monodepth's reconstruction error; lower is better);
+    - ``lr_consistency``: with the right view's disparity (the model on the swapped, mirrored pair),
+      the share of the checkable pixels it confirms within ``lr_tolerance`` px (higher is better);
+    - ``at_range_limit``: the share of the pixels with a disparity that are within 1 px of 0 or of
+      ``max_disparity`` (a model stuck at the ends of its range; lower is better).
+    Returns the figures and the per-pixel maps (``photometric_map`` NaN where not visible).
+    """
+    from calib.geometry import left_right_consistency
+
+    l_grey = cv2.cvtColor(np.asarray(left, np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    r_grey = cv2.cvtColor(np.asarray(right, np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    d = _check_disparity(disparity, l_grey.shape)
+    warped = warp_right_to_left(r_grey, d)
+    visible = visible_in_right(d) & np.isfinite(warped)
+    filled = np.where(visible, warped, l_grey)
+    photo = 0.85 * np.clip((1.0 - ssim_map(l_grey, filled)) / 2.0, 0, 1) + 0.15 * np.abs(l_grey - filled)
+    photo = np.where(visible, photo, np.nan).astype(np.float32)
+    out: dict[str, Any] = {"photometric": float(np.nanmean(photo)) if visible.any() else float("nan"),
+                           "visible_fraction": float(visible.mean()), "photometric_map": photo}
+    finite = np.isfinite(d)  # NaN: no disparity given (masked), not a range problem
+    with np.errstate(invalid="ignore"):
+        limit = finite & (d <= RANGE_MARGIN_PX)
+        if max_disparity is not None:
+            limit |= finite & (d >= max_disparity - RANGE_MARGIN_PX)
+    out["at_range_limit"] = float(limit.sum() / finite.sum()) if finite.any() else float("nan")
+    if right_disparity is not None:
+        consistent, checkable = left_right_consistency(d, right_disparity, lr_tolerance)
+        out["lr_consistency"] = float(consistent.sum() / checkable.sum()) if checkable.any() else float("nan")
+        out["lr_map"] = np.where(checkable, consistent, False)
+    return out
+
+
 def error_map_rgb(pred: Any, gt: Any, max_error: float = 3.0) -> np.ndarray:
     """RGB uint8 visualisation of |pred - gt|: 0..``max_error`` px blue -> red, no GT black."""
     p = _squeeze_hw("pred", _as_numpy(pred)).astype(np.float32)

@@ -201,7 +201,8 @@ def _eval(args: argparse.Namespace) -> int:
     for i, spec in enumerate(args.dataset):
         out = None if args.out is None else f"{args.out}/{i:02d}_{spec.split(':')[0]}"
         result = evaluate(model, spec, iters=args.iters, out=out, error_maps=args.error_maps, sgbm=args.sgbm,
-                          device=args.device, progress=not args.quiet, max_images=args.max_images)
+                          device=args.device, progress=not args.quiet, max_images=args.max_images,
+                          label_free=args.label_free)
         results.append({"dataset": spec, **{k: v["pixel"] for k, v in result["methods"].items()}})
     print(dumps_json(results))
     return 0
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", required=True, help="kind:path[:half] or aloe[:half]; repeatable")
     p.add_argument("--iters", type=positive_int, help="GRU iterations (default: the model's valid_iters)")
     p.add_argument("--sgbm", action="store_true", help="also evaluate OpenCV StereoSGBM on the same pairs")
+    p.add_argument("--label-free", action="store_true",
+                   help="also the figures that need no GT: photometric error of the right view warped by the "
+                        "disparity, left-right consistency (a second pass on the mirrored pair), range limits")
     p.add_argument("--out", help="directory for metrics.json / metrics.md / error maps")
     p.add_argument("--error-maps", type=non_negative_int, default=0, metavar="N",
                    help="write error-map PNGs for the first N pairs")

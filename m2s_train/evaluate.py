@@ -19,6 +19,7 @@ from calib.metrics import (
     SparsificationAccumulator,
     confidence_map_rgb,
     error_map_rgb,
+    label_free_metrics,
     sparsification_plot,
 )
 from calib.safe_files import write_json_atomic, write_text_atomic
@@ -60,8 +61,12 @@ def fill_invalid(disp: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | None = None, out: str | os.PathLike | None = None,
              error_maps: int = 0, sgbm: bool = False, device: str = "cpu", progress: bool = True,
-             max_images: int | None = None) -> dict[str, Any]:
-    """Evaluate on every pair of ``dataset_spec``; writes ``metrics.json`` + ``metrics.md`` into ``out``."""
+             max_images: int | None = None, label_free: bool = False) -> dict[str, Any]:
+    """Evaluate on every pair of ``dataset_spec``; writes ``metrics.json`` + ``metrics.md`` into ``out``.
+
+    ``label_free``: also the model's figures that need no GT (:func:`calib.metrics.label_free_metrics`;
+    a second pass on the swapped, mirrored pair gives the right view for the left-right check), per
+    pair and as the mean over pairs, to compare with the GT metrics or to use where there is no GT."""
     if max_images is not None and max_images < 1:
         raise DataError(f"--max-images must be >= 1, got {max_images}")
     dataset = build_dataset(dataset_spec)
@@ -69,6 +74,7 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
     rows: dict[str, MetricAccumulator] = {}
     timing: dict[str, list[float]] = {}
     confidences: dict[str, SparsificationAccumulator] = {}
+    free: list[dict[str, Any]] = []
     if model is not None:
         model = model.to(device).eval()
         rows["model"] = MetricAccumulator()
@@ -90,9 +96,19 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
             preds["model"] = out.disparity[0, 0].cpu().numpy()
             confs["model"] = out.confidence[0, 0].cpu().numpy()
             timing.setdefault("model", []).append(time.perf_counter() - t0)
+            if label_free:
+                mirrored = model(item["right"].flip(-1)[None].to(device), item["left"].flip(-1)[None].to(device),
+                                 iters=iters).disparity[0, 0].flip(-1).cpu().numpy()
+                lf = label_free_metrics(_rgb(item["left"]), _rgb(item["right"]), preds["model"], mirrored,
+                                        model.config.max_disp)
+                free.append({"sample_id": item["sample_id"],
+                             **{k: lf[k] for k in ("photometric", "lr_consistency", "at_range_limit")}})
+                if out_dir and i < error_maps:
+                    photo = np.nan_to_num(lf["photometric_map"], nan=1.0)
+                    cv2.imwrite(str(out_dir / f"photometric_model_{i:04d}.png"),
+                                cv2.applyColorMap((np.clip(photo / 0.3, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET))
         if sgbm:
-            left = (item["left"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-            right = (item["right"].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+            left, right = _rgb(item["left"]), _rgb(item["right"])
             t0 = time.perf_counter()
             raw = sgbm_disparity(left, right, max_disp)
             timing.setdefault("sgbm", []).append(time.perf_counter() - t0)
@@ -112,8 +128,13 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         if out_dir and methods[name]["confidence"] is not None:
             sparsification_plot(methods[name]["confidence"], out_dir / f"sparsification_{name}.png",
                                 f"{name} on {dataset_spec}")
+    if free:
+        methods["model"]["label_free"] = {k: float(np.nanmean([r[k] for r in free]))
+                                          for k in ("photometric", "lr_consistency", "at_range_limit")}
     result = {"dataset": dataset_spec, "images": n, "iters": iters, "methods": methods,
               "per_image": {k: acc.per_image for k, acc in rows.items()}}
+    if free:
+        result["per_image_label_free"] = free
     first = next(iter(rows.values()), None)
     unmeasured = [r["sample_id"] for r in (first.per_image if first else []) if not r["pixels"]]
     if unmeasured and len(unmeasured) < n:
@@ -126,6 +147,11 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         raise DataError(f"nothing could be measured on {dataset_spec}: none of its {n} pair(s) has a valid GT pixel "
                         "(finite, > 0); metrics are null" + (f" (written to {out_dir / 'metrics.json'})" if out_dir else ""))
     return result
+
+
+def _rgb(image: torch.Tensor) -> np.ndarray:
+    """A dataset item's 3xHxW float image in [0, 1] as RGB uint8 HxWx3."""
+    return (image.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
 def _fmt(value: float, scale: float = 1.0, digits: int = 2) -> str:
@@ -153,4 +179,12 @@ def markdown_table(result: dict[str, Any]) -> str:
                          f"{_fmt(c['gap_closed_epe'])} | {100 * b['confidence']:.2f} / {100 * b['oracle']:.2f} / "
                          f"{100 * b['random']:.2f} | {_fmt(c['gap_closed_bad3'])} | {_fmt(c['bad3_at_50'], 100)} / "
                          f"{_fmt(c['bad3_at_80'], 100)} / {_fmt(c['bad3_at_95'], 100)} / {_fmt(c['bad3_all'], 100)} |")
+    free = {k: m["label_free"] for k, m in result["methods"].items() if m.get("label_free")}
+    if free:
+        lines += ["", "Label-free (no GT used; mean of pairs): photometric error of the right view warped to the left, "
+                  "left-right consistency, share of pixels at the disparity range limits.", "",
+                  "| method | photometric | LR consistency % | at range limit % |", "|---|---|---|---|"]
+        for name, f in free.items():
+            lines.append(f"| {name} | {f['photometric']:.4f} | {_fmt(f['lr_consistency'], 100)} | "
+                         f"{_fmt(f['at_range_limit'], 100)} |")
     return "\n".join(lines) + "\n"

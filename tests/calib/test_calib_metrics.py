@@ -96,3 +96,52 @@ class TestSparsification:
         assert s["images"] == 2
         assert s["auc_epe"]["confidence"] == pytest.approx(np.mean([r["auc_epe"]["confidence"] for r in rows]))
         assert 0 < s["gap_closed_epe"] < 1 and s["bad3_at_50"] < s["bad3_all"]
+
+
+class TestLabelFree:
+    def test_true_disparity_beats_wrong_ones_on_real_aloe(self, opencv_data):
+        """No GT used by the metric: on Middlebury Aloe the GT disparity reconstructs the left view better,
+        and is seen at the range limits less, than a scaled or a constant one."""
+        import cv2
+
+        from calib.image_io import read_rgb
+        from calib.metrics import label_free_metrics
+
+        left, right = read_rgb(opencv_data / "aloeL.jpg"), read_rgb(opencv_data / "aloeR.jpg")
+        gt = cv2.imread(str(opencv_data / "aloeGT.png"), cv2.IMREAD_UNCHANGED).astype(np.float32)  # 8-bit, px
+        gt = np.where(gt > 0, gt, np.nan).astype(np.float32)
+        filled = np.where(np.isfinite(gt), gt, np.nanmedian(gt)).astype(np.float32)
+        true = label_free_metrics(left, right, filled, max_disparity=256)
+        for wrong in (filled * 0.8, np.full_like(filled, float(np.nanmedian(gt))), filled + 6.0):
+            other = label_free_metrics(left, right, wrong.astype(np.float32), max_disparity=256)
+            assert true["photometric"] < 0.8 * other["photometric"], (true["photometric"], other["photometric"])
+        assert true["at_range_limit"] < 0.01 and 0.5 < true["visible_fraction"] <= 1.0
+        zero = label_free_metrics(left, right, np.zeros_like(filled), max_disparity=256)
+        assert zero["at_range_limit"] == 1.0
+
+    def test_left_right_consistency_of_an_exact_synthetic_pair(self):
+        from calib.metrics import label_free_metrics, visible_in_right
+
+        rng = np.random.default_rng(0)
+        h, w = 40, 80
+        left = rng.integers(0, 255, (h, w, 3), np.uint8)
+        d = np.full((h, w), 6.0, np.float32)
+        d[10:30, 30:50] = 14.0  # a nearer square
+        # the right view by construction: right(x - d) = left(x), nearest surface wins
+        right = np.zeros_like(left)
+        right_d = np.full((h, w), np.nan, np.float32)
+        for y in range(h):
+            for x in np.argsort(d[y], kind="stable"):  # far first, near overwrite
+                xr = int(x - d[y, x])
+                if 0 <= xr < w:
+                    right[y, xr], right_d[y, xr] = left[y, x], d[y, x]
+        right_d = np.where(np.isfinite(right_d), right_d, 6.0).astype(np.float32)
+        good = label_free_metrics(left, right, d, right_d, max_disparity=64)
+        # what fails is what the right camera cannot see (8 columns of background beside the square: 5 %)
+        vis = visible_in_right(d)
+        failed = ~good["lr_map"] & vis
+        assert good["lr_consistency"] > 0.93 and failed.sum() <= 2 * h and good["photometric"] < 0.05
+        bad = label_free_metrics(left, right, d + 3.0, right_d, max_disparity=64)
+        assert bad["lr_consistency"] < 0.2 and bad["photometric"] > 3 * good["photometric"]
+        assert vis[20, 30:50].all()  # the square itself is seen
+        assert not vis[20, 22:30].any() and vis[20, 21]  # the 8 px of background left of it are hidden by it

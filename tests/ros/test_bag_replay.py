@@ -165,7 +165,9 @@ def test_live_replay_equals_offline(tmp_path):
     # no GT in the bag: the self-consistency rate instead
     write_bag(tmp_path / "nogt", _frames(2, 96, 128, gt=False), storage="sqlite3")
     res = run_offline(tmp_path / "nogt", str(tmp_path / "m.onnx"), progress=False, params=every)
-    assert 0.0 <= res["accuracy"]["lr_consistency"] <= 1.0
+    lf = res["accuracy"]["label_free"]
+    assert 0.0 <= lf["lr_consistency"] <= 1.0 and lf["photometric"] > 0 and 0.0 <= lf["at_range_limit"] <= 1.0
+    assert lf["frames"] == 2 and all("photometric" in r for r in res["per_frame"])
     # a sqlite3 bag cut mid-file (a killed recorder) is evaluated on its readable part
     write_bag(tmp_path / "cut", _frames(5, 96, 128), storage="sqlite3")
     db = next((tmp_path / "cut").glob("*.db3"))

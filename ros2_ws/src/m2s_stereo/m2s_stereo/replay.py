@@ -12,8 +12,10 @@ otherwise), so both modes measure what the node publishes.
 Accuracy uses whatever GT the bag holds (gt/disparity: EPE, D1, bad-1/2/3; gt/depth: abs-rel and
 delta<1.25 on depth, plus disparity metrics through the camera model), on the pixels the node
 published, with their ``density`` (the fraction of the GT pixels that got a disparity: the
-confidence threshold and the left-right check leave holes); otherwise the left-right
-consistency rate. With a confidence: its sparsification curves (:func:`calib.metrics.sparsification`).
+confidence threshold and the left-right check leave holes). Without GT (and with
+``--label-free`` on frames with GT too): label-free figures (:func:`calib.metrics.label_free_metrics`:
+the photometric error of the right view warped by the disparity, the left-right consistency rate,
+the share of pixels at the disparity range limits). With a confidence: its sparsification curves (:func:`calib.metrics.sparsification`).
 On a sequence: ``flicker`` (mean |d_t - d_t-1| on pixels whose GT did not change) and the step
 response (frames until the error settles after the GT changes). Writes report.json, report.md
 and PNG plots.
@@ -35,12 +37,12 @@ from tqdm import tqdm
 from calib.console import CliParser, add_common_flags, non_negative_float, positive_float, run_command
 from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
 from calib.errors import CalibrationError
-from calib.geometry import left_right_consistency
 from calib.metrics import (
     MetricAccumulator,
     SparsificationAccumulator,
     confidence_map_rgb,
     error_map_rgb,
+    label_free_metrics,
     sparsification_plot,
 )
 from m2s_stereo import params as P
@@ -63,13 +65,6 @@ def depth_metrics(pred_depth: np.ndarray, gt_depth: np.ndarray) -> dict[str, flo
             "delta1": float(np.mean(ratio < 1.25))}
 
 
-def lr_consistency(runtime: Any, left: np.ndarray, right: np.ndarray, disp: np.ndarray, tol: float = 1.0) -> float:
-    """Fraction of the checkable pixels whose left disparity the right view's disparity confirms within
-    ``tol`` px (:func:`calib.geometry.left_right_consistency`; right view = the mirrored, swapped pair)."""
-    consistent, checkable = left_right_consistency(disp, runtime.infer_right_view(left, right).disparity, tol)
-    return float(consistent.sum() / checkable.sum()) if checkable.any() else float("nan")
-
-
 SETTLE_TOLERANCE = (1.1, 0.05)  # settled: EPE <= 1.1 x the segment's steady EPE + 0.05 px
 CHANGED_FRACTION = 0.1  # a frame whose GT changed on more than 10 % of its pixels starts a new scene
 
@@ -78,11 +73,13 @@ class Evaluation:
     """Accumulates accuracy over frames (whatever GT each frame has), the confidence's sparsification
     and, on a sequence, flicker and step response."""
 
-    def __init__(self) -> None:
+    def __init__(self, label_free: bool = False, max_disparity: float | None = None) -> None:
+        self.label_free_always = label_free  # also on frames with GT (to compare the two)
+        self.max_disparity = max_disparity
+        self.label_free: list[dict[str, float]] = []
         self.disp = MetricAccumulator()
         self.confidence = SparsificationAccumulator()
         self.depth: list[dict[str, float]] = []
-        self.lr: list[float] = []
         self.per_frame: list[dict[str, Any]] = []
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # (gt, prediction) of the last frame
         self.flicker: list[float] = []
@@ -109,9 +106,13 @@ class Evaluation:
                 d = depth_metrics(frame.camera.disparity_to_depth(disp), frame.gt_depth)
                 self.depth.append(d)
                 row.update(d)
-        elif runtime is not None:
-            row["lr_consistency"] = lr_consistency(runtime, frame.left, frame.right, disp)
-            self.lr.append(row["lr_consistency"])
+        if gt is None or self.label_free_always:
+            right_view = runtime.infer_right_view(frame.left, frame.right).disparity if runtime is not None else None
+            lf = label_free_metrics(frame.left, frame.right, np.where(predicted, disp, np.nan), right_view,
+                                    self.max_disparity)
+            figures = {k: lf[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in lf}
+            row.update(figures)
+            self.label_free.append(figures)
         self.per_frame.append(row)
         return row
 
@@ -161,8 +162,10 @@ class Evaluation:
         if self.depth:
             n = sum(d["depth_pixels"] for d in self.depth)
             out["depth"] = {k: sum(d[k] * d["depth_pixels"] for d in self.depth) / max(n, 1) for k in ("abs_rel", "delta1")}
-        if self.lr:
-            out["lr_consistency"] = float(np.nanmean(self.lr))
+        if self.label_free:
+            keys = sorted({k for r in self.label_free for k in r})
+            out["label_free"] = {k: float(np.nanmean([r.get(k, np.nan) for r in self.label_free])) for k in keys}
+            out["label_free"]["frames"] = len(self.label_free)
         return out
 
 
@@ -178,15 +181,17 @@ def node_values(params: dict[str, Any] | None) -> dict[str, Any]:
     return values
 
 
-def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The runtime on every pair of ``bag`` through the node's post-processing (``params``: node parameters)."""
+def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, Any] | None = None,
+                label_free: bool = False) -> dict[str, Any]:
+    """The runtime on every pair of ``bag`` through the node's post-processing (``params``: node parameters).
+    ``label_free``: the label-free figures on frames with GT too (they are always computed without)."""
     from m2s_export.runtime import load_runtime
 
     values = node_values(params)
     runtime = load_runtime(model)
     post = FramePostprocess(values)
     warnings: list[str] = []
-    ev = Evaluation()
+    ev = Evaluation(label_free, runtime.meta.get("max_disp"))
     preds = []
     frames = 0
     for i, frame in enumerate(tqdm(read_frames(bag, warnings=warnings), desc="offline", unit="pair", disable=not progress)):
@@ -216,7 +221,7 @@ def _changed(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, progress: bool = True,
-             params: dict[str, Any] | None = None) -> dict[str, Any]:
+             params: dict[str, Any] | None = None, label_free: bool = False) -> dict[str, Any]:
     """Publish the bag into a StereoNode over DDS and collect its disparity (and confidence) outputs."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -294,12 +299,13 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
             time.sleep(0.01)
         time.sleep(0.2)
         node_stats = node.stats()
+        runtime = node.runtime  # for the label-free right-view pass, after the replay
     finally:
         executor.shutdown()
         node.destroy_node()
         player.destroy_node()
         rclpy.try_shutdown(context=context)
-    ev = Evaluation()
+    ev = Evaluation(label_free, node.max_disparity)
     latencies = []
     preds = []
     for i, (frame, stamp) in enumerate(zip(frames, sent)):
@@ -312,7 +318,7 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
         confidence = confidences.get(stamp)
         if want_confidence and confidence is None:
             warnings.append(f"frame {i}: no confidence arrived with its disparity")
-        ev.add(frame, disp, i, None, confidence)
+        ev.add(frame, disp, i, runtime, confidence)
         preds.append((frame, disp, confidence))
     wall = max(time.monotonic() - t_start, 1e-9)
     return {"mode": "live", "rate": rate, "frames": len(frames), "answered": len(preds), "dropped": len(frames) - len(preds),
@@ -403,8 +409,14 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
                      f"{t['settle_frames']} frame(s)")
     if "depth" in acc:
         lines.append(f"- depth: abs-rel {acc['depth']['abs_rel']:.4f}, delta<1.25 {100 * acc['depth']['delta1']:.1f} %")
-    if "lr_consistency" in acc:
-        lines.append(f"- left-right consistency (no GT in the bag): {100 * acc['lr_consistency']:.1f} %")
+    if "label_free" in acc:
+        lf = acc["label_free"]
+        parts = [f"photometric error {lf['photometric']:.4f} (0.85 (1 - SSIM) / 2 + 0.15 L1 of the right view warped "
+                 "to the left, on the pixels the disparity says are visible)",
+                 f"{100 * lf['at_range_limit']:.2f} % at the disparity range limits"]
+        if "lr_consistency" in lf:
+            parts.insert(1, f"left-right consistency {100 * lf['lr_consistency']:.1f} %")
+        lines.append(f"- label-free ({lf['frames']} frames): " + ", ".join(parts))
     lines += [f"- warning: {w}" for w in result.get("warnings", [])]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return result
@@ -414,10 +426,10 @@ def _main(args: argparse.Namespace) -> int:
     bag = Path(args.bag)
     params = dict(args.param or [])
     if args.mode == "offline":
-        result = run_offline(bag, args.model, progress=not args.quiet, params=params)
+        result = run_offline(bag, args.model, progress=not args.quiet, params=params, label_free=args.label_free)
     else:
         result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet,
-                          params=params)
+                          params=params, label_free=args.label_free)
     result = write_report(result, Path(args.out))
     print(dumps_json({k: result[k] for k in ("mode", "frames", "answered", "dropped", "accuracy")}
                      | {"report": str(Path(args.out) / "report.md")}))
@@ -466,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="live: x recorded rate; 0 = as fast as the node answers")
     p.add_argument("--timeout", type=positive_float, default=30.0,
                    help="live: seconds to wait for the node's answer to a pair (default 30)")
+    p.add_argument("--label-free", action="store_true",
+                   help="also the label-free figures (photometric error, left-right consistency, range limits) on "
+                        "frames that have GT; frames without GT always get them")
     p.add_argument("--param", action="append", type=node_param, metavar="NAME=VALUE",
                    help="a node parameter for both modes, e.g. confidence_threshold=0 or temporal_filter=true "
                         "(repeatable; default: the node's config/stereo.yaml defaults)")
