@@ -31,10 +31,11 @@ import subprocess
 import sys
 import time
 
+import cv2
 import numpy as np
 import rclpy
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
 from calib import StereoCamera
 from m2s_export.runtime import Inference, StereoRuntime
@@ -46,8 +47,8 @@ class FixedDisparity(StereoRuntime):
     """A runtime that costs nothing: returns precomputed maps in turn (to time everything else).
 
     The maps differ in how many pixels are invalid, as real frames do, so a valid-only cloud
-    changes size from frame to frame; each comes with a confidence map (its pixels below 0.5 in
-    about the same share as a trained model's). The arrays are handed out fresh, as a real runtime's
+    changes size from frame to frame; each comes with a confidence map, spatially coherent as a
+    model's is, about a fifth of it below 0.5. The arrays are handed out fresh, as a real runtime's
     outputs are (the node masks them in place): the copy is counted in the node's figures."""
 
     backend = "fixed"
@@ -108,7 +109,9 @@ def main() -> int:
         left = rng.integers(0, 255, (h, w, 3), np.uint8)
         disparity = rng.uniform(1, 100, (h, w)).astype(np.float32)
         maps = [np.where(rng.random((h, w)) < p, np.float32(0), disparity) for p in (0.01, 0.03, 0.02, 0.05)]
-        confidences = [np.clip(rng.normal(0.75, 0.2, (h, w)), 0, 1).astype(np.float32) for _ in maps]
+        # spatially coherent, as a model's confidence is (regions, not salt and pepper): about a fifth below 0.5
+        confidences = [np.clip(cv2.resize(rng.normal(0.75, 0.3, (24, 32)).astype(np.float32), (w, h),
+                                          interpolation=cv2.INTER_CUBIC), 0, 1) for _ in maps]
         camera = StereoCamera.ideal(w, h, focal_px=w * 0.8, baseline_m=0.12)
         floors = memcpy_floors(left, disparity, args)
         for label, params, with_confidence in rows:
@@ -134,7 +137,7 @@ def time_node(runtime: FixedDisparity, camera: StereoCamera, left: np.ndarray, p
         time.sleep(0.05)
     lmsg = array_to_image(Image, left, "bgr8")
     rmsg = array_to_image(Image, left, "bgr8")
-    infos = [type("Info", (), c.msg_fields())() for c in (camera.left, camera.right)]
+    infos = [CameraInfo(**c.msg_fields()) for c in (camera.left, camera.right)]
     publish_s = [0.0]
     for pub in (node.pub_disp, node.pub_depth, node.pub_points, node.pub_conf):  # time the DDS hand-over apart
         def timed_publish(msg, _inner=pub.publish):

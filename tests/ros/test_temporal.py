@@ -27,6 +27,8 @@ class TestBackends:
                 d = rng.uniform(0, 60, (17, 23)).astype(np.float32)
                 d[rng.random(d.shape) < 0.2] = np.nan
                 d[rng.random(d.shape) < 0.02] = np.inf
+                d[rng.random(d.shape) < 0.02] = -1.0
+                d[rng.random(d.shape) < 0.02] = 0.0
                 conf = rng.uniform(0, 1, d.shape).astype(np.float32)
                 conf[rng.random(d.shape) < 0.05] = 0.0
                 np.testing.assert_array_equal(a(d, conf if case % 2 else None), b(d, conf if case % 2 else None))
@@ -71,7 +73,7 @@ class TestBehaviour:
         f = TemporalFilter(TemporalConfig(persistence=2), backend=backend)
         d = np.full((2, 2), 10.0, np.float32)
         f(d)
-        gone = np.full((2, 2), np.nan, np.float32)
+        gone = np.array([[np.nan, 0.0], [-3.0, np.inf]], np.float32)  # every kind of "no measurement"
         np.testing.assert_array_equal(f(gone), d)  # held, frame 1
         np.testing.assert_array_equal(f(gone), d)  # held, frame 2
         assert np.isnan(f(gone)).all()  # then invalid: never a value older than `persistence` frames

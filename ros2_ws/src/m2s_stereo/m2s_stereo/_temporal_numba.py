@@ -19,7 +19,7 @@ def step(d, c, state, conf, age, alpha, delta, persistence):  # pragma: no cover
         for j in range(w):
             x = d[i, j]
             s = state[i, j]
-            valid = x == x and abs(x) < np.inf
+            valid = x > zero and x < np.inf  # NaN, <= 0 and inf: no measurement
             had = s == s and abs(s) < np.inf
             if valid:
                 if had and abs(x - s) <= delta:

@@ -73,7 +73,7 @@ class FramePostprocess:
             masked_conf = int(np.count_nonzero(low))
             np.copyto(disparity, np.float32(np.nan), where=low)
         if filt is not None:
-            disparity = filt(np.where(disparity > 0, disparity, np.float32(np.nan)), confidence)
+            disparity = filt(disparity, confidence)  # it reads <= 0 as no measurement itself
         return Processed(disparity, confidence, masked_conf, masked_lr)
 
 

@@ -11,7 +11,7 @@ its last measurement ``age``, and the new measurement ``d`` with confidence ``c`
 - ``d`` farther than ``delta`` from ``s`` (an edge moved, or the scene changed), or no state: the
   state resets to ``d`` at once, so nothing is smeared across depth edges and a change shows in
   the next frame;
-- no measurement (NaN: invalid, or masked by the confidence threshold): the state is held for
+- no measurement (NaN or <= 0: invalid, or masked by the confidence threshold): the state is held for
   ``persistence`` frames, then the pixel is invalid (NaN) too.
 
 The compiled pass (numba, one loop over the pixels) and the numpy pass give the same bits
@@ -57,7 +57,8 @@ def step_numpy(d: np.ndarray, c: np.ndarray, state: np.ndarray, conf: np.ndarray
                alpha: float, delta: float, persistence: int) -> None:
     """One frame, in place on ``state``/``conf``/``age`` (float32, float32, int32 HxW); see the module doc."""
     a = np.float32(alpha)
-    valid = np.isfinite(d)
+    with np.errstate(invalid="ignore"):
+        valid = (d > 0) & (d < np.inf)  # NaN, <= 0 and inf: no measurement (DESIGN: disparity <= 0 is invalid)
     had = np.isfinite(state)
     with np.errstate(invalid="ignore"):
         close = valid & had & (np.abs(d - state) <= np.float32(delta))
@@ -74,7 +75,7 @@ def step_numpy(d: np.ndarray, c: np.ndarray, state: np.ndarray, conf: np.ndarray
 
 
 class TemporalFilter:
-    """The filter with its state; :meth:`__call__` takes a frame's disparity (NaN = no measurement) and
+    """The filter with its state; :meth:`__call__` takes a frame's disparity (NaN or <= 0 = no measurement) and
     confidence (None: 1 everywhere) and returns the filtered disparity (a new array)."""
 
     def __init__(self, config: TemporalConfig = TemporalConfig(), backend: str = "auto") -> None:
