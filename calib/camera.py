@@ -300,6 +300,23 @@ class StereoCamera:
         return geometry.depth_to_points(depth, fx=self.focal_px, fy=self.fy, cx=self.cx, cy=self.cy, colors=colors,
                                         organized=organized, stride=stride, out=out)
 
+    def lidar_to_disparity(self, points: np.ndarray, T_cam_lidar: np.ndarray, **kwargs: Any) -> geometry.SparseDisparity:
+        """Sparse disparity labels (left image, px) from LiDAR points (Nx3, the LiDAR frame, m) and the
+        extrinsic ``T_cam_lidar`` (4x4: LiDAR -> the left camera's optical frame, before rectification):
+        the points are moved into the rectified left frame (camera_info R) and projected with
+        :func:`calib.geometry.points_to_sparse_disparity` (its z-buffer ``kwargs`` too)."""
+        T = np.asarray(T_cam_lidar, np.float64)
+        if T.shape != (4, 4):
+            raise CalibrationError(f"T_cam_lidar must be a 4x4 matrix, got shape {T.shape}")
+        pts = np.asarray(points, np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise CalibrationError(f"points must be Nx3, got shape {pts.shape}")
+        rect = (self.left.R @ (pts @ T[:3, :3].T + T[:3, 3]).T).T
+        w, h = self.image_size
+        return geometry.points_to_sparse_disparity(rect, fx=self.fx, fy=self.fy, cx=self.cx, cy=self.cy,
+                                                   fb=self.focal_px * self.baseline_m, doffs=self.doffs, width=w,
+                                                   height=h, **kwargs)
+
     def fill_outputs(self, disparity: np.ndarray, **outputs: Any) -> None:
         """Shifted disparity, depth, points and packed colours of one frame into the caller's
         buffers, with this pair's fx, fy, cx, cy, B and doffs; see :func:`calib.geometry.fill_outputs`."""

@@ -29,6 +29,7 @@ __all__ = [
     "disparity_to_points",
     "fill_outputs",
     "left_right_consistency",
+    "points_to_sparse_disparity",
     "q_matrix",
 ]
 
@@ -245,6 +246,53 @@ def left_right_consistency(disp_left: np.ndarray, disp_right: np.ndarray, max_di
     with np.errstate(invalid="ignore"):
         consistent = checkable & (np.abs(left - sampled) <= np.float32(max_diff))
     return consistent, checkable
+
+
+class SparseDisparity(NamedTuple):
+    """``disparity`` HxW float32 (NaN = no label) from projected points, and what became of the points."""
+
+    disparity: np.ndarray
+    projected: int  # points in front of the camera and inside the image
+    hidden: int  # of those, removed: seen by the LiDAR but hidden from the camera (z-buffer test)
+    behind: int  # points with Z <= 0 (behind the camera)
+
+
+def points_to_sparse_disparity(points: np.ndarray, *, fx: float, fy: float, cx: float, cy: float, fb: float,
+                               doffs: float, width: int, height: int, window: int = 5,
+                               tolerance: tuple[float, float] = (0.05, 0.1)) -> SparseDisparity:
+    """Sparse disparity labels from 3-D points in the rectified left camera frame (REP 103 optical: x right,
+    y down, z forward; metres), e.g. a LiDAR sweep moved there with its extrinsic.
+
+    Each point with ``Z > 0`` projects to the nearest pixel ``(round(fx X/Z + cx), round(fy Y/Z + cy))``
+    and gets ``d = f B / Z - doffs`` (the inverse of ``Z = f B / (d + doffs)``). A LiDAR mounted apart
+    from the camera sees surfaces the camera does not (behind a foreground edge, from the camera's
+    view): such a point projects among nearer points of the occluder, so a point farther than
+    ``(1 + rel) * Z_min + abs`` (``tolerance`` = (rel, abs m)) where ``Z_min`` is the nearest point within
+    ``window`` x ``window`` px is dropped (a local z-buffer), as is every point but the nearest in a pixel.
+    """
+    pts = np.asarray(points, np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ShapeError(f"points must be Nx3, got shape {pts.shape}")
+    if window < 1 or window % 2 == 0:
+        raise ShapeError(f"window must be a positive odd number of pixels, got {window}")
+    pts = pts[np.isfinite(pts).all(1)]
+    front = pts[:, 2] > 0
+    behind = int((~front).sum())
+    x, y, z = pts[front].T
+    u = np.rint(fx * x / z + cx).astype(np.int64)
+    v = np.rint(fy * y / z + cy).astype(np.int64)
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    u, v, z = u[inside], v[inside], z[inside]
+    zbuf = np.full((height, width), np.inf, np.float64)
+    np.minimum.at(zbuf, (v, u), z)
+    nearest = cv2.erode(zbuf.astype(np.float32), np.ones((window, window), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                        borderValue=np.inf).astype(np.float64)
+    rel, absolute = tolerance
+    visible = z <= (1.0 + rel) * nearest[v, u] + absolute
+    keep = visible & (z == zbuf[v, u])  # the nearest point of its pixel
+    out = np.full((height, width), np.nan, np.float32)
+    out[v[keep], u[keep]] = (fb / z[keep] - doffs).astype(np.float32)
+    return SparseDisparity(out, int(z.size), int((~visible).sum()), behind)
 
 
 def _check_stride(stride: int) -> None:

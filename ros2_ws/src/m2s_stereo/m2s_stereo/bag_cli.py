@@ -6,6 +6,8 @@
     m2s-bag make --from synth:DATASET --out BAG --limit 2 --hold 15 --noise 3    (a sequence: 2 static scenes
         of 15 frames each under fresh sensor noise, with exact GT; m2s-eval-bag reports its flicker and step response)
     m2s-bag info BAG
+    m2s-bag labels --bag BAG --cloud lidar/points [--extrinsic T_cam_lidar.yaml] --out DATASET
+        (sparse disparity GT from the bag's LiDAR for m2s-train finetune --dataset folder:DATASET)
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from calib.safe_files import dumps_json
 from m2s_stereo.bag_tools import (
     BagError,
     bag_info,
+    extrinsic_from_yaml,
     frames_from_folder,
     frames_from_kitti,
     frames_from_synth,
     held_sequence,
+    lidar_labels,
     write_bag,
 )
 
@@ -63,6 +67,14 @@ def _make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(args: argparse.Namespace) -> int:
+    extrinsic = extrinsic_from_yaml(args.extrinsic) if args.extrinsic else None
+    summary = lidar_labels(args.bag, args.cloud, args.out, extrinsic, max_dt=args.max_dt, window=args.window,
+                           progress=not args.quiet)
+    print(dumps_json({k: v for k, v in summary.items() if k != "per_frame"} | {"out": args.out}))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     info = bag_info(args.bag)
     print(dumps_json(info, indent=2))
@@ -89,6 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-now", action="store_true", help="stamp from the current time (default: a fixed epoch)")
     add_common_flags(p)
     p.set_defaults(handler=_make)
+    p = sub.add_parser("labels", help="sparse disparity GT for the bag's stereo pairs from its LiDAR (PointCloud2)")
+    p.add_argument("--bag", required=True, help="a stereo bag (left/right image_rect + camera_info) with a LiDAR topic")
+    p.add_argument("--cloud", required=True, help="the sensor_msgs/PointCloud2 topic")
+    p.add_argument("--extrinsic", help="YAML with T_cam_lidar (4x4) or translation + rotation (quaternion x y z w): "
+                   "LiDAR -> left camera optical frame (default: the bag's /tf_static)")
+    p.add_argument("--max-dt", type=positive_float, default=0.05,
+                   help="largest time between a pair and its cloud, seconds (default 0.05)")
+    p.add_argument("--window", type=positive_int, default=5,
+                   help="z-buffer window for points hidden from the camera by the LiDAR-camera parallax, px (odd)")
+    p.add_argument("--out", required=True, help="new dataset directory (left/, right/, disparity/ KITTI PNGs, labels.json)")
+    add_common_flags(p)
+    p.set_defaults(handler=_labels)
     p = sub.add_parser("info", help="topics, counts, rates, gaps and stamp problems of a bag (exit 1 on problems)")
     p.add_argument("bag")
     add_common_flags(p)

@@ -28,6 +28,7 @@ LEFT, RIGHT = "left/image_rect", "right/image_rect"
 LEFT_INFO, RIGHT_INFO = "left/camera_info", "right/camera_info"
 GT_DISP, GT_DEPTH = "gt/disparity", "gt/depth"
 REQUIRED = (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO)
+STEREO_TOPICS = (*REQUIRED, GT_DISP, GT_DEPTH)
 STORAGES = ("sqlite3", "mcap")
 
 
@@ -67,8 +68,9 @@ def _info(ts: Any, header: Any, info: Any) -> Any:
 
 
 def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], storage: str = "sqlite3",
-              frame_id: str = "left_camera_optical_frame") -> int:
-    """Write frames to a new bag directory; returns the number of frames.
+              frame_id: str = "left_camera_optical_frame", extra: list[tuple[str, int, Any]] | None = None) -> int:
+    """Write frames to a new bag directory; returns the number of frames. ``extra``: more messages
+    (topic, log time ns, a ``typestore()`` message), e.g. a LiDAR's point clouds and ``/tf_static``.
 
     The bag is written under a staging name and appears at ``path`` only when complete: a failure
     (a bad frame, a full disk, Ctrl-C) leaves nothing behind, so the same command can be retried.
@@ -114,6 +116,8 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
             for topic, msg in items:
                 writer.write(conn(topic, msg.__msgtype__), frame.stamp_ns, ts.serialize_cdr(msg, msg.__msgtype__))
             n += 1
+        for topic, t, msg in extra or []:
+            writer.write(conn(topic, msg.__msgtype__), t, ts.serialize_cdr(msg, msg.__msgtype__))
     return n
 
 
@@ -155,6 +159,8 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
         raise BagError(f"{path} lacks topic(s) {', '.join(missing)} (has {', '.join(sorted(topics)) or 'none'})")
     pending: dict[int, dict[str, Any]] = defaultdict(dict)
     for topic, msgtype, raw in stream:
+        if topic not in STEREO_TOPICS:  # a robot's bag holds more (LiDAR, /tf, IMU...): not part of a frame
+            continue
         try:
             msg = ts.deserialize_cdr(raw, msgtype)
         except Exception:  # noqa: BLE001  (a cut message at the end of a salvaged file)
@@ -197,6 +203,9 @@ def bag_info(path: str | os.PathLike) -> dict[str, Any]:
             msg = ts.deserialize_cdr(raw, msgtype)
         except Exception:  # noqa: BLE001
             problems.append(f"{topic}: a message could not be decoded")
+            continue
+        if not hasattr(msg, "header"):  # /tf_static and the like: counted, no stamp of their own
+            stamps.setdefault(topic, [])
             continue
         stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
         stamps[topic].append(stamp)
@@ -360,3 +369,176 @@ def frames_from_kitti(root: Path, year: int, rate_hz: float, start_ns: int) -> I
         cam = parse_kitti_calib(base / calib_dir / calib_name(lp.stem.split("_")[0]), w, h)
         gt = read_kitti_disparity(base / gt_dir / lp.name)
         yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt)
+
+
+# -- LiDAR labels ---------------------------------------------------------------------------------------
+
+_POINT_TYPES = {7: "<f4", 8: "<f8"}  # sensor_msgs/PointField FLOAT32, FLOAT64
+
+
+def cloud_points(msg: Any, where: str = "point cloud") -> np.ndarray:
+    """x, y, z of a ``sensor_msgs/PointCloud2`` as Nx3 float64 (NaN points dropped)."""
+    fields = {f.name: f for f in msg.fields}
+    missing = [n for n in ("x", "y", "z") if n not in fields]
+    if missing:
+        raise BagError(f"{where} has no {'/'.join(missing)} field (fields: {', '.join(fields) or 'none'}); "
+                       "a LiDAR cloud needs x, y, z")
+    for n in ("x", "y", "z"):
+        if fields[n].datatype not in _POINT_TYPES:
+            raise BagError(f"{where}: field {n} has datatype {fields[n].datatype}; x, y, z must be FLOAT32 or FLOAT64")
+    order = ">" if msg.is_bigendian else "<"
+    dtype = np.dtype({"names": ["x", "y", "z"], "offsets": [fields[n].offset for n in ("x", "y", "z")],
+                      "formats": [order + _POINT_TYPES[fields[n].datatype][1:] for n in ("x", "y", "z")],
+                      "itemsize": int(msg.point_step)})
+    n_points = int(msg.width) * int(msg.height)
+    data = np.asarray(msg.data, np.uint8)
+    if data.size < n_points * msg.point_step:
+        raise BagError(f"{where}: data is {data.size} bytes, shorter than {n_points} points x {msg.point_step} bytes")
+    rows = data[: int(msg.row_step) * int(msg.height)].reshape(int(msg.height), int(msg.row_step))
+    rows = np.ascontiguousarray(rows[:, : int(msg.width) * int(msg.point_step)])
+    raw = rows.reshape(-1).view(dtype)
+    pts = np.stack([raw["x"], raw["y"], raw["z"]], -1).astype(np.float64)
+    return pts[np.isfinite(pts).all(1)]
+
+
+def _quaternion_matrix(t: Any, q: Any) -> np.ndarray:
+    x, y, z, w = (float(v) for v in q)
+    n = np.sqrt(x * x + y * y + z * z + w * w)
+    if not n > 0:
+        raise BagError("a transform has a zero quaternion")
+    x, y, z, w = x / n, y / n, z / n, w / n
+    T = np.eye(4)
+    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
+    T[:3, 3] = [float(v) for v in t]
+    return T
+
+
+def extrinsic_from_yaml(path: str | os.PathLike) -> np.ndarray:
+    """``T_cam_lidar`` (LiDAR -> left camera optical frame) from YAML: ``T_cam_lidar: 4x4 rows`` or
+    ``translation: [x, y, z]`` + ``rotation: [qx, qy, qz, qw]``."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise BagError(f"cannot read the extrinsic {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BagError(f"{path}: expected T_cam_lidar (4x4) or translation + rotation (quaternion x, y, z, w)")
+    try:
+        if "T_cam_lidar" in doc:
+            T = np.asarray(doc["T_cam_lidar"], np.float64)
+            if T.shape != (4, 4) or not np.allclose(T[3], [0, 0, 0, 1]):
+                raise ValueError("T_cam_lidar must be 4x4 with a last row 0 0 0 1")
+            if not np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-4):
+                raise ValueError("the rotation part of T_cam_lidar is not a rotation")
+            return T
+        return _quaternion_matrix(doc["translation"], doc["rotation"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BagError(f"{path}: {exc} (expected T_cam_lidar: 4x4, or translation: [x, y, z] and rotation: "
+                       "[qx, qy, qz, qw], LiDAR -> camera optical frame)") from None
+
+
+def extrinsic_from_tf(transforms: list[Any], camera_frame: str, lidar_frame: str) -> np.ndarray:
+    """``T_cam_lidar`` chained through ``/tf_static`` transforms (parent -> child, either direction)."""
+    edges: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
+    for t in transforms:
+        T = _quaternion_matrix([t.transform.translation.x, t.transform.translation.y, t.transform.translation.z],
+                               [t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z,
+                                t.transform.rotation.w])  # child -> parent
+        parent, child = t.header.frame_id.strip("/"), t.child_frame_id.strip("/")
+        edges[child].append((parent, T))
+        edges[parent].append((child, np.linalg.inv(T)))
+    start, goal = lidar_frame.strip("/"), camera_frame.strip("/")
+    todo, seen = [(start, np.eye(4))], {start}
+    while todo:
+        frame, T = todo.pop()
+        if frame == goal:
+            return T
+        for nxt, step in edges[frame]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append((nxt, step @ T))
+    frames = sorted(edges) or ["none"]
+    raise BagError(f"/tf_static has no chain from the LiDAR frame '{lidar_frame}' to the camera frame "
+                   f"'{camera_frame}' (frames: {', '.join(frames)}); pass --extrinsic YAML")
+
+
+def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLike, extrinsic: np.ndarray | None = None,
+                 max_dt: float = 0.05, window: int = 5, progress: bool = True) -> dict[str, Any]:
+    """Sparse disparity GT for the stereo pairs of ``bag`` from its LiDAR topic: a ``folder`` dataset
+    (``left/``, ``right/``, ``disparity/`` KITTI 16-bit PNGs, value / 256 px, 0 = no label) that
+    ``m2s-train finetune --dataset folder:OUT`` reads, with ``labels.json`` per frame.
+
+    Each pair takes the cloud nearest in time (within ``max_dt`` s; pairs without one are skipped and
+    counted), moved into the left camera by ``extrinsic`` (``T_cam_lidar``) or the bag's ``/tf_static``
+    (LiDAR frame -> the images' frame), projected by :meth:`calib.StereoCamera.lidar_to_disparity` with
+    its z-buffer test (points the LiDAR sees but the camera does not, behind foreground edges, are
+    dropped). Written under a staging name: nothing half-made survives a failure.
+    """
+    import cv2
+    from tqdm import tqdm
+
+    from calib.safe_files import write_json_atomic
+
+    bag, out = Path(bag), Path(out)
+    if out.exists():
+        raise BagError(f"{out} exists: choose a new directory (labels are never overwritten)")
+    ts = typestore()
+    topics, stream = raw_messages(bag, None)
+    name = next((c for c in (cloud_topic, "/" + cloud_topic.lstrip("/"), cloud_topic.lstrip("/")) if c in topics), None)
+    if name is None:
+        raise BagError(f"{bag} has no topic '{cloud_topic}' (it has {', '.join(sorted(topics)) or 'none'})")
+    clouds: list[tuple[int, Any]] = []
+    transforms: list[Any] = []
+    for topic, msgtype, raw in stream:
+        if topic == name:
+            if msgtype != "sensor_msgs/msg/PointCloud2":
+                raise BagError(f"topic '{name}' carries {msgtype}, not sensor_msgs/msg/PointCloud2")
+            msg = ts.deserialize_cdr(raw, msgtype)
+            clouds.append((int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec), msg))
+        elif topic.strip("/") == "tf_static" and msgtype == "tf2_msgs/msg/TFMessage":
+            transforms += list(ts.deserialize_cdr(raw, msgtype).transforms)
+    if not clouds:
+        raise BagError(f"topic '{name}' of {bag} has no message")
+    stamps = np.asarray([c[0] for c in clouds], np.int64)
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    total_front = total_points = 0
+    with staged_directory(out) as stage:
+        for sub in ("left", "right", "disparity"):
+            (stage / sub).mkdir(parents=True)
+        for k, frame in enumerate(tqdm(read_frames(bag, keep_raw=True), desc="labels", unit="pair", disable=not progress)):
+            i = int(np.argmin(np.abs(stamps - frame.stamp_ns)))
+            if abs(int(stamps[i]) - frame.stamp_ns) > max_dt * 1e9:
+                skipped += 1
+                continue
+            cloud = clouds[i][1]
+            points = cloud_points(cloud, f"{name} at {stamps[i]}")
+            if extrinsic is None:
+                camera_frame = ts.deserialize_cdr(frame.raw[LEFT], "sensor_msgs/msg/Image").header.frame_id
+                extrinsic = extrinsic_from_tf(transforms, camera_frame, cloud.header.frame_id)
+            labels = frame.camera.lidar_to_disparity(points, extrinsic, window=window)
+            total_points += len(points)
+            total_front += len(points) - labels.behind
+            stem = f"{frame.stamp_ns:019d}"
+            cv2.imwrite(str(stage / "left" / f"{stem}.png"), cv2.cvtColor(frame.left, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(stage / "right" / f"{stem}.png"), cv2.cvtColor(frame.right, cv2.COLOR_RGB2BGR))
+            d = labels.disparity
+            kitti = np.where(np.isfinite(d) & (d > 0), np.clip(np.rint(d * 256.0), 1, 65535), 0).astype(np.uint16)
+            cv2.imwrite(str(stage / "disparity" / f"{stem}.png"), kitti)
+            rows.append({"frame": stem, "cloud_stamp_ns": int(stamps[i]), "points": len(points),
+                         "behind_camera": labels.behind, "in_image": labels.projected, "hidden": labels.hidden,
+                         "labels": int(np.isfinite(d).sum()), "density": float(np.isfinite(d).mean())})
+        if total_points and total_front < 0.01 * total_points:
+            raise BagError(f"only {total_front} of {total_points} LiDAR points are in front of the camera: the "
+                           "extrinsic puts the LiDAR behind it (inverted? it must map LiDAR points into the camera "
+                           "frame, T_cam_lidar)")
+        if not rows:
+            raise BagError(f"no stereo pair of {bag} has a cloud within {max_dt} s ({skipped} pair(s) skipped)")
+        summary = {"bag": str(bag), "cloud_topic": name, "frames": len(rows), "skipped_no_cloud": skipped,
+                   "extrinsic_T_cam_lidar": np.asarray(extrinsic).tolist(), "per_frame": rows,
+                   "density": float(np.mean([r["density"] for r in rows]))}
+        write_json_atomic(stage / "labels.json", summary)
+    return summary
