@@ -21,7 +21,7 @@ class TestBackends:
         rng = np.random.default_rng(0)
         for case in range(20):
             cfg = TemporalConfig(alpha=float(rng.uniform(0.05, 1.0)), delta=float(rng.uniform(0.1, 5)),
-                                 persistence=int(rng.integers(0, 4)))
+                                 persistence=int(rng.integers(0, 4)), confirm=int(rng.integers(1, 4)))
             a, b = TemporalFilter(cfg, backend="numba"), TemporalFilter(cfg, backend="numpy")
             for _ in range(6):
                 d = rng.uniform(0, 60, (17, 23)).astype(np.float32)
@@ -34,12 +34,15 @@ class TestBackends:
                 np.testing.assert_array_equal(a(d, conf if case % 2 else None), b(d, conf if case % 2 else None))
                 np.testing.assert_array_equal(a.conf, b.conf)
                 np.testing.assert_array_equal(a.age, b.age)
+                np.testing.assert_array_equal(a.jumps, b.jumps)
 
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="alpha"):
             TemporalConfig(alpha=0.0)
         with pytest.raises(ValueError, match="delta"):
             TemporalConfig(delta=-1)
+        with pytest.raises(ValueError, match="confirm"):
+            TemporalConfig(confirm=0)
         f = TemporalFilter()
         with pytest.raises(ValueError, match="differ"):
             f(np.zeros((4, 4), np.float32), np.zeros((4, 5), np.float32))
@@ -85,3 +88,15 @@ class TestBehaviour:
         out = f(base + 1.0, np.array([[1.0, 0.1]], np.float32))
         assert out[0, 0] > out[0, 1] > 10.0  # the confident new value weighs more
         assert out[0, 0] == pytest.approx(10.0 + 0.5 * 1.0 / (0.5 + 0.25))
+
+    def test_an_unsure_pixel_flipping_between_matches_keeps_its_value(self, backend):
+        """Ambiguous pixels (low confidence) flip to another match now and then: the state holds; a
+        confident change, or one that lasts `confirm` frames, is followed."""
+        f = TemporalFilter(TemporalConfig(alpha=0.4, delta=1.0, confirm=2), backend=backend)
+        sure, unsure = np.full((1, 1), 0.9, np.float32), np.full((1, 1), 0.2, np.float32)
+        f(np.full((1, 1), 20.0, np.float32), sure)
+        for value in (35.0, 20.0, 35.0, 20.0):  # flips, one frame at a time, less confident than the state
+            assert f(np.full((1, 1), value, np.float32), unsure)[0, 0] == pytest.approx(20.0, abs=0.5)
+        out = [f(np.full((1, 1), 35.0, np.float32), unsure)[0, 0] for _ in range(2)]
+        assert out[0] == pytest.approx(20.0, abs=0.5) and out[1] == 35.0  # lasted 2 frames: followed
+        assert f(np.full((1, 1), 10.0, np.float32), np.ones((1, 1), np.float32))[0, 0] == 10.0  # confident: at once

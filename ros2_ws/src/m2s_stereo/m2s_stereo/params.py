@@ -34,6 +34,7 @@ TEMPORAL_FILTER = "temporal_filter"
 TEMPORAL_ALPHA = "temporal_alpha"
 TEMPORAL_DELTA = "temporal_delta"
 TEMPORAL_PERSISTENCE = "temporal_persistence"
+TEMPORAL_CONFIRM = "temporal_confirm"
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 ONNX_EXECUTIONS = ("auto", "tensorrt", "cuda", "cpu")
@@ -90,6 +91,8 @@ PARAMS: tuple[Param, ...] = (
     Param(TEMPORAL_DELTA, 1.0, "Temporal filter: a larger change than this (px) resets the pixel", range=(0.01, 100.0)),
     Param(TEMPORAL_PERSISTENCE, 2, "Temporal filter: frames a pixel without a measurement keeps its last value",
           range=(0, 100)),
+    Param(TEMPORAL_CONFIRM, 2, "Temporal filter: frames a jump less confident than the filtered value must last "
+          "before the pixel follows it (1: at once; a confident jump is always followed at once)", range=(1, 100)),
     Param(MONO16_MAX, 65535, "mono16/16UC1 input: the raw value shown as white, for both images and every frame "
           "(e.g. 4095 for 12-bit cameras)", range=(1, 65535)),
 )

@@ -43,7 +43,7 @@ class FramePostprocess:
 
     def update(self, values: dict[str, Any]) -> None:
         cfg = TemporalConfig(alpha=float(values[P.TEMPORAL_ALPHA]), delta=float(values[P.TEMPORAL_DELTA]),
-                             persistence=int(values[P.TEMPORAL_PERSISTENCE]))
+                             persistence=int(values[P.TEMPORAL_PERSISTENCE]), confirm=int(values[P.TEMPORAL_CONFIRM]))
         if not values[P.TEMPORAL_FILTER]:
             self.filter = None
         elif self.filter is None or self.filter.config != cfg:

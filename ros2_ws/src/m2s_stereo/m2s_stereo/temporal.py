@@ -8,9 +8,13 @@ its last measurement ``age``, and the new measurement ``d`` with confidence ``c`
   ``s <- (a c d + (1 - a) c_s s) / (a c + (1 - a) c_s)`` and ``c_s <- a c + (1 - a) c_s``, with
   ``a = alpha`` (equal confidences give a plain exponential average with factor ``alpha``; a
   confident new value moves the state faster than an unsure one);
-- ``d`` farther than ``delta`` from ``s`` (an edge moved, or the scene changed), or no state: the
-  state resets to ``d`` at once, so nothing is smeared across depth edges and a change shows in
-  the next frame;
+- ``d`` farther than ``delta`` from ``s`` (an edge moved, the scene changed, or an ambiguous pixel
+  flipped to another match): the state resets to ``d`` at once when ``d`` is at least as confident
+  as the state (``c >= c_s``; always without a confidence: the RealSense behaviour), else only once
+  the jump has lasted ``confirm`` frames in a row. Nothing is smeared across depth edges, a real
+  change shows within ``confirm`` frames, and a low-confidence pixel that flips between two matches
+  from frame to frame keeps its state instead of flickering with it;
+- no state yet: the state is ``d``;
 - no measurement (NaN or <= 0: invalid, or masked by the confidence threshold): the state is held for
   ``persistence`` frames, then the pixel is invalid (NaN) too.
 
@@ -31,6 +35,7 @@ class TemporalConfig:
     alpha: float = 0.4  # weight of the new measurement (RealSense's smoothing alpha)
     delta: float = 1.0  # px: a larger change resets the pixel (RealSense's smoothing delta)
     persistence: int = 2  # frames a pixel without a measurement keeps its last value (0: none)
+    confirm: int = 2  # frames a less confident jump must last before the state follows it (1: at once)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
@@ -39,6 +44,8 @@ class TemporalConfig:
             raise ValueError(f"temporal delta must be > 0 px, got {self.delta}")
         if self.persistence < 0:
             raise ValueError(f"temporal persistence must be >= 0 frames, got {self.persistence}")
+        if self.confirm < 1:
+            raise ValueError(f"temporal confirm must be >= 1 frame, got {self.confirm}")
 
 
 def _numba_step():
@@ -53,23 +60,30 @@ def temporal_backend() -> str:
     return "numba" if _numba_step() is not None else "numpy"
 
 
-def step_numpy(d: np.ndarray, c: np.ndarray, state: np.ndarray, conf: np.ndarray, age: np.ndarray,
-               alpha: float, delta: float, persistence: int) -> None:
-    """One frame, in place on ``state``/``conf``/``age`` (float32, float32, int32 HxW); see the module doc."""
+def step_numpy(d: np.ndarray, c: np.ndarray, state: np.ndarray, conf: np.ndarray, age: np.ndarray, jumps: np.ndarray,
+               alpha: float, delta: float, persistence: int, confirm: int) -> None:
+    """One frame, in place on ``state``/``conf``/``age``/``jumps`` (float32, float32, int32, int32 HxW); see
+    the module doc."""
     a = np.float32(alpha)
+    big = np.iinfo(np.int32).max - 1
     with np.errstate(invalid="ignore"):
         valid = (d > 0) & (d < np.inf)  # NaN, <= 0 and inf: no measurement (DESIGN: disparity <= 0 is invalid)
     had = np.isfinite(state)
     with np.errstate(invalid="ignore"):
         close = valid & had & (np.abs(d - state) <= np.float32(delta))
+        jump = valid & had & ~close
+        jumps_now = np.where(jump, np.minimum(jumps + 1, big), 0)
+        follow = jump & ((c >= conf) | (jumps_now >= confirm))  # the state takes the jump
         wn = a * c
         wo = (np.float32(1) - a) * conf
         total = wn + wo
         blended = np.where(total > 0, (wn * d + wo * state) / np.where(total > 0, total, np.float32(1)), d)
     hold = ~valid & had & (age < persistence)
-    new_state = np.where(close, blended, np.where(valid, d, np.where(hold, state, np.float32(np.nan))))
-    new_conf = np.where(close, total, np.where(valid, c, np.where(hold, conf, np.float32(0))))
-    np.copyto(age, np.where(valid, 0, np.minimum(age + 1, np.iinfo(np.int32).max - 1)).astype(np.int32))
+    take = (valid & ~had) | follow
+    new_state = np.where(close, blended, np.where(take, d, np.where(hold | jump, state, np.float32(np.nan))))
+    new_conf = np.where(close, total, np.where(take, c, np.where(hold | jump, conf, np.float32(0))))
+    np.copyto(jumps, np.where(follow, 0, jumps_now).astype(np.int32))
+    np.copyto(age, np.where(valid, 0, np.minimum(age + 1, big)).astype(np.int32))
     np.copyto(state, new_state.astype(np.float32))
     np.copyto(conf, new_conf.astype(np.float32))
 
@@ -90,9 +104,10 @@ class TemporalFilter:
         self.state: np.ndarray | None = None
         self.conf: np.ndarray | None = None
         self.age: np.ndarray | None = None
+        self.jumps: np.ndarray | None = None
 
     def reset(self) -> None:
-        self.state = self.conf = self.age = None
+        self.state = self.conf = self.age = self.jumps = None
 
     def __call__(self, disparity: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
         d = np.ascontiguousarray(disparity, dtype=np.float32)
@@ -105,12 +120,14 @@ class TemporalFilter:
             self.state = np.full(d.shape, np.nan, np.float32)
             self.conf = np.zeros(d.shape, np.float32)
             self.age = np.zeros(d.shape, np.int32)
+            self.jumps = np.zeros(d.shape, np.int32)
         cfg = self.config
         if self._kernel is not None:
-            self._kernel(d, c, self.state, self.conf, self.age, np.float32(cfg.alpha), np.float32(cfg.delta),
-                         np.int32(cfg.persistence))
+            self._kernel(d, c, self.state, self.conf, self.age, self.jumps, np.float32(cfg.alpha), np.float32(cfg.delta),
+                         np.int32(cfg.persistence), np.int32(cfg.confirm))
         else:
-            step_numpy(d, c, self.state, self.conf, self.age, cfg.alpha, cfg.delta, cfg.persistence)
+            step_numpy(d, c, self.state, self.conf, self.age, self.jumps, cfg.alpha, cfg.delta, cfg.persistence,
+                       cfg.confirm)
         return self.state.copy()
 
     def warm_up(self) -> str:
@@ -118,7 +135,7 @@ class TemporalFilter:
         if self._kernel is not None:
             z = np.zeros((2, 2), np.float32)
             self._kernel(z, z + 1, np.full((2, 2), np.nan, np.float32), z.copy(), np.zeros((2, 2), np.int32),
-                         np.float32(0.5), np.float32(1.0), np.int32(1))
+                         np.zeros((2, 2), np.int32), np.float32(0.5), np.float32(1.0), np.int32(1), np.int32(2))
         return self.backend
 
 
