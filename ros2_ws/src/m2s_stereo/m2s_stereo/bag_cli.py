@@ -37,6 +37,8 @@ from m2s_stereo.bag_tools import (
     frames_from_synth,
     held_sequence,
     lidar_labels,
+    lidar_messages,
+    simulated_lidar,
     write_bag,
 )
 
@@ -62,7 +64,12 @@ def _make(args: argparse.Namespace) -> int:
         frames = itertools.islice(frames, args.limit)
     if args.hold > 1 or args.noise > 0:
         frames = held_sequence(frames, args.hold, args.noise, args.rate, start, args.seed)
-    n = write_bag(args.out, frames, storage=args.storage)
+    extra = None
+    if args.simulate_lidar:
+        pairs = list(simulated_lidar(frames, seed=args.seed))
+        frames = [f for f, _ in pairs]
+        extra = lidar_messages([(f.stamp_ns, p) for f, p in pairs])
+    n = write_bag(args.out, frames, storage=args.storage, extra=extra)
     print(dumps_json({"bag": args.out, "frames": n, "storage": args.storage}))
     return 0
 
@@ -98,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=non_negative_float, default=0.0,
                    help="Gaussian sensor noise added to every frame, grey levels (std; default 0)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise (default 0)")
+    p.add_argument("--simulate-lidar", action="store_true",
+                   help="also write lidar/points (PointCloud2 from the GT disparity on 32 scan rows, a LiDAR at the "
+                        "left camera) and /tf_static: a recording to try m2s-bag labels on")
     p.add_argument("--start-now", action="store_true", help="stamp from the current time (default: a fixed epoch)")
     add_common_flags(p)
     p.set_defaults(handler=_make)

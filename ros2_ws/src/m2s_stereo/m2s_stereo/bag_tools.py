@@ -320,6 +320,47 @@ def held_sequence(frames: Iterator[Frame], hold: int, noise: float, rate_hz: flo
             k += 1
 
 
+LIDAR_TOPIC, LIDAR_FRAME = "lidar/points", "lidar"
+
+
+def simulated_lidar(frames: Iterator[Frame], beams: int = 32, seed: int = 0) -> Iterator[tuple[Frame, np.ndarray]]:
+    """Each frame with the points a LiDAR at the left camera would return: the GT disparity back-projected
+    on ``beams`` scan rows (every pixel of those rows, 1 px jitter per row), in the camera's optical
+    frame (the LiDAR frame ``lidar`` coincides with it: an identity ``/tf_static``). For demos and tests
+    of ``m2s-bag labels`` from a bag with exact GT."""
+    rng = np.random.default_rng(seed)
+    for frame in frames:
+        if frame.gt_disparity is None:
+            raise BagError("--simulate-lidar needs a source with GT disparity (synth: or folder: with disparity/)")
+        h, w = frame.gt_disparity.shape
+        rows = np.clip(np.round(np.linspace(h * 0.25, h - 1, beams) + rng.uniform(-1, 1, beams)), 0, h - 1).astype(int)
+        mask = np.zeros((h, w), bool)
+        mask[np.unique(rows)] = True
+        depth = frame.camera.disparity_to_depth(np.where(mask, frame.gt_disparity, np.nan).astype(np.float32))
+        points = frame.camera.depth_to_points(depth, organized=False).points
+        yield frame, np.asarray(points, np.float32).reshape(-1, 3)
+
+
+def lidar_messages(clouds: list[tuple[int, np.ndarray]]) -> list[tuple[str, int, Any]]:
+    """``write_bag(extra=...)`` messages: PointCloud2 (x, y, z float32) on :data:`LIDAR_TOPIC` per (stamp, Nx3)
+    and an identity ``/tf_static`` from the camera frame to :data:`LIDAR_FRAME`."""
+    ts = typestore()
+    T = ts.types
+    out = []
+    for stamp, points in clouds:
+        pts = np.ascontiguousarray(points, np.float32)
+        fields = [T["sensor_msgs/msg/PointField"](name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyz")]
+        msg = T["sensor_msgs/msg/PointCloud2"](header=_header(ts, stamp, LIDAR_FRAME), height=1, width=len(pts),
+                                                fields=fields, is_bigendian=False, point_step=12, row_step=12 * len(pts),
+                                                data=np.frombuffer(pts.tobytes(), np.uint8), is_dense=True)
+        out.append((LIDAR_TOPIC, stamp, msg))
+    tf = T["geometry_msgs/msg/TransformStamped"](
+        header=_header(ts, 0, "left_camera_optical_frame"), child_frame_id=LIDAR_FRAME,
+        transform=T["geometry_msgs/msg/Transform"](translation=T["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0),
+                                                   rotation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)))
+    return out + [("/tf_static", clouds[0][0] if clouds else 0, T["tf2_msgs/msg/TFMessage"](transforms=[tf]))]
+
+
 def parse_kitti_calib(path: Path, width: int, height: int) -> StereoCamera:
     """KITTI colour-camera projections as a rectified pair: ``P_rect_02``/``P_rect_03`` (2015
     calib_cam_to_cam) or ``P2``/``P3`` (2012 calib)."""
