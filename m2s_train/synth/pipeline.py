@@ -95,7 +95,7 @@ def image_root(spec: str) -> Path:
     """
     path = Path(spec)
     if path.is_dir():
-        return path.resolve()
+        return _absolute(path)
     parts = []
     for part in path.parts:
         if glob.has_magic(part):
@@ -104,7 +104,13 @@ def image_root(spec: str) -> Path:
     base = Path(*parts) if parts else Path(".")
     if base == path:  # a single file
         base = path.parent
-    return base.resolve()
+    return _absolute(base)
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """An absolute, normalised path that keeps symbolic links as they are: a folder of links to photos
+    elsewhere is still that folder (resolving them would put every image outside its root)."""
+    return Path(os.path.abspath(path))
 
 
 def list_images(spec: str) -> list[Path]:
@@ -122,7 +128,7 @@ def list_images(spec: str) -> list[Path]:
 def source_name(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` as a POSIX string (the identity of a source image)."""
     try:
-        return path.resolve().relative_to(root).as_posix()
+        return _absolute(path).relative_to(_absolute(root)).as_posix()
     except ValueError:
         raise ConfigError(f"{path} is not inside the image root {root}") from None
 
@@ -271,7 +277,7 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
     index, count = shard
     _check_dataset_json(out, config)
     writer = ShardWriter(out, index, count)
-    root = Path(root).resolve() if root is not None else Path(os.path.commonpath([p.resolve().parent for p in images]))
+    root = _absolute(root) if root is not None else Path(os.path.commonpath([_absolute(p).parent for p in images]))
     sources = [(source_name(p, root), p) for p in images]
     ids = [sample_id_for(name) for name, _ in sources]
     if len(set(ids)) != len(ids):

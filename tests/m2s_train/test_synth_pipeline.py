@@ -281,3 +281,17 @@ def test_a_dataset_from_before_new_options_resumes(tmp_path):
     _check_dataset_json(tmp_path, SynthConfig())  # no error
     with pytest.raises(DatasetError, match="differs in: inpaint.edge_aware"):
         _check_dataset_json(tmp_path, load_config(SynthConfig, None, {"inpaint.edge_aware": False}))
+
+
+def test_a_folder_of_symbolic_links_is_its_own_root(tmp_path):
+    """Photos linked into a folder (not copied) keep that folder as their root: sample ids come from the
+    links' names, not from where the links point (resolving them put every image outside the root)."""
+    from m2s_train.synth.pipeline import image_root, list_images, source_name
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "linked").mkdir()
+    cv2.imwrite(str(tmp_path / "store" / "a.png"), np.zeros((80, 80, 3), np.uint8))
+    (tmp_path / "linked" / "first.png").symlink_to(tmp_path / "store" / "a.png")
+    images = list_images(str(tmp_path / "linked"))
+    root = image_root(str(tmp_path / "linked"))
+    assert [source_name(p, root) for p in images] == ["first.png"]
