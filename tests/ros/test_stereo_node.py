@@ -238,7 +238,7 @@ def test_parameters_validated_on_set(onnx_model):
         assert hx.node.postprocess.filter is None
         assert hx.node.set_parameters([Parameter("temporal_filter", value=True)])[0].successful
         first = hx.node.postprocess.filter
-        assert first is not None and first.config.alpha == 0.4
+        assert first is not None and first.config.alpha == 0.3
         assert hx.node.set_parameters([Parameter("temporal_alpha", value=0.7)])[0].successful
         assert hx.node.postprocess.filter is not first and hx.node.postprocess.filter.config.alpha == 0.7
         assert not hx.node.set_parameters([Parameter("confidence_threshold", value=1.5)])[0].successful

@@ -87,11 +87,11 @@ PARAMS: tuple[Param, ...] = (
     Param(LR_MAX_DIFF, 1.0, "Left-right check: largest disagreement kept, px", range=(0.1, 100.0)),
     Param(TEMPORAL_FILTER, False, "Temporal filter: confidence-weighted running average per pixel, reset where the "
           "disparity jumps by more than temporal_delta (edges, scene changes)"),
-    Param(TEMPORAL_ALPHA, 0.4, "Temporal filter: weight of the new frame (1 = no smoothing)", range=(0.01, 1.0)),
-    Param(TEMPORAL_DELTA, 1.0, "Temporal filter: a larger change than this (px) resets the pixel", range=(0.01, 100.0)),
+    Param(TEMPORAL_ALPHA, 0.3, "Temporal filter: weight of the new frame (1 = no smoothing)", range=(0.01, 1.0)),
+    Param(TEMPORAL_DELTA, 2.0, "Temporal filter: a larger change than this (px) resets the pixel", range=(0.01, 100.0)),
     Param(TEMPORAL_PERSISTENCE, 2, "Temporal filter: frames a pixel without a measurement keeps its last value",
           range=(0, 100)),
-    Param(TEMPORAL_CONFIRM, 2, "Temporal filter: frames a jump less confident than the filtered value must last "
+    Param(TEMPORAL_CONFIRM, 3, "Temporal filter: frames a jump less confident than the filtered value must last "
           "before the pixel follows it (1: at once; a confident jump is always followed at once)", range=(1, 100)),
     Param(MONO16_MAX, 65535, "mono16/16UC1 input: the raw value shown as white, for both images and every frame "
           "(e.g. 4095 for 12-bit cameras)", range=(1, 65535)),

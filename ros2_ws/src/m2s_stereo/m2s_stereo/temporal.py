@@ -32,10 +32,11 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TemporalConfig:
-    alpha: float = 0.4  # weight of the new measurement (RealSense's smoothing alpha)
-    delta: float = 1.0  # px: a larger change resets the pixel (RealSense's smoothing delta)
+    # defaults chosen on a noisy static sequence (benchmarks/bench_confidence.py): flicker 2.8x lower, EPE -0.4 %
+    alpha: float = 0.3  # weight of the new measurement (RealSense's smoothing alpha)
+    delta: float = 2.0  # px: a larger change is a jump (RealSense's smoothing delta)
     persistence: int = 2  # frames a pixel without a measurement keeps its last value (0: none)
-    confirm: int = 2  # frames a less confident jump must last before the state follows it (1: at once)
+    confirm: int = 3  # frames a less confident jump must last before the state follows it (1: at once)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha <= 1.0:
