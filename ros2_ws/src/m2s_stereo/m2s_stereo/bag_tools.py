@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from calib import StereoCamera
-from calib.errors import CalibrationError, DataError
+from calib.errors import CalibrationError
 from calib.ros_image import EncodingError, image_problem, image_to_array, image_to_rgb8
 from calib.rosbag_io import BagError, raw_messages, typestore  # BagError re-exported: the stereo bag tools raise it
 from calib.safe_files import load_npy, staged_directory
