@@ -22,7 +22,8 @@ def test_robot_workflow_runs_end_to_end(opencv_data, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "workflow.json").read_text())
     assert report["synthesis"]["written"] >= 4 and report["synthesis"]["frames"]["source"].startswith("drive:")
-    assert report["labels"]["frames"] == 6 and 0.02 < report["labels"]["density"] < 0.2
+    # 32 simulated beams over the lower three quarters of a 120-row image: about a quarter of the pixels
+    assert report["labels"]["frames"] == 6 and 0.1 < report["labels"]["density"] < 0.35
     rows = report["holdout"]
     assert len(rows) == 3
     for r in rows.values():  # label-free figures and, the demo bag having GT, EPE for every stage

@@ -303,8 +303,10 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
     if config.inpaint.method == "sd":
         diffusion = StableDiffusionInpainter(config.inpaint.sd_model, device=config.depth.device,
                                              steps=config.inpaint.sd_steps, tile=config.inpaint.sd_tile, seed=config.seed)
-    inpainter = (f"sd:{config.inpaint.sd_model}" if diffusion else config.inpaint.method)
-    inpainter = f"ea-{inpainter}" if config.inpaint.edge_aware else f"naive-{inpainter}"
+    if config.inpaint.edge_aware:  # the names samples have always carried: sd:<model> / ea-<method>
+        inpainter = f"sd:{config.inpaint.sd_model}" if diffusion else f"ea-{config.inpaint.method}"
+    else:
+        inpainter = f"naive-sd:{config.inpaint.sd_model}" if diffusion else f"naive-{config.inpaint.method}"
     skipped: list[dict[str, str]] = []
     written = 0
     t0 = time.perf_counter()
