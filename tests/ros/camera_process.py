@@ -40,8 +40,20 @@ def main() -> None:
         while time.monotonic() < end and not all(pub.get_subscription_count() for pub in pubs.values()):
             time.sleep(0.05)
 
+    def subscribers_match() -> bool:
+        """Every image subscriber is seen and, for a reliable driver, has re-subscribed reliable (qos auto
+        does so within a second of seeing this publisher; on a loaded machine discovery takes longer)."""
+        infos = [i for name in ("left/image_rect", "right/image_rect")
+                 for i in node.get_subscriptions_info_by_topic(node.resolve_topic_name(name))]
+        if not infos:
+            return False
+        return args.qos != "reliable" or all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+
     wait_for_subscribers()
     time.sleep(2.5)  # let discovery settle both ways, and a node with qos auto re-subscribe (it checks every 1 s)
+    end = time.monotonic() + args.wait
+    while time.monotonic() < end and not subscribers_match():
+        time.sleep(0.1)
     wait_for_subscribers()
     time.sleep(0.5)
     rng = np.random.default_rng(0)

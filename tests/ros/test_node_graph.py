@@ -153,7 +153,8 @@ def test_pairs_from_another_process_arrive(stereo_onnx, width, height, qos):
         assert camera.returncode == 0, camera.stderr[-2000:]
         assert json.loads(camera.stdout.strip().splitlines()[-1])["sent"] == 20
         assert listener.wait(lambda: listener.last()[3].get("left_total", 0) >= 20
-                             and listener.last()[3].get("right_total", 0) >= 20, 10), listener.last()
+                             and listener.last()[3].get("right_total", 0) >= 20, 10), (
+            {k: v for k, v in listener.last()[3].items() if "total" in k}, camera.stdout[-500:])
         values = listener.last()[3]
         assert values["left_total"] == values["right_total"] == 20  # every image crossed (>= 99 %)
         assert values["pairs_total"] == 20 and values["unmatched"] == 0
