@@ -110,6 +110,83 @@ def label_density(dataset_spec: str, sparsify: str, crop: tuple[int, int]) -> fl
     return kept / max(total, 1)
 
 
+def gradient_diagnosis(init: Path, train_set: Path, teacher_dir: Path, sparsify: str, crop: tuple[int, int],
+                       batches: int = 4) -> dict[str, dict[str, float]]:
+    """Where each S2DKD term pushes the warm-started network, against where dense GT pushes it.
+
+    For a few training batches (the perfect teacher, the same crops): the gradient of each term with
+    respect to every parameter, its norm, and its cosine with the gradient of the dense-GT sequence
+    loss (the direction full supervision would take). A term that carries the teacher's dense
+    information has a clearly positive cosine; the sparse sequence loss is the baseline."""
+    from m2s_train.data.augment import AugmentConfig
+    from m2s_train.losses import gt_valid_mask, sequence_loss
+    from m2s_train.s2dkd import (
+        DistillationDataset,
+        S2DKDConfig,
+        TeacherCache,
+        dense_distillation,
+        fill_teacher_cache,
+        gradient_loss,
+        kl_distillation,
+        laplacian_target,
+    )
+
+    model = load_model(init)
+    model.train()
+    model.freeze_bn()
+    base = build_dataset(f"synth:{train_set}")
+    estimator = depth_estimator_from_config(DepthConfig(backend="precomputed", precomputed_dir=str(teacher_dir)))
+    cache = TeacherCache(teacher_dir.parent.parent / "teacher_cache", estimator.model_id)
+    fill_teacher_cache(base, cache, estimator, progress=False)
+    sparse_ds = DistillationDataset(base, cache, AugmentConfig(crop=crop), model.config.max_disp, sparsify=sparsify)
+    dense_ds = DistillationDataset(base, None, AugmentConfig(crop=crop), model.config.max_disp)
+    cfg = S2DKDConfig()
+    named = [(n, p) for n, p in model.named_parameters() if not n.startswith("confidence_head.")]
+    params = [p for _, p in named]
+    # the refinement: the GRU update and its upsampler, which only the per-iteration terms reach
+    refine = torch.tensor([n.startswith(("update.", "spx2_gru.", "spx_gru.")) for n, p in named for _ in range(p.numel())])
+    sums: dict[str, list[float]] = {}
+    for b in range(batches):
+        idx = [(4 * b + k) % len(base) for k in range(4)]
+        sparse = torch.utils.data.default_collate([sparse_ds[i] for i in idx])
+        dense = torch.utils.data.default_collate([dense_ds[i] for i in idx])  # the same crops (same seeds)
+        out = model(sparse["left"], sparse["right"])
+        gt, valid = sparse["disparity"], sparse["valid"]
+        teacher, t_valid = sparse["teacher"], sparse["teacher_valid"]
+        h4, w4 = out.init_prob.shape[-2:]
+        t_q = torch.nn.functional.avg_pool2d(teacher * t_valid, 4) / torch.nn.functional.avg_pool2d(
+            t_valid.float(), 4).clamp(min=1e-6) / 4.0
+        v_q = torch.nn.functional.avg_pool2d(t_valid.float(), 4) > 0.999
+        labelled = torch.nn.functional.max_pool2d(gt_valid_mask(gt, valid, model.config.max_disp).float(), 4) > 0
+        weight_q = v_q.float() * torch.where(labelled, cfg.all_pixels_weight, 1.0)
+        labelled_full = gt_valid_mask(gt, valid, model.config.max_disp)
+        weight_full = t_valid.float() * torch.where(labelled_full, cfg.all_pixels_weight, 1.0)
+        terms = {
+            "dense GT sequence loss": sequence_loss(out, dense["disparity"], dense["valid"], model.config.max_disp,
+                                                    confidence_weight=0.0)[0],
+            "sparse sequence loss": sequence_loss(out, gt, valid, model.config.max_disp, confidence_weight=0.0)[0],
+            "KL, 1/4-res GEV distribution": kl_distillation(out.init_prob, laplacian_target(
+                t_q, out.init_prob.shape[1], cfg.width), weight_q),
+            "gradient (structure) L1": gradient_loss(out.disparity, teacher, t_valid),
+            "full-res Laplacian KL, every iteration": dense_distillation(out.iterations, teacher, weight_full,
+                                                                         cfg.dense_width, cfg.gamma),
+        }
+        grads = {}
+        for name, loss in terms.items():
+            g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            grads[name] = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten() for x, p in zip(g, params)])
+        ref = grads["dense GT sequence loss"]
+        for name, g in grads.items():
+            sums.setdefault(f"{name}|cos", []).append(float(torch.nn.functional.cosine_similarity(g, ref, dim=0)))
+            sums.setdefault(f"{name}|cos_refine", []).append(
+                float(torch.nn.functional.cosine_similarity(g[refine], ref[refine], dim=0)))
+            sums.setdefault(f"{name}|norm", []).append(float(g.norm()))
+    names = sorted({k.split("|")[0] for k in sums}, key=list(terms).index)
+    return {n: {"cosine_with_dense_gt": float(np.mean(sums[f"{n}|cos"])),
+                "cosine_refinement": float(np.mean(sums[f"{n}|cos_refine"])), "norm": float(np.mean(sums[f"{n}|norm"]))}
+            for n in names}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.py's data folder")
@@ -128,6 +205,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, nargs=2, default=[128, 256])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--diagnose-only", action="store_true", help="print the gradient diagnosis and stop")
     parser.add_argument("--out", default="/tmp/m2s_bench_s2dkd")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -165,6 +243,17 @@ def main() -> int:
                                                "depth.model": args.depth_model, **weights}))
     rows.append(("dense GT", {"s2dkd.enabled": False}))
 
+    if "perfect" in teachers:
+        diagnosis = gradient_diagnosis(init, train_set, teachers_root / "perfect", args.sparsify, tuple(args.crop))
+        print("\ngradients at the warm start (perfect teacher, 4 batches): norm, and cosine with the dense-GT loss's "
+              "(all weights / the refinement's: GRU update and upsampler)")
+        for name, d in diagnosis.items():
+            print(f"  {name:40s} norm {d['norm']:9.4f}  cosine {d['cosine_with_dense_gt']:+.3f} / "
+                  f"{d['cosine_refinement']:+.3f}")
+        if args.diagnose_only:
+            return 0
+    else:
+        diagnosis = {}
     results: dict[str, list[dict]] = {}
     for name, overrides in rows:
         for seed in args.seeds:
@@ -209,7 +298,8 @@ def main() -> int:
             share = (sparse - perfect) / (sparse - dense) if sparse != dense else float("nan")
             print(f"perfect teacher, {key}: {100 * share:.0f} % of the way from sparse-only to dense GT "
                   f"({'closer to dense GT' if share > 0.5 else 'NOT closer to dense GT'})")
-    report = {"args": vars(args), "label_density": density, "warm_start": before, "rows": results}
+    report = {"args": vars(args), "label_density": density, "warm_start": before, "gradients": diagnosis,
+              "rows": results}
     (out / "s2dkd.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     try:
         import matplotlib
