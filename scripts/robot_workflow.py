@@ -78,8 +78,8 @@ def main() -> int:
 
     photos = quickstart_photos(require_opencv_examples())
     drive, holdout = (Path(args.bag), Path(args.holdout_bag)) if args.bag else (out / "bags" / "drive", out / "bags" / "holdout")
+    n = 6 if args.quick else 16  # photos per demo bag
     if not args.bag:  # 1. a demo recording: synthesized pairs with exact GT and a simulated LiDAR
-        n = 6 if args.quick else 16
         groups = {"drive": photos[-2 * n : -n], "holdout": photos[-n:]}
         for name, files in groups.items():
             folder = out / "photos" / name
@@ -97,7 +97,7 @@ def main() -> int:
         if not (out / "base" / "train_summary.json").exists():
             base_photos = out / "photos" / "base"
             base_photos.mkdir(parents=True, exist_ok=True)
-            for f in photos[: (8 if args.quick else 32)]:
+            for f in photos[: len(photos) - 2 * n]:  # none of the drive's or the hold-out's photos
                 if not (base_photos / f.name).exists():
                     (base_photos / f.name).symlink_to(f.resolve())
             run("m2s-train", "synth", "--images", base_photos, "--out", out / "base_synth", *size, "--resume")
