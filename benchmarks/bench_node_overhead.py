@@ -116,9 +116,11 @@ def main() -> int:
         floors = memcpy_floors(left, disparity, args)
         for label, params, with_confidence in rows:
             sink = subprocess.Popen([sys.executable, "-c", SINK] + (["confidence"] if with_confidence else []))
-            med, pub_ms = time_node(FixedDisparity(maps, confidences), camera, left, params, with_confidence, args)
-            sink.kill()
-            sink.wait()
+            try:
+                med, pub_ms = time_node(FixedDisparity(maps, confidences), camera, left, params, with_confidence, args)
+            finally:  # never leave the subscriber process behind (it would disturb every later DDS run)
+                sink.kill()
+                sink.wait()
             print(f"{w:>5d}x{h:<4d} {label:31s} {med:26.2f} {pub_ms:17.2f} {floors[0]:14.2f} {med / floors[0]:5.1f}x "
                   f"{floors[1]:15.2f} {med / floors[1]:5.1f}x")
     rclpy.shutdown()
