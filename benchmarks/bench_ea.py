@@ -72,7 +72,8 @@ def main() -> int:
         for seed in args.seeds:
             t0 = time.perf_counter()
             checkpoint, _ = pretrain(out / f"run_{name}_seed{seed}_{args.steps}", args.model, args.max_disp, args.steps,
-                                     args.batch_size, tuple(args.crop), progress=False, train_set=data, seed=seed)
+                                     args.batch_size, tuple(args.crop), progress=False, train_set=data, seed=seed,
+                                     device=args.device)
             model = load_model(checkpoint)
             for test, spec in tests.items():
                 r = dense_eval(model, spec)

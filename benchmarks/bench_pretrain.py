@@ -56,7 +56,7 @@ def synthesize(out: Path, holdout: int, overrides: dict | None = None) -> tuple[
 def pretrain(out: Path, model: str = "igev-tiny", max_disp: int = 128, steps: int = 600, batch_size: int = 4,
              crop: tuple[int, int] = (128, 256), holdout: int = 8, progress: bool = True,
              train_set: Path | None = None, seed: int = 0, checkpoint_every: int | None = None,
-             keep_checkpoints: int = 3) -> tuple[Path, dict]:
+             keep_checkpoints: int = 3, device: str = "auto") -> tuple[Path, dict]:
     """Synthesize (if needed; or train on ``train_set``) and pre-train (or resume, or reuse a finished run)
     the bench's model into ``out/run``; returns the final checkpoint and the training summary."""
     train_set = train_set or synthesize(out, holdout)[0]
@@ -65,7 +65,7 @@ def pretrain(out: Path, model: str = "igev-tiny", max_disp: int = 128, steps: in
         "crop": list(crop), "batch_size": batch_size, "steps": steps, "lr": 5e-4, "pct_start": 0.05,
         "num_workers": 0, "checkpoint_every": checkpoint_every or max(steps // 4, 1), "log_every": 50, "seed": seed,
         "keep_checkpoints": keep_checkpoints})
-    summary = train(cfg, out / "run", resume=True, progress=progress)
+    summary = train(cfg, out / "run", resume=True, progress=progress, device=device)
     return latest_checkpoint(out / "run"), summary
 
 

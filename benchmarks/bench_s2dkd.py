@@ -214,7 +214,7 @@ def main() -> int:
     train_set, test_set = synthesize(Path(args.pretrain_out), 8)
     t0 = time.perf_counter()
     init, _ = pretrain(out / "warmup", args.model, args.max_disp, args.warmup_steps, args.batch_size, tuple(args.crop),
-                       progress=False, train_set=train_set)
+                       progress=False, train_set=train_set, device=args.device)
     print(f"warm start: {args.warmup_steps} dense steps in {time.perf_counter() - t0:.0f} s ({init})")
     density = label_density(f"synth:{train_set}", args.sparsify, tuple(args.crop))
     print(f"labels: --sparsify {args.sparsify}, {100 * density:.1f} % of the pixels of a {args.crop[0]}x{args.crop[1]} "
