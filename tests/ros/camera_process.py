@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import rclpy
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -28,13 +29,31 @@ def main() -> None:
     p.add_argument("--namespace", default="")
     p.add_argument("--qos", choices=["sensor_data", "reliable"], default="sensor_data")
     p.add_argument("--wait", type=float, default=20.0, help="seconds to wait for the node's subscriptions")
+    p.add_argument("--expect-matches", type=int, default=1,
+                   help="subscriptions each publisher must have matched in total before sending, all but the last "
+                        "unmatched again (2 for a node with qos auto and a reliable driver: it re-subscribes once)")
     args = p.parse_args()
     rclpy.init()
     node = rclpy.create_node("fake_camera", namespace=args.namespace or None)
     qos = qos_profile_sensor_data if args.qos == "sensor_data" else QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-    pubs = {name: node.create_publisher(t, name, qos) for name, t in (
-        ("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
-        ("right/camera_info", CameraInfo))}
+    matched: dict[str, tuple[int, int]] = {}  # topic -> (total, current) matched subscriptions, from DDS itself
+
+    def on_matched(name: str):
+        def callback(status) -> None:
+            matched[name] = (status.total_count, status.current_count)
+        return callback
+
+    pubs = {name: node.create_publisher(t, name, qos, event_callbacks=PublisherEventCallbacks(matched=on_matched(name)))
+            for name, t in (("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
+                            ("right/camera_info", CameraInfo))}
+
+    def all_matched() -> bool:
+        """Each publisher has matched ``--expect-matches`` subscriptions and the earlier ones are gone: a
+        re-subscribed reader is then matched at the writer, not only announced in the graph (a sample
+        published between the two reaches nobody)."""
+        need = args.expect_matches
+        return all(name in matched and matched[name][0] >= need and matched[name][0] - matched[name][1] >= need - 1
+                   and matched[name][1] >= 1 for name in pubs)
     def wait_for_subscribers() -> None:
         end = time.monotonic() + args.wait
         while time.monotonic() < end and not all(pub.get_subscription_count() for pub in pubs.values()):
@@ -55,6 +74,9 @@ def main() -> None:
     while time.monotonic() < end and not subscribers_match():
         time.sleep(0.1)
     wait_for_subscribers()
+    end = time.monotonic() + args.wait
+    while time.monotonic() < end and not all_matched():
+        rclpy.spin_once(node, timeout_sec=0.1)  # the matched events are delivered by spinning
     time.sleep(0.5)
     rng = np.random.default_rng(0)
     left = rng.integers(0, 255, (args.height, args.width, 3), np.uint8)
@@ -75,7 +97,8 @@ def main() -> None:
             pubs[f"{side}/image_rect"].publish(array_to_image(Image, image, "rgb8", header))
     time.sleep(0.5)
     print(json.dumps({"sent": args.count, "seconds": time.monotonic() - t0,
-                      "subscribers": min(pub.get_subscription_count() for pub in pubs.values())}))
+                      "subscribers": min(pub.get_subscription_count() for pub in pubs.values()),
+                      "matched": matched}))
     node.destroy_node()
     rclpy.try_shutdown()
 
