@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from calib.errors import ShapeError
-from calib.metrics import MetricAccumulator, SparsificationAccumulator, disparity_metrics, sparsification
+from calib.metrics import (MetricAccumulator, SparsificationAccumulator, disparity_metrics, sparsification,
+                          sparsification_of_errors)
 
 
 def test_definitions_on_a_known_case():
@@ -96,6 +97,28 @@ class TestSparsification:
         assert s["images"] == 2
         assert s["auc_epe"]["confidence"] == pytest.approx(np.mean([r["auc_epe"]["confidence"] for r in rows]))
         assert 0 < s["gap_closed_epe"] < 1 and s["bad3_at_50"] < s["bad3_all"]
+        assert "pooled" not in s  # only on request: it keeps every pixel
+
+    def test_pooled_ranks_the_test_sets_pixels_together(self):
+        """An image the model gets 80 % wrong next to one it gets all right: per image even the oracle's
+        bad-3 at 50 % stays above 0 (the bad image has too few good pixels), pooled it is 0."""
+        rng = np.random.default_rng(0)
+        gt = np.full((10, 10), 20.0, np.float32)
+        bad_pred = gt + np.where(rng.random(gt.shape) < 0.8, 10.0, 0.0).astype(np.float32)
+        err_bad = np.abs(bad_pred - gt)
+        acc = SparsificationAccumulator(pooled=True)
+        acc.add(bad_pred, gt, 1.0 / (1.0 + err_bad))  # a perfect ranking inside each image
+        acc.add(gt.copy(), gt, np.full(gt.shape, 0.5, np.float32))
+        s = acc.summary()
+        assert s["bad3_at_50"] == pytest.approx((err_bad > 3).mean() - 0.5, abs=0.02)  # (0.8 - 0.5) / 0.5 / 2 images
+        pooled = s["pooled"]
+        assert pooled["pixels"] == 200 and pooled["bad3_all"] == pytest.approx((err_bad > 3).sum() / 200)
+        assert pooled["bad3_at_50"] == 0.0 and pooled["gap_closed_bad3"] == pytest.approx(1.0)
+        errs = np.concatenate([err_bad.ravel(), np.zeros(100)])
+        confs = np.concatenate([(1.0 / (1.0 + err_bad)).ravel(), np.full(100, 0.5)])
+        assert pooled["auc_epe"] == pytest.approx(sparsification_of_errors(errs, confs)["auc_epe"])
+        with pytest.raises(ShapeError):
+            sparsification_of_errors(errs, confs[:5])
 
 
 class TestLabelFree:
