@@ -437,13 +437,33 @@ class IGEVStereo(nn.Module):
             out.append(gather_blend(c, ci, cf).flatten(3))  # B,h,w,K
         return torch.cat(out, -1).permute(0, 3, 1, 2)
 
+    @staticmethod
+    def _warm_start(init_disparity: torch.Tensor, init_disp: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+        """A full-resolution disparity (B,1,H,W px) as the refinement's start at 1/4 resolution (1/4-res px),
+        the GEV estimate ``init_disp`` where it is not finite."""
+        if init_disparity.dim() != 4 or init_disparity.shape[1] != 1 or init_disparity.shape[0] != init_disp.shape[0]:
+            raise ShapeError(f"init_disparity must be B,1,H,W; got {tuple(init_disparity.shape)}")
+        d = init_disparity.to(init_disp.dtype)
+        known = torch.isfinite(d)
+        d = F.pad(torch.where(known, d, 0.0), (0, pad_w, 0, pad_h), mode="replicate")
+        weight = F.pad(known.to(d.dtype), (0, pad_w, 0, pad_h), mode="replicate")
+        if d.shape[-2:] != (init_disp.shape[-2] * 4, init_disp.shape[-1] * 4):
+            raise ShapeError(f"init_disparity {tuple(init_disparity.shape[-2:])} does not match the images")
+        total, count = F.avg_pool2d(d * weight, 4), F.avg_pool2d(weight, 4)
+        return torch.where(count > 0, total / count.clamp(min=1e-6) / 4.0, init_disp)
+
     def forward(self, left: torch.Tensor, right: torch.Tensor, iters: int | None = None,
-                final_only: bool | None = None) -> StereoOutput:
+                final_only: bool | None = None, init_disparity: torch.Tensor | None = None) -> StereoOutput:
         """Disparity of ``left`` (B,3,H,W float in [0, 1]) w.r.t. ``right``.
 
         ``iters`` defaults to ``train_iters`` in training mode and ``valid_iters`` otherwise;
         ``final_only`` (default: not training) upsamples only the last iteration.
+        ``init_disparity`` (B,1,H,W px, e.g. the previous frame's disparity; non-finite = unknown, where
+        the GEV estimate is used) warm-starts the recurrent refinement from it instead of from the GEV
+        estimate (RAFT-style); the GEV volume, its estimate and the confidence cues are unchanged.
         """
+        if iters is not None and iters < 1:
+            raise ShapeError(f"iters must be >= 1, got {iters}")
         if left.shape != right.shape or left.dim() != 4 or left.shape[1] != 3:
             raise ShapeError(f"left and right must both be B,3,H,W; got {tuple(left.shape)} and {tuple(right.shape)}")
         cfg = self.config
@@ -490,7 +510,7 @@ class IGEVStereo(nn.Module):
         geo, corr = [pad_for_lookup(g) for g in geo], [pad_for_lookup(c) for c in corr]  # once, not per iteration
         coords = torch.arange(w4, device=left.device, dtype=init_disp.dtype).view(1, 1, w4, 1)
 
-        disp = init_disp
+        disp = init_disp if init_disparity is None else self._warm_start(init_disparity, init_disp, pad_h, pad_w)
         predictions = []
         for i in range(iters):
             if self.training:

@@ -115,6 +115,26 @@ class TestArchitecture:
         assert out.confidence.shape == out.disparity.shape
         assert ((out.confidence >= 0) & (out.confidence <= 1)).all()
 
+    def test_warm_start_from_a_given_disparity(self):
+        """``init_disparity`` replaces the GEV estimate as the refinement's start where it is finite: all
+        unknown is the cold forward bit for bit; a start far off moves the 1-iteration result with it;
+        the GEV estimate itself is untouched (benchmarks/bench_warm_start.py measures the use)."""
+        torch.manual_seed(0)
+        model = create_model("igev-tiny").eval()
+        left, right = torch.rand(1, 3, 50, 70), torch.rand(1, 3, 50, 70)
+        with torch.no_grad():
+            cold = model(left, right, iters=1)
+            unknown = model(left, right, iters=1, init_disparity=torch.full((1, 1, 50, 70), float("nan")))
+            far = model(left, right, iters=1, init_disparity=torch.full((1, 1, 50, 70), 5.0))
+        assert torch.equal(cold.disparity, unknown.disparity) and torch.equal(cold.confidence, unknown.confidence)
+        assert torch.equal(cold.init_disparity, far.init_disparity)
+        # a random model's GEV estimate is mid-range (~30 px); warm, it starts at 5 px and one update stays near it
+        assert (far.disparity - 5).abs().mean() < 0.2 * (cold.disparity - 5).abs().mean()
+        with pytest.raises(ShapeError, match="init_disparity"):
+            model(left, right, init_disparity=torch.zeros(1, 1, 40, 70))
+        with pytest.raises(ShapeError, match="iters"):
+            model(left, right, iters=0)
+
 
 class TestConfidence:
     def test_every_model_has_one_in_every_mode(self):
