@@ -122,11 +122,12 @@ def shifted(image: np.ndarray, shift: int) -> np.ndarray:
     return out
 
 
-def temporal_table(checkpoint: Path, out: Path, frames: int, noise: float, shift: int) -> dict[str, dict]:
-    from m2s_stereo.bag_tools import Frame, held_sequence, write_bag
-    from m2s_stereo.replay import run_offline
+def scene_change(shift: int) -> list:
+    """Aloe half (the confidence table's pair and GT) and the same scene shifted ``shift`` px right: two
+    ``Frame``s for ``held_sequence`` (an ideal camera: focal = width, 0.1 m baseline)."""
+    from m2s_stereo.bag_tools import Frame
 
-    item = build_dataset("aloe:half")[0]  # the same pair and GT as the confidence table
+    item = build_dataset("aloe:half")[0]
 
     def rgb(t: torch.Tensor) -> np.ndarray:
         return (t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
@@ -137,7 +138,14 @@ def temporal_table(checkpoint: Path, out: Path, frames: int, noise: float, shift
     camera = StereoCamera.ideal(w, h, focal_px=float(w), baseline_m=0.1)
     moved_gt = shifted(gt, shift)
     moved_gt[:, :shift] = np.nan
-    scenes = [Frame(0, left, right, camera, gt), Frame(0, shifted(left, shift), shifted(right, shift), camera, moved_gt)]
+    return [Frame(0, left, right, camera, gt), Frame(0, shifted(left, shift), shifted(right, shift), camera, moved_gt)]
+
+
+def temporal_table(checkpoint: Path, out: Path, frames: int, noise: float, shift: int) -> dict[str, dict]:
+    from m2s_stereo.bag_tools import held_sequence, write_bag
+    from m2s_stereo.replay import run_offline
+
+    scenes = scene_change(shift)
     bag = out / "sequence_bag"
     if not bag.exists():
         write_bag(bag, held_sequence(iter(scenes), frames, noise, 10.0, 10**18), storage="mcap")

@@ -24,34 +24,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m2s_train.data.stereo_datasets import build_dataset
 from m2s_train.models import load_model
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from bench_confidence import shifted  # noqa: E402
+from bench_confidence import scene_change  # noqa: E402
 from bench_pretrain import pretrain  # noqa: E402
 
 
 def sequence(frames: int, noise: float, shift: int) -> list[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
-    from m2s_stereo.bag_tools import Frame, held_sequence
-
-    item = build_dataset("aloe:half")[0]
-
-    def rgb(t: torch.Tensor) -> np.ndarray:
-        return (t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-
-    left, right = rgb(item["left"]), rgb(item["right"])
-    gt = np.where(item["valid"][0].numpy(), item["disparity"][0].numpy(), np.nan).astype(np.float32)
-    moved = shifted(gt, shift)
-    moved[:, :shift] = np.nan
-    scenes = [Frame(0, left, right, None, gt), Frame(0, shifted(left, shift), shifted(right, shift), None, moved)]
+    from m2s_stereo.bag_tools import held_sequence
 
     def tensor(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).permute(2, 0, 1).float().div(255)[None]
 
     return [(tensor(f.left), tensor(f.right), f.gt_disparity)
-            for f in held_sequence(iter(scenes), frames, noise, 10.0, 0)]
+            for f in held_sequence(iter(scene_change(shift)), frames, noise, 10.0, 0)]
 
 
 def run(model: torch.nn.Module, seq: list, iters: int, warm: bool) -> dict:
