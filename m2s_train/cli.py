@@ -1,4 +1,4 @@
-"""``m2s-train``: synth | pretrain | cache-mono | finetune | eval."""
+"""``m2s-train``: synth | pretrain | cache-mono | finetune | import | eval."""
 
 from __future__ import annotations
 
@@ -158,6 +158,14 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from m2s_train.models.published import import_checkpoint
+
+    print(dumps_json(import_checkpoint(args.checkpoint, args.arch, args.out, trained_on=args.trained_on,
+                                       overwrite=args.overwrite)))
+    return 0
+
+
 def _run_flags(p: argparse.ArgumentParser, out_help: str) -> None:
     """Flags of a training run, shared by pretrain and finetune (map to TrainConfig fields)."""
     p.add_argument("--out", required=True, help=out_help)
@@ -266,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "YAML config. Multi-GPU / multi-node: torchrun --nproc-per-node N -m m2s_train.cli pretrain ...")
     p.add_argument("--config", help="YAML config (configs/train/*.yaml)")
     _run_flags(p, "run directory: checkpoints/, tensorboard/, train_summary.json")
-    p.add_argument("--model", help="registered model name (igev, igev-rt, igev-tiny)")
+    p.add_argument("--model", help="registered model name (igev, igev-rt, rt-igev, igev-tiny)")
     p.add_argument("--init", help="checkpoint directory to initialise the weights from")
     p.add_argument("--dataset", action="append",
                    help="kind:path[:half] (synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder); repeatable")
@@ -303,6 +311,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-width", type=positive_float, help="Laplacian scale of the full-resolution distillation, px")
     add_common_flags(p)
     p.set_defaults(handler=_finetune)
+
+    p = sub.add_parser(
+        "import", help="convert a published checkpoint (IGEV-Stereo, RT-IGEV++ .pth) into a Mono2Stereo checkpoint",
+        description="Reads the authors' .pth without running code from it (torch.load weights_only=True; a file "
+                    "that needs unpickling of code is refused), with or without DataParallel's 'module.' prefix, "
+                    "bare or under 'state_dict'/'model'; maps every tensor onto the registry model by an explicit "
+                    "table (every source tensor used, every target filled, shapes checked) and writes --out: "
+                    "model.safetensors + model.json + model_card.json + MODEL_CARD.md (source sha256, training "
+                    "data, licence). The result computes what the authors' code computes with the same weights, "
+                    "their InputPadder(divis_by=32) included. Use it anywhere a checkpoint goes: eval, finetune "
+                    "--init, pretrain --init, m2s-export.")
+    p.add_argument("checkpoint", help="the published .pth file (e.g. sceneflow.pth)")
+    p.add_argument("--arch", required=True, choices=["igev", "rt-igev"],
+                   help="igev: IGEV-Stereo (gangweiX/IGEV); rt-igev: RT-IGEV++ (gangweiX/IGEV-plusplus, core_rt)")
+    p.add_argument("--out", required=True, help="checkpoint directory to create (refused if it exists)")
+    p.add_argument("--trained-on", help="what the weights were trained on, for the model card (default: from the "
+                                        "published file name, e.g. sceneflow.pth -> Scene Flow only)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (only once the new one is complete)")
+    add_common_flags(p)
+    p.set_defaults(handler=_import)
 
     p = sub.add_parser(
         "eval", help="EPE / D1 / bad-1,2,3 of a checkpoint (and OpenCV SGBM) on datasets with GT",

@@ -29,7 +29,7 @@ from torch import nn
 
 from m2s_train.config import check_fields, num
 from m2s_train.errors import ShapeError
-from m2s_train.models.igev_blocks import ContextNet, ConvNormAct, FeatureNet, UpConcat, UpdateBlock
+from m2s_train.models.igev_blocks import ContextNet, ConvNormAct, FeatureContext, FeatureNet, UpConcat, UpdateBlock
 from m2s_train.models.registry import register_model
 
 
@@ -50,6 +50,8 @@ class IGEVConfig:
     stem_dims: tuple[int, int] = num((32, 48), ge=1)  # image stems at 1/2 and 1/4 (detail for matching and upsampling)
     spx_dim: int = num(24, ge=1)  # features of the initial-disparity upsampler
     motion_dim: int = num(128, ge=1)
+    # channels of each motion-encoder branch (look-ups, disparity); None: motion_dim / 2 (IGEV-Stereo's 64)
+    motion_branch_dim: int | None = num(None, ge=1)
     head_dim: int = num(256, ge=1)  # hidden channels of the disparity-update head
     cost_base: int = num(8, ge=1)  # channels of the first hourglass level (x2, x4, x6 deeper)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # input normalisation from [0, 1] images
@@ -57,9 +59,24 @@ class IGEVConfig:
     # learned confidence head (False: the confidence is derived from the GEV distribution alone)
     confidence_head: bool = True
     confidence_width: int = num(16, ge=1)  # channels of the confidence head
+    # where the hidden state and context come from: "image" (a residual encoder of the left image, one
+    # map per GRU level: IGEV-Stereo) or "features" (two convs on the 1/4 matching features: RT-IGEV++)
+    context_source: str = "image"
+    cost_attention: bool = True  # 3-D stem + feature attention on the volume before the hourglass (RT-IGEV++: none)
+    corr_lookup: bool = True  # look up the all-pairs correlation pyramid beside the GEV (RT-IGEV++: GEV only)
+    # where the pad to a multiple of 32 goes: "centre" (the authors' InputPadder: replicate, centred) or
+    # "end" (bottom and right: checkpoints saved before this option)
+    pad_mode: str = "centre"
+    # the 3x3 neighbours of the convex upsampling beyond the border: "zeros" (the authors' F.unfold) or
+    # "replicate" (checkpoints saved before this option)
+    upsample_border: str = "zeros"
 
     # what a field absent from a saved config means: checkpoints from before the field existed
-    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"confidence_head": False}
+    ABSENT_MEANS: ClassVar[dict[str, Any]] = {"confidence_head": False, "pad_mode": "end",
+                                              "upsample_border": "replicate"}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"context_source": ("image", "features"),
+                                                     "pad_mode": ("centre", "end"),
+                                                     "upsample_border": ("zeros", "replicate")}
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -73,6 +90,12 @@ class IGEVConfig:
             raise ValueError(f"max_disp / 4 must be divisible by 8 for the 3-D hourglass, got {self.max_disp // 4}")
         if not 1 <= self.corr_levels <= 4:
             raise ValueError(f"corr_levels must be in 1..4 (each level halves the volume), got {self.corr_levels}")
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.context_source == "features" and self.gru_levels != 1:
+            raise ValueError("context_source 'features' gives one context map (1/4): gru_levels must be 1, "
+                             f"got {self.gru_levels}")
 
 
 class StereoOutput(NamedTuple):
@@ -220,15 +243,17 @@ def upsample_weights(logits: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits, 1)
 
 
-def convex_combine(disp_low: torch.Tensor, weights: torch.Tensor, factor: int = 4) -> torch.Tensor:
+def convex_combine(disp_low: torch.Tensor, weights: torch.Tensor, factor: int = 4,
+                   border: str = "replicate") -> torch.Tensor:
     """Full-resolution disparity as a per-pixel convex combination of the 3x3 low-res neighbours.
 
     disp_low B,1,h,w (in full-resolution px), weights B,9,h*f,w*f from :func:`upsample_weights`
-    -> B,1,H,W. Kept in fp32 by the export (:class:`ConvexCombine`): in fp16 a disparity above 128 px
-    has a spacing of 1/8 px.
+    -> B,1,H,W. ``border``: the neighbours beyond the image edge, "replicate" or "zeros" (what the
+    authors' ``F.unfold`` reads there). Kept in fp32 by the export (:class:`ConvexCombine`): in fp16 a
+    disparity above 128 px has a spacing of 1/8 px.
     """
     b, _, h, w = disp_low.shape
-    padded = F.pad(disp_low, (1, 1, 1, 1), mode="replicate")
+    padded = F.pad(disp_low, (1, 1, 1, 1), mode="replicate" if border == "replicate" else "constant")
     neighbours = torch.cat([padded[:, :, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], 1)
     neighbours = F.interpolate(neighbours, scale_factor=factor, mode="nearest")  # B,9,H,W
     if torch.onnx.is_in_onnx_export():
@@ -236,9 +261,10 @@ def convex_combine(disp_low: torch.Tensor, weights: torch.Tensor, factor: int = 
     return (neighbours * weights).sum(1, keepdim=True)
 
 
-def convex_upsample(disp_low: torch.Tensor, logits: torch.Tensor, factor: int = 4) -> torch.Tensor:
+def convex_upsample(disp_low: torch.Tensor, logits: torch.Tensor, factor: int = 4,
+                    border: str = "replicate") -> torch.Tensor:
     """:func:`convex_combine` of ``disp_low`` with the softmax of ``logits`` (B,9,h*f,w*f) over the 9."""
-    return convex_combine(disp_low, upsample_weights(logits), factor)
+    return convex_combine(disp_low, upsample_weights(logits), factor, border)
 
 
 # -- computations the FP16 export keeps in fp32 ---------------------------------------------------------
@@ -252,14 +278,19 @@ class LookupCoordinates(nn.Module):
         super().__init__()
         self.radius = radius
 
-    def forward(self, disp: torch.Tensor, coords: torch.Tensor, lasts: list[tuple[int, int]]) -> list[tuple[torch.Tensor, ...]]:
+    def forward(self, disp: torch.Tensor, coords: torch.Tensor,
+                lasts: list[tuple[int, int | None]]) -> list[tuple[torch.Tensor, ...]]:
+        """Per level (last index of the padded GEV, of the padded correlation or None when it is not
+        looked up): GEV index and weight, then the correlation's (when looked up)."""
         r = self.radius
         offsets = torch.arange(-r, r + 1, device=disp.device, dtype=disp.dtype)  # K
         d = disp.squeeze(1).unsqueeze(-1)  # B,h,w,1
         out = []
         for level, (last_geo, last_corr) in enumerate(lasts):
             scale = 2.0**level
-            out.append((*lookup_index(d / scale + offsets, last_geo), *lookup_index((coords - d) / scale + offsets, last_corr)))
+            geo = lookup_index(d / scale + offsets, last_geo)
+            corr = () if last_corr is None else lookup_index((coords - d) / scale + offsets, last_corr)
+            out.append((*geo, *corr))
         return out
 
 
@@ -282,8 +313,12 @@ class ConvexCombine(nn.Module):
     """Full-resolution disparity from the 1/4-resolution one (B,1,h,w, 1/4-res px) and the upsampling
     weights: x4 in value, then :func:`convex_combine` (its ONNX nodes are pinned to fp32)."""
 
+    def __init__(self, border: str = "replicate") -> None:
+        super().__init__()
+        self.border = border
+
     def forward(self, disp_quarter: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return convex_combine(disp_quarter * 4.0, weights)
+        return convex_combine(disp_quarter * 4.0, weights, border=self.border)
 
 
 class ConfidenceCues(nn.Module):
@@ -390,8 +425,9 @@ class IGEVStereo(nn.Module):
             raise ShapeError(f"matching features ({match} channels) must be divisible by groups={cfg.groups}")
         self.match_conv = ConvNormAct(match, match, 3, 1, 1, norm="instance")
         self.match_desc = nn.Conv2d(match, match, 1)
-        self.cost_stem = ConvNormAct(cfg.groups, cfg.groups, 3, 1, 1, dims=3)
-        self.cost_att = FeatureAttention(cfg.groups, match)
+        if cfg.cost_attention:
+            self.cost_stem = ConvNormAct(cfg.groups, cfg.groups, 3, 1, 1, dims=3)
+            self.cost_att = FeatureAttention(cfg.groups, match)
         self.hourglass = Hourglass(cfg.cost_base, (f8, f16, f32), cfg.groups)
         self.classifier = nn.Conv3d(cfg.groups, 1, 3, 1, 1, bias=False)
         # upsampling weights for the initial disparity (from matching features) and the GRU output
@@ -401,16 +437,18 @@ class IGEVStereo(nn.Module):
         self.spx = nn.ConvTranspose2d(2 * s2, 9, 4, 2, 1)
         self.spx2_gru = UpConcat(s2, s2, norm="batch")
         self.spx_gru = nn.ConvTranspose2d(2 * s2, 9, 4, 2, 1)
-        self.context = ContextNet(cfg.context_width, cfg.hidden_dim, cfg.gru_levels)
+        self.context = (ContextNet(cfg.context_width, cfg.hidden_dim, cfg.gru_levels) if cfg.context_source == "image"
+                        else FeatureContext(match, cfg.hidden_dim))
         self.context_gates = nn.ModuleList(nn.Conv2d(cfg.hidden_dim, 3 * cfg.hidden_dim, 3, padding=1)
                                            for _ in range(cfg.gru_levels))
-        lookup_channels = cfg.corr_levels * (2 * cfg.corr_radius + 1) * (cfg.groups + 1)
-        self.update = UpdateBlock(cfg.hidden_dim, cfg.gru_levels, lookup_channels, cfg.motion_dim, cfg.head_dim, s2)
+        lookup_channels = cfg.corr_levels * (2 * cfg.corr_radius + 1) * (cfg.groups + int(cfg.corr_lookup))
+        self.update = UpdateBlock(cfg.hidden_dim, cfg.gru_levels, lookup_channels, cfg.motion_dim, cfg.head_dim, s2,
+                                  cfg.motion_branch_dim)
         # parameter-free modules that name the computations an FP16 engine must keep in fp32
         self.lookup_coords = LookupCoordinates(cfg.corr_radius)
         self.softargmin = SoftArgmin()
         self.disp_update = DisparityUpdate()
-        self.upsample_combine = ConvexCombine()
+        self.upsample_combine = ConvexCombine(cfg.upsample_border)
         self.confidence_cues = ConfidenceCues()  # parameter-free: named for the fp32 set of the export
         # created last, so the disparity path's initial weights are the same with or without it
         self.confidence_photo = PhotometricResidual()  # parameter-free, fp32 in the export
@@ -429,24 +467,33 @@ class IGEVStereo(nn.Module):
                 coords: torch.Tensor) -> torch.Tensor:
         """Look-up features around ``disp`` (B,1,h,w, 1/4-res px): B, levels*(2r+1)*(G+1), h, w.
 
-        ``geo`` and ``corr`` are the pyramids after :func:`pad_for_lookup`."""
-        lasts = [(g.shape[-1] - 1, c.shape[-1] - 1) for g, c in zip(geo, corr)]
+        ``geo`` and ``corr`` are the pyramids after :func:`pad_for_lookup` (``corr`` empty: GEV only)."""
+        corr_or_none = corr or [None] * len(geo)
+        lasts = [(g.shape[-1] - 1, None if c is None else c.shape[-1] - 1) for g, c in zip(geo, corr_or_none)]
         out = []
-        for g, c, (gi, gf, ci, cf) in zip(geo, corr, self.lookup_coords(disp, coords, lasts)):
-            out.append(gather_blend(g, gi, gf).flatten(3))  # B,h,w,G*K
-            out.append(gather_blend(c, ci, cf).flatten(3))  # B,h,w,K
+        for g, c, index in zip(geo, corr_or_none, self.lookup_coords(disp, coords, lasts)):
+            out.append(gather_blend(g, index[0], index[1]).flatten(3))  # B,h,w,G*K
+            if c is not None:
+                out.append(gather_blend(c, index[2], index[3]).flatten(3))  # B,h,w,K
         return torch.cat(out, -1).permute(0, 3, 1, 2)
 
+    def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) replicate padding of an h x w input to a multiple of 32."""
+        pad_h, pad_w = (-h) % 32, (-w) % 32
+        if self.config.pad_mode == "centre":  # the authors' InputPadder(divis_by=32)
+            return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+        return 0, pad_w, 0, pad_h
+
     @staticmethod
-    def _warm_start(init_disparity: torch.Tensor, init_disp: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    def _warm_start(init_disparity: torch.Tensor, init_disp: torch.Tensor, pads: tuple[int, int, int, int]) -> torch.Tensor:
         """A full-resolution disparity (B,1,H,W px) as the refinement's start at 1/4 resolution (1/4-res px),
-        the GEV estimate ``init_disp`` where it is not finite."""
+        the GEV estimate ``init_disp`` where it is not finite. ``pads``: the images' (left, right, top, bottom)."""
         if init_disparity.dim() != 4 or init_disparity.shape[1] != 1 or init_disparity.shape[0] != init_disp.shape[0]:
             raise ShapeError(f"init_disparity must be B,1,H,W; got {tuple(init_disparity.shape)}")
         d = init_disparity.to(init_disp.dtype)
         known = torch.isfinite(d)
-        d = F.pad(torch.where(known, d, 0.0), (0, pad_w, 0, pad_h), mode="replicate")
-        weight = F.pad(known.to(d.dtype), (0, pad_w, 0, pad_h), mode="replicate")
+        d = F.pad(torch.where(known, d, 0.0), pads, mode="replicate")
+        weight = F.pad(known.to(d.dtype), pads, mode="replicate")
         if d.shape[-2:] != (init_disp.shape[-2] * 4, init_disp.shape[-1] * 4):
             raise ShapeError(f"init_disparity {tuple(init_disparity.shape[-2:])} does not match the images")
         total, count = F.avg_pool2d(d * weight, 4), F.avg_pool2d(weight, 4)
@@ -470,11 +517,11 @@ class IGEVStereo(nn.Module):
         iters = iters if iters is not None else (cfg.train_iters if self.training else cfg.valid_iters)
         final_only = (not self.training) if final_only is None else final_only
         h_in, w_in = left.shape[-2:]
-        pad_h, pad_w = (-h_in) % 32, (-w_in) % 32
+        pads = self._pads(h_in, w_in)  # left, right, top, bottom
         images = torch.cat([left, right], 0)
         images = (images - self.mean) / self.std
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        if any(pads):
+            images = F.pad(images, pads, mode="replicate")
         b = left.shape[0]
 
         feats = self.feature(images)  # both views in one pass
@@ -488,7 +535,8 @@ class IGEVStereo(nn.Module):
 
         pairs = all_pairs_group_correlation(match_l, match_r, cfg.groups)  # B,G,h,w,w
         cost = disparity_band(pairs, self.candidates)  # B,G,D,h,w
-        cost = self.cost_att(self.cost_stem(cost), feats_l[0])
+        if cfg.cost_attention:
+            cost = self.cost_att(self.cost_stem(cost), feats_l[0])
         gev = self.hourglass(cost, feats_l)  # B,G,D,h,w geometry encoding volume
         init_prob = F.softmax(self.classifier(gev).squeeze(1), dim=1)  # B,D,h,w
         init_disp = self.softargmin(init_prob)  # B,1,h,w in 1/4-res px
@@ -496,21 +544,22 @@ class IGEVStereo(nn.Module):
         spx_logits = self.spx(self.spx2(self.spx4(feats_l[0]), stem2_l))
         init_full = self.upsample_combine(init_disp, upsample_weights(spx_logits))
 
-        ctx = self.context(images[:b])
+        ctx = self.context(images[:b] if cfg.context_source == "image" else feats_l[0])
         net = [torch.tanh(n) for n, _ in ctx]
-        gates = [tuple(conv(torch.relu(c)).chunk(3, dim=1)) for (_, c), conv in zip(ctx, self.context_gates)]
+        gates = [tuple(conv(c).chunk(3, dim=1)) for (_, c), conv in zip(ctx, self.context_gates)]
 
         # look-up pyramids: GEV over candidates, all-pairs correlation (sum over groups) over columns
         h4, w4 = match_l.shape[-2:]
         geo = [gev.permute(0, 3, 4, 1, 2)]  # B,h,w,G,D
-        corr = [(pairs.sum(1) * (match_l.shape[1] // cfg.groups)).unsqueeze(3)]  # B,h,w,1,w
+        corr = [(pairs.sum(1) * (match_l.shape[1] // cfg.groups)).unsqueeze(3)] if cfg.corr_lookup else []  # B,h,w,1,w
         for _ in range(cfg.corr_levels - 1):  # halve the last axis (even by construction): Reshape + ReduceMean
             geo.append(geo[-1].unflatten(-1, (-1, 2)).mean(-1))
-            corr.append(corr[-1].unflatten(-1, (-1, 2)).mean(-1))
+            if corr:
+                corr.append(corr[-1].unflatten(-1, (-1, 2)).mean(-1))
         geo, corr = [pad_for_lookup(g) for g in geo], [pad_for_lookup(c) for c in corr]  # once, not per iteration
         coords = torch.arange(w4, device=left.device, dtype=init_disp.dtype).view(1, 1, w4, 1)
 
-        disp = init_disp if init_disparity is None else self._warm_start(init_disparity, init_disp, pad_h, pad_w)
+        disp = init_disp if init_disparity is None else self._warm_start(init_disparity, init_disp, pads)
         predictions = []
         for i in range(iters):
             if self.training:
@@ -532,7 +581,7 @@ class IGEVStereo(nn.Module):
         else:
             conf_logit = F.interpolate(derived_confidence_logit(cues), size=final.shape[-2:], mode="bilinear",
                                        align_corners=False)
-        crop = (slice(None), slice(None), slice(0, h_in), slice(0, w_in))
+        crop = (slice(None), slice(None), slice(pads[2], pads[2] + h_in), slice(pads[0], pads[0] + w_in))
         predictions = [p[crop] for p in predictions]
         conf_logit = conf_logit[crop]
         return StereoOutput(predictions[-1], predictions, init_full[crop], init_prob, torch.sigmoid(conf_logit),
@@ -545,6 +594,12 @@ IGEV_DEFAULT = IGEVConfig()
 # slowly with iterations thanks to the GEV initialisation).
 IGEV_RT = IGEVConfig(train_iters=12, valid_iters=6, gru_levels=2, hidden_dim=64, context_width=64,
                      motion_dim=64, head_dim=128)
+# RT-IGEV++ (Xu et al., IGEV++ paper, core_rt): GEV only (no all-pairs look-up), no cost-volume stem or
+# attention, hidden state and context from the matching features, one ConvGRU at 1/4 (hidden 96),
+# 8 iterations at test as its authors evaluate it. train_iters is ours (their training script is not
+# among the reference sources).
+RT_IGEV = IGEVConfig(train_iters=12, valid_iters=8, gru_levels=1, hidden_dim=96, motion_dim=96, motion_branch_dim=64,
+                     head_dim=128, context_source="features", cost_attention=False, corr_lookup=False)
 # Tests and CPU smoke runs only.
 IGEV_TINY = IGEVConfig(max_disp=64, train_iters=3, valid_iters=3, groups=4, corr_levels=2, corr_radius=2,
                        gru_levels=2, hidden_dim=16, backbone_width=0.25, context_width=16, stem_dims=(8, 8),
@@ -552,4 +607,5 @@ IGEV_TINY = IGEVConfig(max_disp=64, train_iters=3, valid_iters=3, groups=4, corr
 
 register_model("igev", IGEV_DEFAULT, IGEVStereo)
 register_model("igev-rt", IGEV_RT, IGEVStereo)
+register_model("rt-igev", RT_IGEV, IGEVStereo)
 register_model("igev-tiny", IGEV_TINY, IGEVStereo)

@@ -171,11 +171,26 @@ class ContextNet(nn.Module):
         self.heads = nn.ModuleList(nn.ModuleList([head(lvl < 2), head(lvl < 2)]) for lvl in range(levels))
 
     def forward(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level: (hidden state before its tanh, context after its ReLU, ready for the gate convs)."""
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         maps = [x]
         for layer in self.deeper:
             maps.append(layer(maps[-1]))
-        return [(net(m), ctx(m)) for (net, ctx), m in zip(self.heads, maps)]
+        return [(net(m), torch.relu(ctx(m))) for (net, ctx), m in zip(self.heads, maps)]
+
+
+class FeatureContext(nn.Module):
+    """RT-IGEV++'s context: hidden state and context from the 1/4 matching features (one level),
+    no encoder of its own. The context conv ends in its own LeakyReLU (no ReLU after it)."""
+
+    def __init__(self, cin: int, hidden: int) -> None:
+        super().__init__()
+        self.hidden = nn.Sequential(ConvNormAct(cin, hidden, 3, 1, 1), nn.Conv2d(hidden, hidden, 3, 1, 1, bias=False))
+        self.context = ConvNormAct(cin, hidden, 3, 1, 1)
+
+    def forward(self, feat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """feat B,C,h,w -> [(hidden state before its tanh, context)] (B,hidden,h,w each)."""
+        return [(self.hidden(feat), self.context(feat))]
 
 
 class ConvGRU(nn.Module):
@@ -210,9 +225,9 @@ class UpdateBlock(nn.Module):
     """Multi-level ConvGRU update: motion features from the volume look-ups drive the 1/4 GRU."""
 
     def __init__(self, hidden: int, levels: int, lookup_channels: int, motion_dim: int, head_dim: int,
-                 mask_dim: int) -> None:
+                 mask_dim: int, branch_dim: int | None = None) -> None:
         super().__init__()
-        half = motion_dim // 2
+        half = branch_dim or motion_dim // 2  # channels of the look-up and disparity encoder branches
         self.levels = levels
         self.corr_enc = nn.Sequential(nn.Conv2d(lookup_channels, half, 1), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1), nn.ReLU())
         self.disp_enc = nn.Sequential(nn.Conv2d(1, half, 7, padding=3), nn.ReLU(), nn.Conv2d(half, half, 3, padding=1), nn.ReLU())

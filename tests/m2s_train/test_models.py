@@ -200,6 +200,43 @@ class TestConfidence:
         with torch.no_grad():
             torch.testing.assert_close(loaded.eval()(x, x).confidence, model.eval()(x, x).confidence)
 
+    def test_checkpoint_from_before_the_padding_options_keeps_its_padding(self, tmp_path):
+        """Saved before pad_mode / upsample_border existed: padded at the end and replicated at the border,
+        as it was trained; new models pad centred with a zero border, as the authors' code does."""
+        from safetensors.torch import load_file, save
+
+        torch.manual_seed(0)
+        model = create_model("igev-tiny", pad_mode="end", upsample_border="replicate")
+        save_model(model, tmp_path / "old")
+        meta = json.loads((tmp_path / "old" / "model.json").read_text())
+        for key in ("pad_mode", "upsample_border", "context_source", "cost_attention", "corr_lookup",
+                    "motion_branch_dim"):
+            del meta["config"][key]
+        (tmp_path / "old" / "model.json").write_text(json.dumps(meta))
+        state = load_file(str(tmp_path / "old" / "model.safetensors"))
+        (tmp_path / "old" / "model.safetensors").write_bytes(save(state, metadata={"model": json.dumps(meta)}))
+        loaded = load_model(tmp_path / "old").eval()
+        assert (loaded.config.pad_mode, loaded.config.upsample_border) == ("end", "replicate")
+        x, y = torch.rand(1, 3, 40, 70), torch.rand(1, 3, 40, 70)  # padded to 64 x 96
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x, y).disparity, model.eval()(x, y).disparity)
+            new = create_model("igev-tiny")
+            new.load_state_dict(model.state_dict())
+            assert not torch.allclose(new.eval()(x, y).disparity, loaded(x, y).disparity)
+
+    def test_centred_padding_is_the_authors_input_padder(self):
+        model = create_model("igev-tiny")
+        assert model._pads(375, 1242) == (3, 3, 4, 5)  # KITTI: 384 x 1248, as InputPadder(divis_by=32)
+        assert model._pads(64, 96) == (0, 0, 0, 0)
+        assert create_model("igev-tiny", pad_mode="end")._pads(375, 1242) == (0, 6, 0, 9)
+        with pytest.raises(ConfigError, match="pad_mode must be one of"):
+            create_model("igev-tiny", pad_mode="middle")
+
+    def test_zero_border_reads_zeros_beyond_the_edge(self):
+        up = convex_upsample(torch.full((1, 1, 4, 5), 7.0), torch.zeros(1, 9, 16, 20), border="zeros")
+        assert up[0, 0, 5:11, 5:15].allclose(torch.tensor(7.0))  # inside: all nine neighbours are 7
+        torch.testing.assert_close(up[0, 0, 0, 0], torch.tensor(7.0 * 4 / 9))  # corner: 4 of 9 inside
+
     def test_bad_inputs(self):
         model = create_model("igev-tiny")
         with pytest.raises(ShapeError):
@@ -212,7 +249,7 @@ class TestRegistry:
     def test_unknown_name_lists_valid(self):
         with pytest.raises(ConfigError, match="igev-rt"):
             create_model("raft")
-        assert {"igev", "igev-rt", "igev-tiny"} <= set(list_models())
+        assert {"igev", "igev-rt", "igev-tiny", "rt-igev"} <= set(list_models())
 
     def test_overrides_and_validation(self):
         assert model_config("igev-tiny", max_disp=None).max_disp == 64
