@@ -70,6 +70,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
     import torch
 
     from m2s_train.models import load_model
+    from m2s_train.models.published import read_card
     from m2s_train.models.registry import checkpoint_dir
 
     if opset < 17:
@@ -118,6 +119,10 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
             "versions": _versions(), "precision": "fp32", "outputs": list(OUTPUTS),
             "confidence": confidence_description(cfg),
         }
+        card = read_card(checkpoint)
+        if card is not None:  # weights from a published checkpoint: where from, under which licence
+            meta["model_card"] = {k: card.get(k) for k in ("architecture", "trained_on", "licence", "attribution")}
+            meta["model_card"]["source"] = {k: card.get("source", {}).get(k) for k in ("file", "sha256", "repository")}
         del graph.metadata_props[:]
         for key, value in to_onnx_props(meta).items():
             graph.metadata_props.add(key=key, value=value)

@@ -102,9 +102,10 @@ def _fsync_files(directory: Path) -> None:
 
 
 def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
-                    config: dict[str, Any], rng: dict[str, torch.Tensor], keep: int) -> Path:
-    """``checkpoints/step_N/`` (model.safetensors, model.json, state.pt, train.json) via a temp dir + rename;
-    keeps the newest ``keep`` checkpoints."""
+                    config: dict[str, Any], rng: dict[str, torch.Tensor], keep: int,
+                    card: dict[str, Any] | None = None) -> Path:
+    """``checkpoints/step_N/`` (model.safetensors, model.json, state.pt, train.json, and the model card of
+    the weights it started from, if any) via a temp dir + rename; keeps the newest ``keep`` checkpoints."""
     if keep < 1:
         raise ConfigError(f"keep_checkpoints must be >= 1, got {keep}")
     root = out / "checkpoints"
@@ -116,6 +117,10 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer: Any
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rng}, tmp / "state.pt")
     write_json_atomic(tmp / "train.json", {"step": step, "config": config})
+    if card is not None:
+        from m2s_train.models.published import write_card
+
+        write_card(tmp, {**card, "training": {**card.get("training", {}), "steps": step}})
     _fsync_files(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

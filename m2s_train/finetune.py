@@ -12,7 +12,6 @@ from m2s_train.checkpoints import check_run_dir
 from m2s_train.config import to_dict
 from m2s_train.data.augment import AugmentConfig
 from m2s_train.data.stereo_datasets import build_dataset
-from m2s_train.models import model_config
 from m2s_train.s2dkd import (
     AlignConfig,
     DistillationDataset,
@@ -22,7 +21,7 @@ from m2s_train.s2dkd import (
     s2dkd_loss,
 )
 from m2s_train.synth.pipeline import DepthConfig, depth_estimator_from_config
-from m2s_train.train import TrainConfig, train
+from m2s_train.train import TrainConfig, train, training_model
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool
     check_run_dir(Path(out), resume=resume, overwrite=overwrite)  # before the (slow) teacher cache
     base = build_dataset("+".join(tc.datasets))
     cache = teacher_cache(config, base, progress)[0] if config.s2dkd.enabled else None
-    max_disp = model_config(tc.model, **tc.model_overrides).max_disp
+    max_disp = training_model(tc)[1].max_disp
     dataset = DistillationDataset(base, cache, AugmentConfig(crop=tuple(tc.crop)), max_disp,
                                   sparsify=config.sparsify, align=config.align, seed=tc.seed)
 

@@ -13,6 +13,7 @@ resumed reaches the same weights at step n as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -39,8 +40,9 @@ from m2s_train.data.augment import AugmentConfig
 from m2s_train.data.stereo_datasets import build_dataset
 from m2s_train.errors import ConfigError
 from m2s_train.losses import sequence_loss
-from m2s_train.models import create_model, load_model
-from m2s_train.models.registry import check_state_fits
+from m2s_train.models import create_model, load_model, model_config
+from m2s_train.models.published import derived_card, read_card
+from m2s_train.models.registry import check_state_fits, checkpoint_model_config
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,11 @@ CONFIDENCE_PREFIX = "confidence_head."  # parameters of the learned confidence h
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "igev-rt"
+    model: str | None = None  # registered model; None: the --init checkpoint's, else igev-rt
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    init: str | None = None  # checkpoint directory to start from (weights only)
+    # checkpoint directory to start from: its weights, and its model config (padding, range, ... as its
+    # weights were trained), with a learned confidence head added when it has none
+    init: str | None = None
     datasets: list[str] = field(default_factory=lambda: ["synth:data/synth"])
     crop: list[int] = num(factory=lambda: [256, 512], ge=32)  # height, width
     batch_size: int = num(4, ge=1)  # per process
@@ -75,6 +79,32 @@ class TrainConfig:
         check_fields(self)
         if len(self.crop) != 2:
             raise ValueError(f"crop must be [height, width], got {self.crop}")
+
+
+DEFAULT_MODEL = "igev-rt"
+
+
+def training_model(config: TrainConfig) -> tuple[str, Any]:
+    """The registered name and config of the model a run trains.
+
+    Without ``init``: ``config.model`` (default igev-rt) with ``model_overrides``. With ``init``: the init
+    checkpoint's model and saved config (what its weights were trained with, e.g. an imported model's
+    centred padding), a learned confidence head switched on (it starts fresh and learns from the data),
+    then ``model_overrides``; ``config.model`` naming another model is refused.
+    """
+    if config.init is None:
+        name = config.model or DEFAULT_MODEL
+        return name, model_config(name, **config.model_overrides)
+    name, init_config = checkpoint_model_config(config.init)
+    if config.model is not None and config.model != name:
+        raise ConfigError(f"--init {config.init} holds a '{name}' model but --model (or the config's model) says "
+                          f"'{config.model}': leave it out (the checkpoint decides) or start from a '{config.model}' "
+                          "checkpoint")
+    changes = {"confidence_head": True, **{k: v for k, v in config.model_overrides.items() if v is not None}}
+    try:
+        return name, dataclasses.replace(init_config, **changes)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model_overrides on the --init model '{name}': {exc}") from None
 
 
 @dataclass
@@ -173,13 +203,17 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     out = Path(out)
     info = setup_distributed(device)
     prepare_run_dir(out, resume=resume, overwrite=overwrite, main=info.main)
+    name, model_config_ = training_model(config)
+    config = dataclasses.replace(config, model=name)  # what train.json records and a resume compares
     torch.manual_seed(config.seed)  # same initial weights on every rank
-    model = create_model(config.model, **config.model_overrides)
+    model = create_model(name, model_config_)
+    card = None
     if config.init:
         source = load_model(config.init).state_dict()
-        # a checkpoint from before the confidence head starts a fresh head (it learns from the data)
+        # a checkpoint without a confidence head (older, or imported) starts a fresh head (it learns from the data)
         check_state_fits(model, source, config.init, may_lack=(CONFIDENCE_PREFIX,))
         model.load_state_dict(source, strict=False)
+        card = derived_card(read_card(config.init), config.init, config.datasets, loss_fn is not None)
     model.to(info.device)
     model_cfg = model.config
 
@@ -281,7 +315,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
                 writer.add_image("train/disparity", disp / disp.max().clamp(min=1e-6), step)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint(out, step, _unwrap(model), optimizer, scheduler, scaler, full_config,
-                                _rng_state(info.device), config.keep_checkpoints)
+                                _rng_state(info.device), config.keep_checkpoints, card=card)
     bar.close()
     if writer is not None:
         writer.close()

@@ -4,8 +4,9 @@ Steps run today:
   1. calibrate the real chessboard stereo pairs (13 pairs, 9x6 board) -> camera_info YAML + report;
   2. synthesize a stereo dataset from the ordinary photos of opencv-doc (offline depth prior and
      edge-aware Telea inpainting unless --depth-model / --sd-model point at real weights), with previews;
-  3. pre-train the tiny stereo network on it on the CPU for --steps steps (resumable) and evaluate
-     it on the real Middlebury Aloe pair (quarter resolution) next to OpenCV SGBM;
+  3. pre-train the tiny stereo network on it on the CPU for --steps steps (resumable), or with
+     --weights FILE.pth --arch igev|rt-igev import a published checkpoint instead (m2s-train import),
+     and evaluate it on the real Middlebury Aloe pair (quarter resolution) next to OpenCV SGBM;
   4. export it to ONNX and verify the graph against PyTorch with onnxruntime (engine-ready: build
      the TensorRT engine on the Jetson with m2s-export --trt);
   5. make a rosbag2 (MCAP) of synthesized pairs with exact GT disparity;
@@ -86,38 +87,35 @@ def run(args: argparse.Namespace) -> int:
                             "skipped": len(synth["skipped"]), "depth_model": synth["depth_model"],
                             "inpainter": synth["inpainter"]}
 
-    _step(f"3. pre-train {args.model} on the synthesized pairs ({args.steps} steps, CPU) and evaluate on real Aloe")
     from m2s_train.evaluate import evaluate
     from m2s_train.models import load_model
-    from m2s_train.train import TrainConfig, latest_checkpoint, train
 
-    train_config = load_config(TrainConfig, ROOT / "configs" / "train" / "tiny_cpu.yaml",
-                               {"model": args.model, "datasets": [f"synth:{synth_dir}"], "steps": args.steps,
-                                "checkpoint_every": max(args.steps // 4, 1)})
-    run_dir = out / "pretrain"
-    trained = train(train_config, run_dir, resume=True, device="cpu", progress=not args.quiet)
-    checkpoint = latest_checkpoint(run_dir)
+    if args.weights:
+        _step(f"3. import the published {args.arch} checkpoint {args.weights} and evaluate it on real Aloe")
+        checkpoint = import_published(args.weights, args.arch, out / "imported")
+        model_name = load_model(checkpoint).model_name
+    else:
+        _step(f"3. pre-train {args.model} on the synthesized pairs ({args.steps} steps, CPU) and evaluate on real Aloe")
+        checkpoint = pretrain(args, synth_dir, out / "pretrain")
+        model_name = args.model
+    summary["model"] = {"checkpoint": str(checkpoint), "name": model_name,
+                        **({"imported_from": str(args.weights)} if args.weights else {"steps": args.steps})}
     model = load_model(checkpoint)
     result = evaluate(model, "aloe:quarter", out=out / "eval_aloe", sgbm=True, error_maps=1, progress=False)
     ours, sgbm = result["methods"]["model"]["pixel"], result["methods"]["sgbm"]["pixel"]
-    if trained["first_loss"] is None:
-        print(f"   already trained ({trained['steps']} steps) -> {checkpoint}", file=sys.stderr)
-    else:
-        print(f"   trained {trained['steps']} steps (loss {trained['first_loss']:.2f} -> {trained['last_loss']:.2f}) "
-              f"-> {checkpoint}", file=sys.stderr)
-    print(f"   Aloe (real, quarter res): {args.model} EPE {ours['epe']:.2f} px, bad-3 {100 * ours['bad3']:.1f} % | "
+    print(f"   Aloe (real, quarter res): {model_name} EPE {ours['epe']:.2f} px, bad-3 {100 * ours['bad3']:.1f} % | "
           f"OpenCV SGBM EPE {sgbm['epe']:.2f} px, bad-3 {100 * sgbm['bad3']:.1f} %  ({out / 'eval_aloe' / 'metrics.md'})",
           file=sys.stderr)
-    print("   (a tiny CPU model trained for minutes on procedural depth is a smoke test of the chain, not a "
-          "competitive matcher: pre-train igev / igev-rt on a GPU with Depth Anything depth for real accuracy)",
-          file=sys.stderr)
-    summary["pretrain"] = {"checkpoint": str(checkpoint), "steps": trained["steps"], "model": args.model}
+    if not args.weights:
+        print("   (a tiny CPU model trained for minutes on procedural depth is a smoke test of the chain, not a "
+              "competitive matcher: import a published checkpoint (--weights) or pre-train igev / igev-rt on a GPU "
+              "with Depth Anything depth for real accuracy)", file=sys.stderr)
     summary["eval_aloe_quarter"] = {"model": ours, "sgbm": sgbm}
 
     _step("4. export to ONNX and verify against PyTorch with onnxruntime")
     from m2s_export.onnx_export import export_onnx
 
-    onnx_path = out / "model" / f"{args.model}_{args.export_height}x{args.export_width}.onnx"
+    onnx_path = out / "model" / f"{model_name}_{args.export_height}x{args.export_width}.onnx"
     meta = export_onnx(checkpoint, onnx_path, args.export_height, args.export_width)
     worst = max(r["mean_abs_px"] for r in meta["export_report"]["verification"])
     print(f"   {onnx_path} ({meta['export_report']['nodes']} nodes, {meta['iters']} iterations); "
@@ -161,6 +159,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_published(weights: str, arch: str, target: Path) -> Path:
+    """``m2s-train import`` of the user's published checkpoint (once: an earlier import of the same file is reused)."""
+    from m2s_train.models.published import import_checkpoint, read_card, sha256_of
+
+    if target.exists():
+        card = read_card(target) or {}
+        if card.get("source", {}).get("sha256") == sha256_of(Path(weights)):
+            print(f"   already imported -> {target}", file=sys.stderr)
+            return target
+    report = import_checkpoint(weights, arch, target, overwrite=target.exists())
+    print(f"   {report['source_tensors']} tensors read, {report['mapped']} mapped, {report['aliases']} duplicates "
+          f"checked, {len(report['dropped'])} unused dropped -> {target} (model card: {target / 'MODEL_CARD.md'})",
+          file=sys.stderr)
+    print(f"   trained on: {report['trained_on']}", file=sys.stderr)
+    return target
+
+
+def pretrain(args: argparse.Namespace, synth_dir: Path, run_dir: Path) -> Path:
+    """The short CPU pre-training of ``args.model`` on the synthesized pairs (resumable); its checkpoint."""
+    from m2s_train.config import load_config
+    from m2s_train.train import TrainConfig, latest_checkpoint, train
+
+    train_config = load_config(TrainConfig, ROOT / "configs" / "train" / "tiny_cpu.yaml",
+                               {"model": args.model, "datasets": [f"synth:{synth_dir}"], "steps": args.steps,
+                                "checkpoint_every": max(args.steps // 4, 1)})
+    trained = train(train_config, run_dir, resume=True, device="cpu", progress=not args.quiet)
+    checkpoint = latest_checkpoint(run_dir)
+    if trained["first_loss"] is None:
+        print(f"   already trained ({trained['steps']} steps) -> {checkpoint}", file=sys.stderr)
+    else:
+        print(f"   trained {trained['steps']} steps (loss {trained['first_loss']:.2f} -> {trained['last_loss']:.2f}) "
+              f"-> {checkpoint}", file=sys.stderr)
+    return checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = CliParser(prog="quickstart", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="quickstart_out", help="output directory (default: quickstart_out)")
@@ -169,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-images", type=positive_int, default=64, help="photos to synthesize from (default: 64)")
     parser.add_argument("--previews", type=non_negative_int, default=8, help="preview PNGs to write (default: 8)")
     parser.add_argument("--model", default="igev-tiny", help="stereo network to pre-train (default: igev-tiny)")
+    parser.add_argument("--weights", help="a published checkpoint (.pth, e.g. the authors' IGEV-Stereo sceneflow.pth) "
+                                          "to import and run the chain on instead of pre-training (needs --arch)")
+    parser.add_argument("--arch", choices=["igev", "rt-igev"], help="architecture of --weights")
     parser.add_argument("--steps", type=positive_int, default=300, help="pre-training steps (default: 300)")
     parser.add_argument("--export-height", type=positive_int, default=192, help="ONNX input height, px (default: 192)")
     parser.add_argument("--export-width", type=positive_int, default=256, help="ONNX input width, px (default: 256)")
@@ -176,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replay-rate", type=non_negative_float, default=1.0,
                         help="replay speed x recorded 10 Hz; 0 = as fast as the node answers (default: 1)")
     add_common_flags(parser)
-    return run_command(run, parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if bool(args.weights) != bool(args.arch):
+        parser.error("--weights and --arch go together: --weights FILE.pth --arch igev|rt-igev")
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

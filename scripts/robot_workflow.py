@@ -62,7 +62,9 @@ def main() -> int:
     p.add_argument("--bag", help="your drive (stereo topics + camera_info; a LiDAR topic for step 3)")
     p.add_argument("--holdout-bag", help="your held-out recording (with --bag)")
     p.add_argument("--cloud", default="lidar/points", help="the LiDAR topic of --bag")
-    p.add_argument("--base", help="checkpoint to start from (default: made here from other photos)")
+    p.add_argument("--base", help="checkpoint to start from, e.g. one made by 'm2s-train import' from the authors' "
+                                  "IGEV-Stereo / RT-IGEV++ weights (default: made here from other photos); the "
+                                  "base decides the model")
     p.add_argument("--depth-range", type=float, nargs=2, default=[0.4, 4.0], metavar=("MIN", "MAX"),
                    help="the robot's working range, metres (synthesis matched to it)")
     p.add_argument("--steps", type=int, default=200, help="pre-training and fine-tuning steps each")
@@ -117,10 +119,10 @@ def main() -> int:
     labels = json.loads((out / "drive_labels" / "labels.json").read_text())
     report["labels"] = {"frames": labels["frames"], "density": labels["density"]}
     # 4. pre-train on the synthesized drive, then fine-tune on the LiDAR labels with S2DKD
-    run("m2s-train", "pretrain", "--init", base, "--model", "igev-tiny", "--dataset", f"synth:{out / 'drive_synth'}",
+    run("m2s-train", "pretrain", "--init", base, "--dataset", f"synth:{out / 'drive_synth'}",
         "--steps", steps, "--batch-size", 2, *crop, "--num-workers", 0, "--lr", "1e-4", "--out", out / "pre", "--resume")
     pre = last_checkpoint(out / "pre")
-    run("m2s-train", "finetune", "--init", pre, "--model", "igev-tiny", "--dataset", f"folder:{out / 'drive_labels'}",
+    run("m2s-train", "finetune", "--init", pre, "--dataset", f"folder:{out / 'drive_labels'}",
         "--steps", steps, "--batch-size", 2, *crop, "--num-workers", 0, "--lr", "1e-4",
         "--teacher-cache", out / "teacher_cache", "--out", out / "ft", "--resume")
     ft = last_checkpoint(out / "ft")

@@ -267,7 +267,8 @@ def read_published(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a published ``.pth`` file, read without running code from it.
 
     Accepts a bare state dict or one under ``state_dict`` / ``model`` (training scripts save either),
-    with or without ``DataParallel``'s ``module.`` prefix (and ``torch.compile``'s ``_orig_mod.``).
+    with or without the prefix a wrapper adds to every key (``DataParallel``'s ``module.``,
+    ``torch.compile``'s ``_orig_mod.``, a Lightning module's ``model.`` / ``net.``).
     A file that is not a checkpoint, is truncated or needs code to unpickle raises
     :class:`ConfigError` saying which.
     """
@@ -296,9 +297,14 @@ def read_published(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ConfigError(f"{path}: {len(bad)} entries are not named tensors (e.g. {str(bad[0])[:80]}): not a state dict")
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in data):
-            data = {k[len(prefix):]: v for k, v in data.items()}
+    # wrappers' prefixes, when every key has one: DataParallel / DDP, torch.compile, Lightning-style modules
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in ("module.", "_orig_mod.", "model.", "net."):
+            if all(k.startswith(prefix) for k in data):
+                data = {k[len(prefix):]: v for k, v in data.items()}
+                stripped = True
     return data
 
 
@@ -371,7 +377,7 @@ def map_state(arch: PublishedArchitecture, source: Mapping[str, torch.Tensor], t
     return Mapped(mapped, list(origin.values()), dropped, aliases)
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -441,14 +447,19 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         f"| disparity range | 0 .. {card['max_disparity_px']} px |",
         f"| iterations | {card['iterations']['test']} at test ({card['iterations']['train']} in training here) |",
         f"| confidence | {card['confidence']} |",
-        f"| published accuracy | {card['published_accuracy']} |",
+        f"| published accuracy | {card['published_accuracy']} (of the source weights) |",
         f"| imported by | {imp['tool']} on {imp['date']}: {imp['source_tensors']} tensors read, {imp['mapped']} mapped, "
         f"{imp['aliases']} duplicates checked equal, {len(imp['dropped'])} dropped ({'; '.join(imp['dropped_because']) or '-'}) |",
-        "",
-        "The weights are the authors'; this directory is their conversion to a Mono2Stereo checkpoint "
-        "(`model.safetensors` + `model.json`). Keep this card and the licence notice with any copy.",
-        "",
     ]
+    if "training" in card:
+        t = card["training"]
+        lines.append(f"| trained here | {t.get('stage')} from `{t.get('init')}` on {', '.join(t.get('datasets', []))}"
+                     f"{', ' + str(t['steps']) + ' steps' if 'steps' in t else ''} |")
+        lines += ["", "Derived from the authors' weights and trained further here; the licence notice of the source "
+                  "applies to it. Keep this card with any copy.", ""]
+    else:
+        lines += ["", "The weights are the authors'; this directory is their conversion to a Mono2Stereo checkpoint "
+                  "(`model.safetensors` + `model.json`). Keep this card and the licence notice with any copy.", ""]
     return "\n".join(lines)
 
 
@@ -470,7 +481,7 @@ def import_checkpoint(path: str | os.PathLike, arch_name: str, out: str | os.Pat
     converted = {k: v.to(target[k].dtype) for k, v in mapped.state.items()}
     model.load_state_dict(converted, strict=True)
     model.eval()
-    card = model_card(arch, model, src, _sha256(src), mapped, len(state), trained_on)
+    card = model_card(arch, model, src, sha256_of(src), mapped, len(state), trained_on)
     if out.exists():  # --overwrite: the old directory goes only once the new one is complete
         import shutil
 
@@ -489,8 +500,27 @@ def import_checkpoint(path: str | os.PathLike, arch_name: str, out: str | os.Pat
 def _write(model: torch.nn.Module, card: dict[str, Any], directory: Path) -> None:
     directory.mkdir(parents=True)
     save_model(model, directory)
-    write_json_atomic(directory / "model_card.json", card)
-    write_text_atomic(directory / "MODEL_CARD.md", card_markdown(card))
+    write_card(directory, card)
+
+
+def write_card(directory: str | os.PathLike, card: Mapping[str, Any]) -> None:
+    """``model_card.json`` + ``MODEL_CARD.md`` in a checkpoint directory."""
+    write_json_atomic(Path(directory) / "model_card.json", dict(card))
+    write_text_atomic(Path(directory) / "MODEL_CARD.md", card_markdown(card))
+
+
+def derived_card(card: Mapping[str, Any] | None, init: str | os.PathLike, datasets: list[str],
+                 finetune: bool) -> dict[str, Any] | None:
+    """The card of weights trained here from ``init`` (whose card is ``card``; None: nothing to carry):
+    the source, licence and attribution stay, what it was trained on grows by this run."""
+    if card is None:
+        return None
+    stage = "fine-tuned (sparse labels, S2DKD)" if finetune else "trained further"
+    return {**card, "trained_on": f"{card.get('trained_on')}; then {stage} with Mono2Stereo on {', '.join(datasets)}",
+            "confidence": "learned confidence head, trained here (the source checkpoint had none)",
+            "training": {"init": str(init), "stage": "finetune" if finetune else "pretrain", "datasets": list(datasets)},
+            "verified": "the source weights were verified against the authors' code at import; these weights "
+                        "were trained further and are not the authors'"}
 
 
 def read_card(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
@@ -502,4 +532,5 @@ def read_card(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     return read_json(path, "model card", ConfigError) if path.is_file() else None
 
 
-__all__ = ["ARCHITECTURES", "SIGNATURES", "import_checkpoint", "looks_like", "map_state", "read_card", "read_published"]
+__all__ = ["ARCHITECTURES", "SIGNATURES", "derived_card", "sha256_of", "import_checkpoint", "looks_like", "map_state", "read_card",
+           "read_published", "write_card"]

@@ -109,6 +109,21 @@ def _config_differences(a: Any, b: Any) -> list[str]:
             if getattr(a, f.name) != getattr(b, f.name)]
 
 
+def checkpoint_model_config(path: str | os.PathLike) -> tuple[str, Any]:
+    """The registered name and validated config a checkpoint was saved with (from model.json; no weights read)."""
+    directory = checkpoint_dir(path)
+    meta_path = directory / "model.json"
+    meta = read_json(meta_path, "model config", ConfigError)
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{meta_path}: expected a JSON object with 'name' and 'config'")
+    _ensure_builtin()
+    name = meta.get("name")
+    if name not in _REGISTRY:
+        raise ConfigError(f"{meta_path}: unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name][0]
+    return name, from_dict(cls, saved_config(cls, meta.get("config", {})), str(meta_path))
+
+
 def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     """Rebuild a model from a checkpoint directory (or its ``model.safetensors``); weights must match exactly.
 
@@ -123,14 +138,7 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> nn.Module:
     directory = checkpoint_dir(path)
     weights = directory / "model.safetensors"
     meta_path = directory / "model.json"
-    meta = read_json(meta_path, "model config", ConfigError)
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{meta_path}: expected a JSON object with 'name' and 'config'")
-    _ensure_builtin()
-    name = meta.get("name")
-    if name not in _REGISTRY:
-        raise ConfigError(f"{meta_path}: unknown model '{name}'; available: {', '.join(sorted(_REGISTRY))}")
-    config = from_dict(_REGISTRY[name][0], saved_config(_REGISTRY[name][0], meta.get("config", {})), str(meta_path))
+    name, config = checkpoint_model_config(directory)
     try:
         with safe_open(str(weights), framework="pt") as f:
             stored = (f.metadata() or {}).get("model")
@@ -188,4 +196,5 @@ def _ensure_builtin() -> None:
         import m2s_train.models.igev  # noqa: F401  (registers igev, igev-rt, igev-tiny)
 
 
-__all__ = ["create_model", "describe", "list_models", "load_model", "model_config", "register_model", "save_model"]
+__all__ = ["checkpoint_model_config", "create_model", "describe", "list_models", "load_model", "model_config",
+           "register_model", "save_model"]

@@ -152,6 +152,8 @@ def published_files(tmp_path_factory, references, oracle):
     igev = oracle.official_state_dict(references["igev"])
     torch.save({"state_dict": igev, "epoch": 10}, root / "under_state_dict.pth")
     torch.save({"model": {k[len("module."):]: v for k, v in igev.items()}}, root / "under_model_bare.pth")
+    torch.save({"state_dict": {"model._orig_mod." + k[len("module."):]: v for k, v in igev.items()}},
+               root / "lightning_compiled.pth")
     torch.manual_seed(0)
     torch.save(oracle.official_state_dict(oracle.build("raft-stereo")), root / "raftstereo-sceneflow.pth")
     return root, files
@@ -200,7 +202,8 @@ def test_import_cli_writes_a_checkpoint_with_a_card(name, published_files, refer
 def test_layouts_users_have_are_accepted(published_files, references):
     root, files = published_files
     expected = references["igev"].state_dict()
-    for path in (files["igev"], root / "under_state_dict.pth", root / "under_model_bare.pth"):
+    for path in (files["igev"], root / "under_state_dict.pth", root / "under_model_bare.pth",
+                 root / "lightning_compiled.pth"):
         state = read_published(path)
         assert set(state) == set(expected), path.name
         assert all(torch.equal(state[k], expected[k]) for k in expected), path.name
@@ -318,3 +321,53 @@ def test_rt_igev_registry_model_matches_the_reference_architecture(references):
     out = model.eval()(left, left)
     assert out.disparity.shape == out.confidence.shape == (1, 1, 64, 96)
     assert np.isfinite(out.disparity.detach().numpy()).all()
+
+
+def test_imported_checkpoint_goes_through_training_and_evaluation(published_files, references, tmp_path, opencv_data):
+    """The paper's stage B from the authors' Scene Flow model: import, then finetune --init (S2DKD on sparse
+    labels) and pretrain --init (stage A continued), then eval next to SGBM, each as a user types it.
+    RT-IGEV++ (the lighter network) at a small crop, a couple of steps: the chain, not the accuracy."""
+    import cv2
+
+    _, files = published_files
+    imported = tmp_path / "imported"
+    assert _cli("import", files["rt-igev"], "--arch", "rt-igev", "--out", imported).returncode == 0
+    rng = np.random.default_rng(3)
+    root, teachers = tmp_path / "data", tmp_path / "teachers"
+    for sub in ("left", "right", "disparity"):
+        (root / sub).mkdir(parents=True)
+    teachers.mkdir()
+    for i in range(2):
+        left = cv2.resize(rng.uniform(0, 255, (6, 8, 3)).astype(np.float32), (128, 64)).astype(np.uint8)
+        disp = np.full((64, 128), 8.0, np.float32)
+        disp[20:44, 30:90] = 16.0
+        cv2.imwrite(str(root / "left" / f"{i}.png"), left)
+        cv2.imwrite(str(root / "right" / f"{i}.png"), np.roll(left, -8, axis=1))
+        np.save(root / "disparity" / f"{i}.npy", disp)
+        np.save(teachers / f"{i:06d}.npy", 0.1 * disp + 1.0)
+    common = ["--steps", "2", "--batch-size", "1", "--crop", "64", "128", "--num-workers", "0", "--checkpoint-every", "1",
+              "--quiet"]
+    proc = _cli("finetune", "--init", imported, "--dataset", f"folder:{root}", "--sparsify", "lidar-like",
+                "--depth-backend", "precomputed", "--depth-dir", teachers, "--teacher-cache", tmp_path / "cache",
+                "--out", tmp_path / "ft", *common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ft = json.loads(proc.stdout)["checkpoint"]
+    proc = _cli("pretrain", "--init", imported, "--dataset", f"folder:{root}", "--out", tmp_path / "pre", *common)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for checkpoint in (ft, json.loads(proc.stdout)["checkpoint"]):
+        model = load_model(checkpoint)
+        # the imported model's own config (centred padding, zero border) with a learned confidence head added
+        assert (model.model_name, model.config.pad_mode, model.config.confidence_head) == ("rt-igev", "centre", True)
+        card = json.loads((Path(checkpoint) / "model_card.json").read_text())
+        assert card["licence"] == "MIT" and card["source"]["file"] == "sceneflow.pth"
+        assert card["training"]["init"] == str(imported) and card["training"]["steps"] == 2
+        assert "then " in card["trained_on"] and "Scene Flow" in card["trained_on"]
+    assert "fine-tuned" in json.loads((Path(ft) / "model_card.json").read_text())["trained_on"]
+    proc = _cli("eval", "--checkpoint", imported, "--dataset", "aloe:quarter", "--sgbm", "--out", tmp_path / "eval")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout)
+    assert {"model", "sgbm"} <= set(rows[0]) and np.isfinite(rows[0]["model"]["epe"])
+    # --model naming another model than the init's is refused, in one line
+    line = _one_error_line(_cli("pretrain", "--init", imported, "--model", "igev-tiny", "--dataset", f"folder:{root}",
+                                "--out", tmp_path / "bad", *common))
+    assert "holds a 'rt-igev' model" in line

@@ -173,12 +173,24 @@ class TestDatasets:
             read_pfm(tmp_path / "b.pfm")
 
 
-def test_init_from_checkpoint_of_another_config_is_refused(synth_dataset, tmp_path):
-    from m2s_train.models import save_model
+def test_init_decides_the_model_and_its_config(synth_dataset, tmp_path):
+    """--init: the checkpoint's model and saved config (what its weights were trained with) are trained,
+    a learned confidence head added; an override that no longer fits its weights, or another --model, is refused."""
+    from m2s_train.models import load_model, save_model
 
-    save_model(create_model("igev-tiny", hidden_dim=24), tmp_path / "other")
+    torch.manual_seed(0)
+    save_model(create_model("igev-tiny", hidden_dim=24, pad_mode="end", confidence_head=False), tmp_path / "other")
+    summary = train(_config(synth_dataset, model=None, steps=1, init=str(tmp_path / "other")), tmp_path / "run",
+                    progress=False)
+    trained = load_model(summary["checkpoint"])
+    assert (trained.model_name, trained.config.hidden_dim, trained.config.pad_mode) == ("igev-tiny", 24, "end")
+    assert trained.config.confidence_head is True
     with pytest.raises(ConfigError, match="another model config"):
-        train(_config(synth_dataset, steps=1, init=str(tmp_path / "other")), tmp_path / "run", progress=False)
+        train(_config(synth_dataset, model=None, steps=1, init=str(tmp_path / "other"),
+                      model_overrides={"hidden_dim": 16}), tmp_path / "run2", progress=False)
+    with pytest.raises(ConfigError, match="holds a 'igev-tiny' model but --model"):
+        train(_config(synth_dataset, model="igev-rt", steps=1, init=str(tmp_path / "other")), tmp_path / "run3",
+              progress=False)
 
 
 def test_eval_on_real_aloe_with_sgbm(opencv_data, tmp_path):
