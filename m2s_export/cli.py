@@ -46,14 +46,16 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def fp32_plan(onnx_path: str, args: argparse.Namespace) -> dict:
-    """The export's fp32 set from the sidecar (or the ONNX metadata); ONNX files exported before
-    the analysis moved to export time get it computed here, with a warning (it needs GBs)."""
-    from m2s_export.metadata import read_sidecar
-    from m2s_export.runtime import OnnxRuntime
+    """The export's fp32 set, from the ONNX's own metadata (it travels with the file; a sidecar that
+    belongs to another version of the file is refused); ONNX files exported before the analysis moved
+    to export time get it computed here, with a warning (it needs GBs)."""
+    from m2s_export.metadata import checked_sidecar, onnx_metadata, sidecar_path
 
-    meta = read_sidecar(onnx_path) or {}
-    if "fp16" not in meta:
-        meta = OnnxRuntime(onnx_path, providers=["CPUExecutionProvider"]).meta
+    sidecar = checked_sidecar(onnx_path, ExportError) or {}
+    meta = onnx_metadata(onnx_path)
+    if "fp16" in meta and "fp16" in sidecar and sidecar["fp16"] != meta["fp16"]:
+        raise ExportError(f"{sidecar_path(onnx_path)} holds another fp32 set than {onnx_path} itself: it belongs to an "
+                          "earlier export. Delete it, or re-export the ONNX (m2s-export --checkpoint ...)")
     if "fp16" in meta:
         return meta["fp16"]
     log.warning("%s carries no fp32 set (exported by an older m2s-export): running the FP16 analysis here; "
@@ -85,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"p99 {check['p99_abs_diff_px']:.4f} px, max {check['max_abs_diff_px']:.4f} px, non-finite "
                   f"{check['nonfinite_fraction']:.2g}; {result['fp32_nodes']} nodes kept fp32", file=sys.stderr)
     if args.trt:
-        from m2s_export.tensorrt_build import JETPACK_TRTEXEC, EngineOptions, build_engine, trtexec_command
+        from m2s_export.tensorrt_build import JETPACK_TRTEXEC, EngineOptions, build_engine
 
         options = EngineOptions(fp16=args.fp16, workspace_mb=args.workspace, timing_cache=args.timing_cache,
                                 max_batch=args.max_batch)
@@ -97,13 +99,15 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             tensorrt = None
             version = args.assume_trt_version
-        dynamic = _dynamic_inputs(args.onnx)
-        fp32_nodes = plan["fp32_nodes"] if plan else []
-        result["trtexec"] = trtexec_command(args.onnx, args.engine, options, version, fp32_nodes, dynamic)
-        print(f"equivalent trtexec command (TensorRT {version}; on JetPack: {JETPACK_TRTEXEC}):\n  {result['trtexec']}",
-              file=sys.stderr)
-        if not args.dry_run:
+        if args.dry_run:
+            result["trtexec"] = dry_run_trtexec(args.onnx, args.engine, options, version, plan)
+            print(f"trtexec command for TensorRT {version} (on JetPack: {JETPACK_TRTEXEC}):\n  {result['trtexec']}",
+                  file=sys.stderr)
+        else:
             result["engine"] = build_engine(args.onnx, args.engine, options, plan)
+            result["trtexec"] = result["engine"]["trtexec"]
+            print(f"trtexec command that builds the same engine (pins exactly the layers above):\n  {result['trtexec']}",
+                  file=sys.stderr)
             from m2s_export.tensorrt_runtime import record_engine_check
 
             result["engine_check"] = record_engine_check(args.engine, args.onnx, args.calib_images, args.calib_pairs,
@@ -111,6 +115,28 @@ def _run(args: argparse.Namespace) -> int:
             result["engine"].pop("fp16", None)
     print(dumps_json(result, indent=2, default=str))
     return 0
+
+
+def dry_run_trtexec(onnx_path: str, engine_path: str, options, version: str, plan: dict | None) -> str:
+    """The trtexec line for ``version`` without TensorRT at hand. Strongly typed versions (>= 10.12) build
+    from the fp16 ONNX, written here beside the engine so that the line runs as printed; older ones pin
+    the fp32 nodes' float layers by node name (the parser's first layer of each; a real build pins the
+    helper layers too and records its exact line in the engine sidecar)."""
+    from m2s_export.tensorrt_build import fp16_onnx_path, onnx_pinned_nodes, strongly_typed, trtexec_command
+
+    dynamic = _dynamic_inputs(onnx_path)
+    fp32_nodes = plan["fp32_nodes"] if plan else []
+    if strongly_typed(version) and options.fp16:
+        from m2s_export.fp16 import fp16_onnx
+
+        source = fp16_onnx(onnx_path, fp16_onnx_path(engine_path), fp32_nodes)
+        print(f"wrote {source} (fp16 ONNX, {len(fp32_nodes)} nodes kept fp32) for trtexec --stronglyTyped", file=sys.stderr)
+        return trtexec_command(str(source), engine_path, options, version, [], dynamic)
+    pinned = onnx_pinned_nodes(onnx_path, fp32_nodes) if options.fp16 else []
+    if pinned:
+        print(f"(a dry run pins {len(pinned)} float nodes by name; their helper layers need a real build, which "
+              "records its exact line in the engine sidecar)", file=sys.stderr)
+    return trtexec_command(onnx_path, engine_path, options, version, pinned, dynamic)
 
 
 def _dynamic_inputs(onnx_path: str) -> dict[str, tuple[int, ...]] | None:

@@ -15,18 +15,19 @@ The fp32 set (:func:`fp32_set`) is the union of
 - the consumers of initializers or constants above the fp16 maximum (never clipped silently).
 
 It is stored in the ONNX metadata and sidecar at export time, so ``m2s-export --trt`` on the
-Jetson reads it instead of running the analysis there (6 GB for igev-rt at 640x480 before the
-analysis was chunked). Both TensorRT paths use it: TensorRT 10 as per-layer precision
+Jetson reads it instead of running the analysis there (4.3 GB peak for igev-rt at 640x480, too much
+for an Orin Nano's 8 GB shared with everything else). Both TensorRT paths use it: TensorRT 10 as per-layer precision
 constraints matched by layer *output tensor* names (:mod:`m2s_export.tensorrt_build`), TensorRT
 >= 11 through :func:`to_fp16_onnx`, an fp16 ONNX in which exactly those nodes stay fp32.
 
 The fp16 check (:func:`fp16_check`) runs :func:`fp16_emulation` in onnxruntime on the CPU: the
 fp32 graph with every tensor that an fp16 node reads or writes rounded to fp16 (Cast pairs,
-graph optimisations off so they are kept) and fp16-rounded weights, against the fp32 graph. It
-covers fp16 storage between layers, overflow to inf and the pinning; it does not cover
-TensorRT's layer fusions (fewer roundings than here) nor kernels that accumulate in fp16 inside
-a layer; ``m2s-export --trt`` on the target measures the built engine the same way
-(``engine_check``).
+graph optimisations off so they are kept), including what an fp16 node writes for an fp32 node
+(the engine stores it in fp16 and converts it at that border), and fp16-rounded weights, against
+the fp32 graph. It covers fp16 storage between layers, overflow to inf and the pinning. It is
+neither pessimistic nor optimistic about what it does not model: TensorRT's layer fusions (fewer
+roundings than here) and kernels that accumulate in fp16 inside a layer (more error than here);
+``m2s-export --trt`` on the target measures the built engine the same way (``engine_check``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 FP16_MAX = 65504.0
 # names of the model's parameter-free modules whose computations need fp32 (m2s_train.models.igev)
-FP32_REGIONS = ("lookup_coords", "softargmin", "disp_update", "upsample_combine", "confidence_cues", "confidence_photo")
+FP32_REGIONS = ("lookup_coords", "candidate_softmax", "softargmin", "disp_update", "upsample_combine", "confidence_cues",
+                "confidence_photo")
 _REGION = re.compile(r"(?:^|/)(?:%s)(?:_\d+)?/" % "|".join(FP32_REGIONS))  # /model/disp_update_3/Add
 # input slots that must stay fp32 whatever the node's precision (ONNX type constraints)
 FP32_SLOTS = {"Resize": {1, 2}}  # roi may differ from X; scales is tensor(float) only
@@ -89,8 +91,8 @@ def peak_probe(model: Any, only: set[str] | None = None, exact: bool = False) ->
     x * 0 is NaN iff any value is). ``exact``: the largest *finite* magnitude instead (IsNaN, IsInf,
     Where: more temporaries; used for the few activations that hold NaN/inf). Only scalars leave the
     graph, so, run in onnxruntime's priority-based order without a memory pattern, the activations are
-    freed as in plain inference (1.3 GB for igev-rt at 640x480 over 3 pairs; exposing all 1156
-    activations as outputs took 8.9 GB).
+    freed as in plain inference: 4.3 GB peak RSS for igev-rt at 640x480 over 3 pairs (a fresh process,
+    ``benchmarks/bench_export.py --fp16``; 8.8 GB when all 1156 activations were graph outputs).
     Returns the probe and the probed activation names, in order."""
     import onnx
 
@@ -242,8 +244,9 @@ def _rounding_pair(graph: Any, tensor: str, cache: dict[str, str]) -> str:
 
 def fp16_emulation(model: Any, fp32_nodes: list[str]) -> Any:
     """An fp32 graph that computes like an FP16 engine stores: every float tensor a non-pinned node
-    reads (weights included) and every graph output it writes is rounded to fp16. Nodes in
-    ``fp32_nodes`` read and write fp32. Run it with graph optimisations off (see :func:`fp16_check`)."""
+    reads (weights included), every tensor it writes that a pinned node reads (the engine stores it
+    in fp16 and converts it at the border) and every graph output it writes is rounded to fp16.
+    Nodes in ``fp32_nodes`` compute in fp32. Run it with graph optimisations off (see :func:`fp16_check`)."""
     import onnx
     from onnx import numpy_helper
 
@@ -257,9 +260,14 @@ def fp16_emulation(model: Any, fp32_nodes: list[str]) -> Any:
     casts: dict[str, str] = {}
     inits = {i.name: i for i in g.initializer}
     original = list(g.node)
+    written_in_fp16 = {o for n in original if n.name not in pinned for o in n.output}
     del g.node[:]
     for n in original:
-        if n.name not in pinned:
+        if n.name in pinned:  # an fp32 layer reads an fp16 layer's output after the engine stored it in fp16
+            for k, name in enumerate(n.input):
+                if name and name in floats and name in written_in_fp16:
+                    n.input[k] = _rounding_pair(g, name, casts)
+        else:
             for k, name in enumerate(n.input):
                 if not name or name not in floats or k in FP32_SLOTS.get(n.op_type, ()):
                     continue
@@ -494,7 +502,8 @@ def fp16_check(model: Any, fp32_nodes: list[str], feeds: list[dict[str, np.ndarr
     if len(names) > 1:  # the confidence: the same figures (its "px" are confidence units), a problem if non-finite
         result["confidence"] = disparity_drift([r[1] for r in refs], [g[1] for g in gots])
     result.update({"seconds": round(time.perf_counter() - t0, 2), "fp32_nodes": len(fp32_nodes),
-                   "method": "onnxruntime CPU, fp16 rounding of every tensor an fp16 layer reads or writes"})
+                   "method": "onnxruntime CPU, fp16 rounding of every tensor an fp16 layer reads or writes "
+                             "(fp16 -> fp32 borders included)"})
     return result
 
 

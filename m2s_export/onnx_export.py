@@ -139,6 +139,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
             onnx.save(graph, str(final))
         os.replace(final, out)
     meta["export_report"] = report
+    meta["onnx_sha256"] = sha256_file(out)  # the sidecar names the file it belongs to (checked_sidecar)
     write_sidecar(out, meta)
     return meta
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from m2s_export.errors import ExportError, RuntimeBackendError
-from m2s_export.metadata import read_sidecar
+from m2s_export.metadata import checked_sidecar, read_sidecar
 from m2s_export.runtime import StereoRuntime, check_input_shape
 from m2s_export.tensorrt_build import check_engine_compat
 
@@ -110,13 +110,15 @@ class TensorRTRuntime(StereoRuntime):
         path = Path(path)
         if not path.is_file():
             raise RuntimeBackendError(f"engine {path} not found")
-        sidecar = read_sidecar(path)
-        try:
-            check_engine_compat(sidecar, trt.__version__, str(path))
-        except ExportError as exc:
-            raise RuntimeBackendError(str(exc)) from None
+        sidecar = checked_sidecar(path)  # the sidecar describes this engine, not an earlier one
         self.trt = trt
         self.cudart = cudart = _cudart()
+        device = cuda_check(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
+        props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+        try:
+            check_engine_compat(sidecar, trt.__version__, str(path), f"{props.major}.{props.minor}")
+        except ExportError as exc:
+            raise RuntimeBackendError(str(exc)) from None
         self.host: dict[str, HostBuffer] = {}
         self.device: dict[str, Any] = {}
         self.stream = None
@@ -135,8 +137,6 @@ class TensorRTRuntime(StereoRuntime):
         for name in INPUTS:
             if -1 in tuple(self.engine.get_tensor_shape(name)):
                 self.context.set_input_shape(name, self.spec[name][0])
-        device = cuda_check(cudart, cudart.cudaGetDevice(), "cudaGetDevice")
-        props = cuda_check(cudart, cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
         self.zero_copy = bool(getattr(props, "integrated", 0))  # Jetson: CPU and GPU share the memory
         self.stream = cuda_check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
         for name, (tensor_shape, dtype) in self.spec.items():

@@ -294,6 +294,15 @@ class LookupCoordinates(nn.Module):
         return out
 
 
+class CandidateSoftmax(nn.Module):
+    """The distribution over the D disparity candidates (softmax of the classifier's logits, B,D,h,w).
+    In fp32: the soft-argmin sums 48 products of it, and probabilities made in fp16 (spacing 1/2048 near
+    0.5, subnormal below 6e-5) moved an igev-rt soft-argmin by 0.02 px on average."""
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.softmax(logits, dim=1)
+
+
 class SoftArgmin(nn.Module):
     """Expected candidate of a distribution over candidates: B,D,h,w -> B,1,h,w (sum of 48 products)."""
 
@@ -446,6 +455,7 @@ class IGEVStereo(nn.Module):
                                   cfg.motion_branch_dim)
         # parameter-free modules that name the computations an FP16 engine must keep in fp32
         self.lookup_coords = LookupCoordinates(cfg.corr_radius)
+        self.candidate_softmax = CandidateSoftmax()
         self.softargmin = SoftArgmin()
         self.disp_update = DisparityUpdate()
         self.upsample_combine = ConvexCombine(cfg.upsample_border)
@@ -538,7 +548,7 @@ class IGEVStereo(nn.Module):
         if cfg.cost_attention:
             cost = self.cost_att(self.cost_stem(cost), feats_l[0])
         gev = self.hourglass(cost, feats_l)  # B,G,D,h,w geometry encoding volume
-        init_prob = F.softmax(self.classifier(gev).squeeze(1), dim=1)  # B,D,h,w
+        init_prob = self.candidate_softmax(self.classifier(gev).squeeze(1))  # B,D,h,w
         init_disp = self.softargmin(init_prob)  # B,1,h,w in 1/4-res px
 
         spx_logits = self.spx(self.spx2(self.spx4(feats_l[0]), stem2_l))

@@ -177,9 +177,13 @@ class TestFp16OnTheRealNetwork:
         props = {p.key: p.value for p in onnx.load(str(root / "tiny.onnx")).metadata_props}
         fp16 = sidecar["fp16"]
         assert json.loads(props["fp16"]) == fp16  # in the ONNX itself too
-        assert set(fp16["regions"]) == {"lookup_coords", "softargmin", "disp_update", "upsample_combine", "confidence_cues",
-                                        "confidence_photo"}
+        assert set(fp16["regions"]) == {"lookup_coords", "candidate_softmax", "softargmin", "disp_update",
+                                        "upsample_combine", "confidence_cues", "confidence_photo"}
         assert any("/disp_update" in n for n in fp16["fp32_nodes"]) and any("/lookup_coords" in n for n in fp16["fp32_nodes"])
+        # the candidate distribution and its expectation: the softmax made in fp16 cost 0.02 px of soft-argmin
+        ops = {n.name: n.op_type for n in onnx.load(str(root / "tiny.onnx")).graph.node}
+        assert [ops[n] for n in fp16["fp32_nodes"] if "/candidate_softmax/" in n] == ["Softmax"]
+        assert "ReduceSum" in [ops[n] for n in fp16["fp32_nodes"] if "/softargmin/" in n]
         assert len(fp16["fp32_tensors"]) >= len(fp16["fp32_nodes"])
         check = sidecar["fp16_check"]
         assert check["passed"] and check["nonfinite_fraction"] == 0.0

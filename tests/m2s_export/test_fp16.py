@@ -29,6 +29,7 @@ from m2s_export.fp16 import (  # noqa: E402
 from m2s_export.runtime import onnx_providers  # noqa: E402
 from m2s_export.tensorrt_build import (  # noqa: E402
     EngineOptions,
+    PinnedLayer,
     build_engine,
     load_timing_cache,
     pin_fp32_layers,
@@ -121,6 +122,19 @@ class TestPrecisionRegions:
         drift = fp16_check(model, region_nodes(model), [{"x": x}], output="y")
         assert drift["max_abs_diff_px"] < 1e-3 and drift["nonfinite_fraction"] == 0.0
 
+    def test_what_an_fp16_node_writes_for_an_fp32_node_is_rounded(self):
+        """The engine stores an fp16 layer's output in fp16 even when only fp32 layers read it: x / 3 made
+        in fp16 (0.33325) and scaled by 3000 in fp32 is 999.75, not 1000. The check must see that border
+        (it used to pass the fp32 value through: 0 drift, an optimistic check)."""
+        nodes = [h.make_node("Div", ["x", "three"], ["third"], name="/model/head/Div"),
+                 h.make_node("Mul", ["third", "k"], ["y"], name="/model/softargmin/Mul")]
+        model = _model(nodes, [_const("three", [3.0]), _const("k", [3000.0])])
+        x = np.ones((1, 4), np.float32)
+        emulated = _run(fp16_emulation(model, ["/model/softargmin/Mul"]), x, optimise=False)
+        np.testing.assert_allclose(emulated, 3000 * np.float32(np.float16(1 / 3)), rtol=1e-6)
+        drift = fp16_check(model, ["/model/softargmin/Mul"], [{"x": x}], output="y")
+        assert drift["mean_abs_diff_px"] == pytest.approx(0.244, abs=0.01)
+
     def test_unrelated_names_are_not_regions(self):
         nodes = [h.make_node("Relu", ["x"], ["y"], name="/model/lookup_coordsX/Relu")]
         assert region_nodes(_model(nodes, [])) == []
@@ -163,15 +177,23 @@ class FakeTensor(SimpleNamespace):
 
 
 class FakeLayer:
-    def __init__(self, name, outputs, dtype="float"):
+    """Follows ILayer: name, metadata (onnx-tensorrt's "[ONNX Layer: <node>]"), typed inputs and outputs."""
+
+    def __init__(self, name, outputs, dtype="float", inputs=(), input_dtype="float", metadata=""):
         self.name = name
+        self.metadata = metadata
         self._outputs = [FakeTensor(name=o, dtype=dtype) for o in outputs]
+        self._inputs = [FakeTensor(name=i, dtype=input_dtype) for i in inputs]
         self.num_outputs = len(outputs)
+        self.num_inputs = len(self._inputs)
         self.precision = None
         self.output_types = {}
 
     def get_output(self, j):
         return self._outputs[j]
+
+    def get_input(self, j):
+        return self._inputs[j]
 
     def set_output_type(self, j, dtype):
         self.output_types[j] = dtype
@@ -198,12 +220,37 @@ class TestTensorRTBuildLogic:
     def test_layers_are_matched_by_output_tensor_not_by_name_prefix(self):
         layers = [FakeLayer("/model/Sub", ["/model/Sub_output_0"])] + [
             FakeLayer(f"/model/Sub_{i}", [f"/model/Sub_{i}_output_0"]) for i in range(1, 56)] + [
-            FakeLayer("/model/Cast", ["idx"], dtype="int64")]
+            FakeLayer("/model/Cast", ["idx"], dtype="int64", inputs=["pos"])]
         kept = pin_fp32_layers(FakeNetwork(layers), FAKE_TRT_TYPES, {"/model/Sub_output_0", "idx"}, set())
-        assert kept == ["/model/Sub", "/model/Cast"]  # before: /model/Sub pinned all 56 /model/Sub_* layers
+        assert [k.name for k in kept] == ["/model/Sub", "/model/Cast"]  # before: /model/Sub pinned all 56 /model/Sub_*
         assert layers[0].precision == "float" and layers[0].output_types == {0: "float"}
-        assert layers[-1].output_types == {}  # an int64 index output keeps its type
+        assert layers[-1].precision == "float" and layers[-1].output_types == {}  # float in, int64 index out: kept
+        assert kept[-1].float_outputs is False  # ... and left out of trtexec's --layerOutputTypes
         assert layers[1].precision is None
+
+    def test_int_and_bool_only_layers_are_never_pinned(self):
+        """trtexec's own rule: a precision on a layer with no float input or output is ignored at best, and
+        under OBEY it warns or fails (Equal of indices, And of masks, an int64 Expand)."""
+        layers = [FakeLayer("/model/lookup_coords/Equal", ["eq"], dtype="bool", inputs=["i0", "i1"], input_dtype="int64"),
+                  FakeLayer("/model/lookup_coords/And", ["both"], dtype="bool", inputs=["eq", "m"], input_dtype="bool"),
+                  FakeLayer("/model/lookup_coords/Floor", ["fl"], inputs=["p"])]
+        names = {"/model/lookup_coords/Equal", "/model/lookup_coords/And", "/model/lookup_coords/Floor"}
+        kept = pin_fp32_layers(FakeNetwork(layers), FAKE_TRT_TYPES, set(), names)
+        assert [k.name for k in kept] == ["/model/lookup_coords/Floor"]
+        assert layers[0].precision is None and layers[1].precision is None and layers[0].output_types == {}
+
+    def test_every_layer_of_a_pinned_node_is_pinned_by_its_metadata(self):
+        """onnx-tensorrt tags every layer it makes for a node with "[ONNX Layer: <node>]" and names the second
+        one "<node>_<global counter>": matching names or output tensors misses such helper layers."""
+        node = "/model/upsample_combine/ReduceSum"
+        layers = [FakeLayer("/model/upsample_combine/ReduceSum_17", ["helper_out"], inputs=["x"],
+                            metadata=f"[ONNX Layer: {node}]"),
+                  FakeLayer(node, ["/model/upsample_combine/ReduceSum_output_0"], inputs=["helper_out"],
+                            metadata=f"[ONNX Layer: {node} | Local Function: f]"),
+                  FakeLayer("/model/head/Conv", ["h"], inputs=["x"], metadata="[ONNX Layer: /model/head/Conv]")]
+        kept = pin_fp32_layers(FakeNetwork(layers), FAKE_TRT_TYPES, set(), {node})
+        assert [k.name for k in kept] == ["/model/upsample_combine/ReduceSum_17", node]  # before: the helper was fp16
+        assert layers[2].precision is None
 
     def test_timing_cache_mismatch_and_missing_cache(self, tmp_path, caplog):
         calls = []
@@ -231,92 +278,140 @@ class TestTensorRTBuildLogic:
 
     def test_build_parses_the_model_file_and_profiles_batch_one(self, tmp_path):
         """The build's calls into TensorRT, recorded by a fake (TensorRT itself cannot run here)."""
-        log = {}
-
-        class Parser:
-            def __init__(self, network, logger):
-                pass
-
-            def parse(self, data, path):
-                log["parse_path"] = path
-                return True
-
-        class Profile:
-            def set_shape(self, name, lo, opt, hi):
-                log.setdefault("shapes", {})[name] = (lo, opt, hi)
-
-        class Config:
-            def set_memory_pool_limit(self, *a):
-                pass
-
-            def set_flag(self, flag):
-                log.setdefault("flags", []).append(flag)
-
-            def add_optimization_profile(self, p):
-                pass
-
-            def create_timing_cache(self, data):
-                return data
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                return True
-
-            def get_timing_cache(self):
-                return SimpleNamespace(serialize=lambda: b"cache")
-
-        network = FakeNetwork([FakeLayer("/model/disp_update/Add", ["d"]), FakeLayer("conv", ["c"])],
-                              inputs=[FakeTensor(name="left", shape=(-1, 3, 64, 96)), FakeTensor(name="right", shape=(-1, 3, 64, 96))])
-
-        class Builder:
-            platform_has_fast_fp16 = True
-
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                return network
-
-            def create_builder_config(self):
-                return Config()
-
-            def create_optimization_profile(self):
-                return Profile()
-
-            def build_serialized_network(self, net, config):
-                return b"engine bytes"
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, level):
-                pass
-
-        trt = SimpleNamespace(__version__="10.3.0", Logger=Logger, Builder=Builder, OnnxParser=Parser,
-                              NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1),
-                              MemoryPoolType=SimpleNamespace(WORKSPACE=0),
-                              BuilderFlag=SimpleNamespace(FP16="FP16", OBEY_PRECISION_CONSTRAINTS="OBEY"),
-                              float32="float", float16="half")
-        onnx_path = tmp_path / "m.onnx"
-        onnx.save(overflow_model(), str(onnx_path))
+        log, trt, onnx_path = fake_tensorrt(tmp_path, "10.3.0")
         meta = build_engine(onnx_path, tmp_path / "m.engine", EngineOptions(timing_cache=str(tmp_path / "tc.bin"), max_batch=4),
                             {"fp32_nodes": ["/model/disp_update/Add"], "fp32_tensors": ["d"]}, trt=trt)
         assert log["parse_path"] == str(onnx_path)  # before: the directory
         assert log["shapes"]["left"] == ((1, 3, 64, 96), (1, 3, 64, 96), (4, 3, 64, 96))  # before: opt = max
         assert log["flags"] == ["FP16", "OBEY"] and meta["fp32_layers"] == ["/model/disp_update/Add"]
         assert (tmp_path / "m.engine").read_bytes() == b"engine bytes" and (tmp_path / "tc.bin").read_bytes() == b"cache"
+        import hashlib
+
+        assert meta["engine_sha256"] == hashlib.sha256(b"engine bytes").hexdigest()
+        assert meta["onnx_sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+        # the line in the sidecar pins what the build pinned, with the shapes of the dynamic batch
+        line = meta["trtexec"]
+        assert "--layerPrecisions=/model/disp_update/Add:fp32" in line and "--layerOutputTypes=/model/disp_update/Add:fp32" in line
+        assert "--minShapes=left:1x3x64x96,right:1x3x64x96" in line and "--maxShapes=left:4x3x64x96" in line
         with pytest.raises(ExportError, match="needs the fp32 set"):
             build_engine(onnx_path, tmp_path / "n.engine", EngineOptions(), None, trt=trt)
 
+    @pytest.mark.parametrize("version", ["10.12.0", "11.0.1"])
+    def test_tensorrt_10_12_and_later_build_the_fp16_onnx_strongly_typed(self, tmp_path, version):
+        """10.12 deprecates BuilderFlag.FP16 / OBEY (11 removes them): one strongly typed path for both."""
+        log, trt, onnx_path = fake_tensorrt(tmp_path, version)
+        meta = build_engine(onnx_path, tmp_path / "m.engine", EngineOptions(),
+                            {"fp32_nodes": ["blow_up", "back"], "fp32_tensors": ["big", "y"]}, trt=trt)
+        assert log["network_flags"] == 1 << 1 and "flags" not in log  # STRONGLY_TYPED, no FP16 / OBEY
+        assert log["parse_path"] == str(tmp_path / "m.fp16.onnx") and meta["strongly_typed"] is True
+        assert "--onnx=" + str(tmp_path / "m.fp16.onnx") in meta["trtexec"] and "--stronglyTyped" in meta["trtexec"]
+        assert "--fp16" not in meta["trtexec"]
+
     def test_trtexec_line_matches_the_python_build(self):
         opts = EngineOptions(fp16=True, workspace_mb=1024, timing_cache="tc.bin", max_batch=2)
-        line = trtexec_command("m.onnx", "m.engine", opts, "10.3.0", ["/a/Add", "/b/Sub"],
-                               {"left": (3, 480, 640), "right": (3, 480, 640)})
+        pinned = [PinnedLayer("/a/Add", True), PinnedLayer("/a/Add_12", True), PinnedLayer("/b/Cast", False)]
+        line = trtexec_command("m.onnx", "m.engine", opts, "10.3.0", pinned, {"left": (3, 480, 640), "right": (3, 480, 640)})
         assert "--fp16 --precisionConstraints=obey" in line
-        assert "--layerPrecisions=/a/Add:fp32,/b/Sub:fp32" in line and "--layerOutputTypes=/a/Add:fp32,/b/Sub:fp32" in line
+        assert "--layerPrecisions=/a/Add:fp32,/a/Add_12:fp32,/b/Cast:fp32" in line
+        assert "--layerOutputTypes=/a/Add:fp32,/a/Add_12:fp32 " in line  # not the float -> int64 Cast: it types every output
         assert "--minShapes=left:1x3x480x640,right:1x3x480x640" in line and "--optShapes=left:1x3x480x640" in line
         assert "--maxShapes=left:2x3x480x640,right:2x3x480x640" in line
-        v11 = trtexec_command("m.fp16.onnx", "m.engine", opts, "11.0.1", ["/a/Add"])
-        assert "--stronglyTyped" in v11 and "--fp16" not in v11 and "layerPrecisions" not in v11
+        for version in ("10.12.0", "11.0.1"):
+            typed = trtexec_command("m.fp16.onnx", "m.engine", opts, version, pinned)
+            assert "--stronglyTyped" in typed and "--fp16" not in typed and "layerPrecisions" not in typed
+        assert "'--onnx=my model.onnx'" in trtexec_command("my model.onnx", "m.engine", opts, "10.3.0")  # shell-quoted
+
+    def test_dry_run_line_names_float_nodes_only_and_writes_the_fp16_onnx_for_typed_versions(self, tmp_path, capsys):
+        from m2s_export.cli import dry_run_trtexec
+
+        nodes = [h.make_node("Floor", ["x"], ["fl"], name="/model/lookup_coords/Floor"),
+                 h.make_node("Cast", ["fl"], ["idx"], to=onnx.TensorProto.INT64, name="/model/lookup_coords/Cast"),
+                 h.make_node("Equal", ["idx", "idx"], ["eq"], name="/model/lookup_coords/Equal"),
+                 h.make_node("Cast", ["eq"], ["eqf"], to=F, name="/model/lookup_coords/Cast_1"),
+                 h.make_node("Add", ["fl", "eqf"], ["y"], name="/model/head/Add")]
+        path = tmp_path / "m.onnx"
+        onnx.save(_model(nodes, []), str(path))
+        plan = {"fp32_nodes": [n.name for n in nodes[:4]]}
+        line = dry_run_trtexec(str(path), str(tmp_path / "m.engine"), EngineOptions(), "10.3.0", plan)
+        assert "--layerPrecisions=/model/lookup_coords/Floor:fp32,/model/lookup_coords/Cast:fp32," \
+               "/model/lookup_coords/Cast_1:fp32" in line  # not the int64 -> bool Equal
+        assert "--layerOutputTypes=/model/lookup_coords/Floor:fp32,/model/lookup_coords/Cast_1:fp32" in line
+        typed = dry_run_trtexec(str(path), str(tmp_path / "m.engine"), EngineOptions(), "10.12.0", plan)
+        assert f"--onnx={tmp_path / 'm.fp16.onnx'}" in typed and (tmp_path / "m.fp16.onnx").is_file()
+
+
+def fake_tensorrt(tmp_path, version):
+    """A fake of the TensorRT module (its classes, flags and calls as TensorRT 10 has them) that records what
+    the build asks of it; returns (log, module, an ONNX file to build from)."""
+    log = {}
+
+    class Parser:
+        def __init__(self, network, logger):
+            pass
+
+        def parse(self, data, path):
+            log["parse_path"] = path
+            return True
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            log.setdefault("shapes", {})[name] = (lo, opt, hi)
+
+    class Config:
+        def set_memory_pool_limit(self, *a):
+            pass
+
+        def set_flag(self, flag):
+            log.setdefault("flags", []).append(flag)
+
+        def add_optimization_profile(self, p):
+            pass
+
+        def create_timing_cache(self, data):
+            return data
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            return True
+
+        def get_timing_cache(self):
+            return SimpleNamespace(serialize=lambda: b"cache")
+
+    network = FakeNetwork([FakeLayer("/model/disp_update/Add", ["d"]), FakeLayer("conv", ["c"])],
+                          inputs=[FakeTensor(name="left", shape=(-1, 3, 64, 96)), FakeTensor(name="right", shape=(-1, 3, 64, 96))])
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            log["network_flags"] = flags
+            return network
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, net, config):
+            return b"engine bytes"
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    trt = SimpleNamespace(__version__=version, Logger=Logger, Builder=Builder, OnnxParser=Parser,
+                          NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1),
+                          MemoryPoolType=SimpleNamespace(WORKSPACE=0),
+                          BuilderFlag=SimpleNamespace(FP16="FP16", OBEY_PRECISION_CONSTRAINTS="OBEY"),
+                          float32="float", float16="half")
+    onnx_path = tmp_path / "m.onnx"
+    onnx.save(overflow_model(), str(onnx_path))
+    return log, trt, onnx_path
 
 
 class FakeEngine:
@@ -354,6 +449,189 @@ class TestTensorRTRuntimeLogic:
         assert cuda_check(cudart, (0, 1234), "cudaMalloc") == 1234
         with pytest.raises(RuntimeBackendError, match=r"cudaErrorInsufficientDriver \(35\) in cudaMalloc.*cuda-python < 13"):
             cuda_check(cudart, (35, None), "cudaMalloc")
+
+
+class FakeCudart:
+    """cuda-python's runtime module as the TensorRT runtime uses it, recording every call. Host memory is
+    real (ctypes buffers: the runtime views it as numpy arrays); device pointers are numbers."""
+
+    cudaHostAllocMapped = 2
+    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+
+    def __init__(self, integrated=False, cc=(8, 7)):
+        self.calls, self.buffers, self.props = [], {}, SimpleNamespace(major=cc[0], minor=cc[1], integrated=int(integrated),
+                                                                         name=b"Orin")
+        self.next_device = 0x10000
+
+    def _host(self, n):
+        import ctypes
+
+        buf = (ctypes.c_uint8 * n)()
+        self.buffers[ctypes.addressof(buf)] = buf
+        return ctypes.addressof(buf)
+
+    def __getattr__(self, name):  # any other call: recorded, succeeds
+        def call(*args):
+            self.calls.append((name, args))
+            return (0,)
+        return call
+
+    def cudaGetDevice(self):
+        return 0, 0
+
+    def cudaGetDeviceProperties(self, device):
+        return 0, self.props
+
+    def cudaStreamCreate(self):
+        self.calls.append(("cudaStreamCreate", ()))
+        return 0, 7  # a cudaStream_t (the runtime passes int(stream) to TensorRT)
+
+    def cudaMallocHost(self, n):
+        self.calls.append(("cudaMallocHost", (n,)))
+        return 0, self._host(n)
+
+    def cudaHostAlloc(self, n, flags):
+        self.calls.append(("cudaHostAlloc", (n, flags)))
+        return 0, self._host(n)
+
+    def cudaHostGetDevicePointer(self, ptr, flags):
+        return 0, ptr
+
+    def cudaMalloc(self, n):
+        self.calls.append(("cudaMalloc", (n,)))
+        self.next_device += n
+        return 0, self.next_device
+
+    def names(self, name):
+        return [c for c in self.calls if c[0] == name]
+
+
+def fake_engine_runtime(monkeypatch, tmp_path, cudart, sidecar=None):
+    """A TensorRTRuntime over a fake TensorRT module and ``cudart``: the real class, its buffers and calls."""
+    import sys
+
+    import m2s_export.tensorrt_runtime as rt
+
+    engine = FakeEngine({"left": ((1, 3, 48, 64), "FLOAT"), "right": ((1, 3, 48, 64), "FLOAT"),
+                         "disparity": ((1, 1, 48, 64), "FLOAT"), "confidence": ((1, 1, 48, 64), "FLOAT")})
+    context = SimpleNamespace(set_input_shape=lambda *a: None, set_tensor_address=lambda *a: None,
+                              execute_async_v3=lambda stream: True)
+    engine.create_execution_context = lambda: context
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return engine
+
+    trt = SimpleNamespace(__version__="10.3.0", Logger=lambda level: None, Runtime=Runtime)
+    trt.Logger.WARNING = 2
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(rt, "_cudart", lambda: cudart)
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"engine")
+    if sidecar is not None:
+        from m2s_export.metadata import write_sidecar
+
+        write_sidecar(path, sidecar)
+    return rt.TensorRTRuntime(path)
+
+
+class TestTensorRTRuntimeMemory:
+    def test_discrete_gpu_uses_pinned_host_memory_and_close_releases_everything(self, monkeypatch, tmp_path):
+        cudart = FakeCudart(integrated=False)
+        runtime = fake_engine_runtime(monkeypatch, tmp_path, cudart)
+        assert len(cudart.names("cudaMallocHost")) == 4 and len(cudart.names("cudaMalloc")) == 4  # pinned host + device
+        assert cudart.names("cudaHostAlloc") == []
+        img = np.zeros((48, 64, 3), np.uint8)
+        out = runtime.infer_with_confidence(img, img)
+        assert out.disparity.shape == (48, 64)
+        assert len(cudart.names("cudaMemcpyAsync")) == 4 and cudart.names("cudaStreamSynchronize")  # 2 in, 2 out, then sync
+        runtime.close()
+        assert len(cudart.names("cudaFree")) == 4 and len(cudart.names("cudaFreeHost")) == 4
+        assert cudart.names("cudaStreamDestroy") == [("cudaStreamDestroy", (7,))]
+        runtime.close()  # idempotent: nothing freed twice
+        assert len(cudart.names("cudaFreeHost")) == 4 and len(cudart.names("cudaStreamDestroy")) == 1
+
+    def test_integrated_gpu_maps_host_memory_and_copies_nothing(self, monkeypatch, tmp_path):
+        cudart = FakeCudart(integrated=True)
+        runtime = fake_engine_runtime(monkeypatch, tmp_path, cudart)
+        assert [c[1][1] for c in cudart.names("cudaHostAlloc")] == [FakeCudart.cudaHostAllocMapped] * 4
+        assert cudart.names("cudaMalloc") == [] and cudart.names("cudaMallocHost") == []
+        img = np.zeros((48, 64, 3), np.uint8)
+        runtime.infer(img, img)
+        assert cudart.names("cudaMemcpyAsync") == []
+        runtime.close()
+        assert len(cudart.names("cudaFreeHost")) == 4 and cudart.names("cudaFree") == []
+
+    def test_engine_for_another_gpu_generation_is_refused(self, monkeypatch, tmp_path):
+        import hashlib
+
+        sidecar = {"tensorrt_version": "10.3.0", "gpu": "NVIDIA H200", "compute_capability": "9.0",
+                   "engine_sha256": hashlib.sha256(b"engine").hexdigest()}
+        with pytest.raises(RuntimeBackendError, match="built for compute capability 9.0.*this GPU is 8.7"):
+            fake_engine_runtime(monkeypatch, tmp_path, FakeCudart(cc=(8, 7)), sidecar)
+
+
+class TestStaleFiles:
+    """A sidecar describes one file: another version of it beside it must not supply its fp32 set, input
+    size or checks, and an engine must not outlive the ONNX it was built from."""
+
+    def _export(self, tmp_path, fp32_nodes):
+        model = overflow_model()
+        for key, value in (("format", "m2s-stereo-v1"), ("input_height", "1"), ("input_width", "4"),
+                           ("fp16", '{"fp32_nodes": %s, "fp32_tensors": []}' % str(fp32_nodes).replace("'", '"'))):
+            model.metadata_props.add(key=key, value=value)
+        path = tmp_path / "m.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    def test_a_replaced_onnx_is_not_described_by_its_old_sidecar(self, tmp_path):
+        import json
+        import subprocess
+        import sys
+
+        from m2s_export.metadata import checked_sidecar, sha256_file, write_sidecar
+
+        path = self._export(tmp_path, ["blow_up", "relu", "back"])
+        write_sidecar(path, {"fp16": {"fp32_nodes": ["blow_up", "relu", "back"], "fp32_tensors": []},
+                             "onnx_sha256": sha256_file(path)})
+        assert checked_sidecar(path)["fp16"]["fp32_nodes"] == ["blow_up", "relu", "back"]
+        path = self._export(tmp_path, ["blow_up", "relu"])  # re-exported: another file under the same name
+        with pytest.raises(RuntimeBackendError, match="does not belong to .*m.onnx"):
+            checked_sidecar(path)
+        cmd = [sys.executable, "-m", "m2s_export.cli", "--trt", "--onnx", str(path), "--engine", str(tmp_path / "m.engine"),
+               "--dry-run"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 2 and res.stderr.startswith("error: ") and "does not belong" in res.stderr
+        # a sidecar from before the hash was recorded: its fp32 set is compared with the ONNX's own
+        write_sidecar(path, {"fp16": {"fp32_nodes": ["blow_up", "relu", "back"], "fp32_tensors": []}})
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 2 and "another fp32 set" in res.stderr
+        write_sidecar(path, {"fp16": {"fp32_nodes": ["blow_up", "relu"], "fp32_tensors": []}})
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert "--layerPrecisions=blow_up:fp32,relu:fp32" in json.loads(res.stdout)["trtexec"]
+
+    def test_an_engine_outlived_by_its_onnx_or_its_sidecar_is_refused(self, tmp_path):
+        from m2s_export.metadata import checked_sidecar, sha256_file, write_sidecar
+        from m2s_export.tensorrt_build import check_engine_compat
+
+        onnx_path = self._export(tmp_path, [])
+        engine = tmp_path / "m.engine"
+        engine.write_bytes(b"engine v1")
+        sidecar = {"tensorrt_version": "10.3.0", "onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path),
+                   "engine_sha256": sha256_file(engine)}
+        write_sidecar(engine, sidecar)
+        check_engine_compat(checked_sidecar(engine), "10.3.0", str(engine), "8.7")  # all consistent
+        engine.write_bytes(b"engine v2")  # rebuilt by hand: the old sidecar stays
+        with pytest.raises(RuntimeBackendError, match="does not belong to .*m.engine.*Rebuild it"):
+            checked_sidecar(engine)
+        engine.write_bytes(b"engine v1")
+        self._export(tmp_path, ["back"])  # the ONNX re-exported, the engine not rebuilt
+        with pytest.raises(ExportError, match="built from an earlier .*m.onnx.*re-exported since"):
+            check_engine_compat(checked_sidecar(engine), "10.3.0", str(engine), "8.7")
 
 
 class TestOnnxRuntimeProviders:
