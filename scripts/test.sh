@@ -15,4 +15,11 @@ sys.exit(not (m.version("timm") == "0.5.4" and u.find_spec("opt_einsum") and u.f
   "$M2S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps timm==0.5.4
   "$M2S_VENV/bin/python" -m pip install --quiet --disable-pip-version-check opt_einsum scipy
 fi
+# The real ROS 2 launch tooling and message_filters (no wheels): from ../shared/ros where it is beside the
+# checkout (tests/ros/test_launch.py runs the literal `ros2 launch`; without them those tests skip).
+ros_sources="$M2S_ROOT/../shared/ros"
+if [ -x "$ros_sources/install.sh" ] && ! "$M2S_VENV/bin/python" -c 'import launch, launch_ros, ros2launch, message_filters' 2>/dev/null; then
+  echo "[m2s] installing the ROS 2 launch tooling and message_filters (rolling, for the Kilted wheels) from $ros_sources" >&2
+  "$ros_sources/install.sh" "$M2S_VENV" rolling >/dev/null
+fi
 exec "$M2S_VENV/bin/python" -m pytest "$@"

@@ -8,5 +8,13 @@ export M2S_VENV="${M2S_JAZZY_VENV:-$root/.venv-jazzy}" M2S_EXTRAS="export,ros-ja
 source "$root/scripts/env.sh"
 cd "$M2S_ROOT"
 echo "[m2s] ROS 2 Jazzy leg" >&2
+# The real ROS 2 launch tooling and message_filters (no wheels): from ../shared/ros where it is beside the
+# checkout (tests/ros/test_launch.py runs the literal `ros2 launch`; without them those tests skip).
+ros_sources="$M2S_ROOT/../shared/ros"
+if [ -x "$ros_sources/install.sh" ] && ! "$M2S_VENV/bin/python" -c 'import launch, launch_ros, ros2launch, message_filters' 2>/dev/null; then
+  echo "[m2s] installing the ROS 2 launch tooling and message_filters (jazzy) from $ros_sources" >&2
+  "$ros_sources/install.sh" "$M2S_VENV" jazzy >/dev/null
+fi
+
 if [ "$#" -eq 0 ]; then set -- -q tests/ros; fi
 exec "$M2S_VENV/bin/python" -m pytest -p no:cacheprovider "$@"

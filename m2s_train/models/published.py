@@ -23,7 +23,6 @@ compare against the reference implementations in ``../shared/reference`` with th
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import logging

@@ -9,10 +9,13 @@ node's code path is identical, only the network differs.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # rosgraph.py: helpers the graph tests share
 
 if os.environ.get("ROS_DISTRO") == "humble":  # Humble knows only ROS_LOCALHOST_ONLY
     os.environ.setdefault("ROS_LOCALHOST_ONLY", "1")

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,100 +21,16 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="ROS 2 Python (rclpy) is not installed: pip install 'mono2stereo[ros]'")
 pytest.importorskip("onnxruntime")
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rcl_interfaces.msg import Log  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
-from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from calib import StereoCamera  # noqa: E402
 from calib.camera import CameraInfo as CalibInfo  # noqa: E402
 from m2s_stereo.dds import PROFILE  # noqa: E402
-from m2s_stereo.image_codec import array_to_image, image_to_array  # noqa: E402
+from m2s_stereo.image_codec import image_to_array  # noqa: E402
 from m2s_stereo.outputs import unpack_points  # noqa: E402
+from rosgraph import Listener, _node_process, _stop  # noqa: E402  (tests/ros is on sys.path: conftest)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-LEVELS = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticStatus.ERROR: "ERROR",
-          DiagnosticStatus.STALE: "STALE"}
-
-
-class Listener:
-    """This process's view of the graph: /diagnostics, /rosout and (optionally) the node's outputs."""
-
-    def __init__(self, namespace: str = "", outputs: bool = True, inputs: bool = True) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("listener", namespace=namespace or None, context=self.context)
-        self.diagnostics: list[tuple[float, str, str, dict[str, float]]] = []
-        self.logs: list[Log] = []
-        self.outputs: dict[str, list] = {"disparity": [], "depth": [], "depth/camera_info": [], "confidence": [],
-                                         "points2": []}
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.node.create_subscription(Log, "/rosout", self.logs.append, 100)
-        if outputs:
-            for name, t in (("disparity", DisparityImage), ("depth", Image), ("depth/camera_info", CameraInfo),
-                            ("confidence", Image), ("points2", PointCloud2)):
-                self.node.create_subscription(t, name, self.outputs[name].append, 10)
-        self.pubs = {name: self.node.create_publisher(t, name, qos_profile_sensor_data) for name, t in (
-            ("left/image_rect", Image), ("right/image_rect", Image), ("left/camera_info", CameraInfo),
-            ("right/camera_info", CameraInfo))} if inputs else {}
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _on_diag(self, msg: DiagnosticArray) -> None:
-        for s in msg.status:
-            if s.name.startswith("m2s_stereo"):
-                values = {kv.key: float(kv.value) for kv in s.values}
-                self.diagnostics.append((time.monotonic(), LEVELS[s.level], s.message, values))
-
-    def wait(self, predicate, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
-
-    def last(self) -> tuple[float, str, str, dict[str, float]] | None:
-        return self.diagnostics[-1] if self.diagnostics else None
-
-    def publish(self, left, right, camera, stamp_ns, right_stamp_ns=None, infos=True):
-        for side, image, t in (("left", left, stamp_ns), ("right", right, right_stamp_ns or stamp_ns)):
-            header = Image().header
-            header.stamp.sec, header.stamp.nanosec = t // 10**9, t % 10**9
-            header.frame_id = f"{side}_optical"
-            if infos and camera is not None:
-                self.pubs[f"{side}/camera_info"].publish(CameraInfo(header=header, **getattr(camera, side).msg_fields()))
-            self.pubs[f"{side}/image_rect"].publish(array_to_image(Image, image, "rgb8", header))
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-def _node_process(model: Path, *params: str, env: dict | None = None) -> subprocess.Popen:
-    args = [sys.executable, "-m", "m2s_stereo.stereo_node", "--ros-args", "-p", f"model_path:={model}"]
-    for p in params:
-        args += ["-p", p]
-    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        out, err = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return out + err
-
 
 DRIVER_ENV = {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}  # what the README tells a camera driver to use
 
@@ -380,11 +294,11 @@ class TestContract:
             listener.close()
 
 
-def test_message_filters_branch(stereo_onnx, monkeypatch):
-    """The branch a Humble/Jazzy install takes (message_filters importable), through a test-only module
-    that follows message_filters' documented Python interface (PyPI has no message_filters wheel)."""
-    monkeypatch.syspath_prepend(str(HERE / "fake_message_filters"))
-    sys.modules.pop("message_filters", None)
+def test_message_filters_branch(stereo_onnx):
+    """The branch a Humble/Jazzy install takes: the real message_filters (from ../shared/ros, installed by
+    the test scripts; ../shared/ros/install.sh VENV)."""
+    pytest.importorskip("message_filters", reason="the real message_filters is not installed: "
+                                                  "../shared/ros/install.sh VENV [rolling|jazzy]")
     from rclpy.parameter import Parameter
 
     from m2s_stereo.stereo_node import StereoNode
@@ -410,4 +324,3 @@ def test_message_filters_branch(stereo_onnx, monkeypatch):
         listener.executor.remove_node(node)
         node.destroy_node()
         listener.close()
-        sys.modules.pop("message_filters", None)

@@ -189,12 +189,12 @@ class TestParamsAndLaunch:
         consts = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                   for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, (ast.Constant, ast.Dict))}
         setup = (PKG / "setup.py").read_text()
-        assert consts["PACKAGE"] == "m2s_stereo" and f"{consts['EXECUTABLE']} = m2s_stereo.stereo_node:main" in setup
+        assert consts["PACKAGE"] == "m2s_stereo" and f"{consts['EXECUTABLE']} = m2s_stereo.node_main:main" in setup
         node_src = (PKG / "m2s_stereo" / "stereo_node.py").read_text()
         for topic in consts["INPUTS"].values():
             assert f'"{topic}"' in node_src  # every remapped input is a topic the node subscribes to
         assert (PKG / "config" / "stereo.yaml").is_file() and '"config", "stereo.yaml"' in (PKG / "launch" / "stereo.launch.py").read_text()
-        assert "model_path" in (PKG / "launch" / "stereo.launch.py").read_text()
+        assert "P.MODEL_PATH" in (PKG / "launch" / "stereo.launch.py").read_text()  # the name shared with the node
         xml = (PKG / "package.xml").read_text()
         for dep in ("rclpy", "sensor_msgs", "stereo_msgs", "diagnostic_msgs", "launch_ros"):
             assert f"<exec_depend>{dep}</exec_depend>" in xml

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -250,3 +251,24 @@ def test_start_without_model_is_a_clear_error(tmp_path):
     from m2s_stereo.stereo_node import main
 
     assert main(["m2s-stereo-node", "--ros-args", "-p", f"model_path:={tmp_path / 'none.onnx'}"]) == 2
+
+
+def test_a_warning_whose_numbers_change_is_still_throttled(onnx_model):
+    """The stale-input warning names how long the inputs have been silent: a throttle keyed on the message's
+    first words (the seconds among them) let every one through."""
+    h = Harness(onnx_model)
+    try:
+        logged = []
+        h.node.get_logger = lambda: SimpleNamespace(warning=logged.append, error=logged.append)
+        clock = [100.0]
+        h.node.health.clock = lambda: clock[0]
+        for t in (100.0, 100.1, 100.2):  # images at 10 Hz, then none: the real STALE message, every second
+            clock[0] = t
+            h.node.health.add("left")
+        for t in (101.5, 102.5, 103.5):  # within the diagnostics window, 1 s apart (throttle: 2 s)
+            clock[0] = t
+            h.node._throttled("warning", h.node.status().message)
+        h.node._throttled("warning", "a different problem: 1 frame dropped")
+        assert len(logged) == 2 and logged[0].startswith("no image for ") and logged[1].startswith("a different"), logged
+    finally:
+        h.close()

@@ -29,7 +29,8 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "stereo_node = m2s_stereo.stereo_node:main",
+            # node_main takes SIGINT/SIGTERM before the heavy imports and the model load (see its docstring)
+            "stereo_node = m2s_stereo.node_main:main",
         ],
     },
 )

@@ -1,74 +1,142 @@
 """ros2 launch m2s_stereo stereo.launch.py engine_file_path:=/models/igev_rt.engine
 
 Arguments: the model (``engine_file_path``, also .onnx or a checkpoint directory; empty keeps
-the ``model_path`` of ``params_file``), ``backend``, ``namespace``, ``params_file`` (defaults to
-the package's config/stereo.yaml), remappings of the four inputs, ``use_sim_time`` and
-``dds_profile``: the Fast DDS profile for large images set for every process this launch starts
-(default: the package's fastdds_large_images.xml, unless FASTDDS_DEFAULT_PROFILES_FILE /
-FASTRTPS_DEFAULT_PROFILES_FILE is already set; ``none`` sets nothing). Include your camera driver
-in the same launch, or export the variable for it: the profile must be on the sending side too.
+the ``model_path`` of ``params_file``), ``backend`` and ``use_sim_time`` (empty: the params file's
+value, else the node's default), ``namespace``, ``params_file`` (defaults to the package's
+config/stereo.yaml), remappings of the four inputs, ``dds_profile``: the Fast DDS profile for large
+images set for every process this launch starts (default: the package's fastdds_large_images.xml,
+unless FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is already set; ``none`` sets
+nothing and keeps the node from setting it itself), and ``camera_launch``: a camera driver's launch
+file (.py, .xml or .yaml) started by this launch after the profile is set, so the sender gets it
+too (the profile must be on the sending side as well). A node that cannot start (no model, bad
+parameters) ends the launch with a non-zero exit status and its one-line reason.
 Needs ``launch`` and ``launch_ros`` (a ROS 2 install; not on PyPI); without them run
 ``m2s-stereo-node --ros-args -p model_path:=...``.
 """
 
 import os
+import sys
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch.actions import (
+    DeclareLaunchArgument,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    RegisterEventHandler,
+    SetEnvironmentVariable,
+)
+from launch.event_handlers import OnProcessExit
+from launch.launch_description_sources import AnyLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from m2s_stereo import params as P
+from m2s_stereo.dds import OPT_OUT, PROFILE_VARIABLES, make_room_for_shm, uses_fast_dds
 
 PACKAGE = "m2s_stereo"
 EXECUTABLE = "stereo_node"
+NODE_NAME = "m2s_stereo"
+DDS_PROFILE = "fastdds_large_images.xml"
 INPUTS = {  # launch argument -> node-relative input topic
     "left_image_topic": "left/image_rect",
     "right_image_topic": "right/image_rect",
     "left_info_topic": "left/camera_info",
     "right_info_topic": "right/camera_info",
 }
-DDS_PROFILE = "fastdds_large_images.xml"
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Jazzy+, Humble
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-def _dds_profile(context, share):
-    """SetEnvironmentVariable actions for the DDS profile (the same rule as m2s_stereo.dds)."""
-    wanted = LaunchConfiguration("dds_profile").perform(context)
-    if wanted.lower() == "none" or (not wanted and any(os.environ.get(v) for v in PROFILE_VARIABLES)):
-        return []
-    if not os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps"):
-        return []
+class LaunchArgumentError(RuntimeError):
+    """A launch argument with a value the node cannot take (raised: ros2 launch then exits non-zero)."""
+
+
+def _dds_profile(wanted: str, share: str) -> tuple[list, dict]:
+    """(SetEnvironmentVariable actions for every process launched after them, extra environment of the
+    node): the same rule as m2s_stereo.dds; ``none`` also tells the node not to set it itself."""
+    if wanted.lower() == "none":
+        return [], {OPT_OUT: "none"}
+    if not wanted and any(os.environ.get(v) for v in PROFILE_VARIABLES):
+        return [], {}
+    if not uses_fast_dds():
+        return [], {}
     path = wanted or os.path.join(share, "config", DDS_PROFILE)
+    if not os.path.isfile(path):
+        raise LaunchArgumentError(f"dds_profile:={path} is not a file")
+    problem, removed = make_room_for_shm()  # before any process of this launch maps its segment
+    if removed:
+        print(f"[m2s_stereo] removed {removed} shared-memory segment(s) of Fast DDS processes that died from /dev/shm",
+              file=sys.stderr)
+    if problem:
+        print(f"[m2s_stereo] WARNING: {problem}", file=sys.stderr)
     names = PROFILE_VARIABLES[1:] if os.environ.get("ROS_DISTRO") == "humble" else PROFILE_VARIABLES[:1]
-    return [SetEnvironmentVariable(name, path) for name in names]
+    return [SetEnvironmentVariable(name, path) for name in names], {}
+
+
+def _overrides(get) -> dict:
+    """Parameters given as launch arguments; an empty argument leaves the params file's value alone."""
+    out = {}
+    model = get("engine_file_path")
+    if model:
+        out[P.MODEL_PATH] = model
+    backend = get("backend")
+    if backend:
+        if backend not in P.BACKENDS:
+            raise LaunchArgumentError(f"backend:={backend}: one of {', '.join(P.BACKENDS)}")
+        out[P.BACKEND] = backend
+    sim = get("use_sim_time").lower()
+    if sim:
+        if sim not in TRUE + FALSE:
+            raise LaunchArgumentError(f"use_sim_time:={sim}: true or false")
+        out["use_sim_time"] = sim in TRUE
+    return out
+
+
+def _failed_to_start(event, context):
+    """The node ended on its own with a non-zero status (it prints its reason first): fail the launch."""
+    if event.returncode not in (0, None) and not context.is_shutdown:
+        raise RuntimeError(f"{NODE_NAME} exited with status {event.returncode}: it could not run (its reason is "
+                           "printed above); the launch ends")
+
+
+def _setup(context, share):
+    def get(name: str) -> str:
+        return LaunchConfiguration(name).perform(context).strip()
+
+    env_actions, node_env = _dds_profile(get("dds_profile"), share)
+    overrides = _overrides(get)
+    node = Node(package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME, namespace=get("namespace"),
+                parameters=[get("params_file")] + ([overrides] if overrides else []),
+                remappings=[(topic, get(arg)) for arg, topic in INPUTS.items()], output="screen",
+                additional_env=node_env or None)
+    actions = list(env_actions)
+    camera = get("camera_launch")
+    if camera:
+        if not os.path.isfile(camera):
+            raise LaunchArgumentError(f"camera_launch:={camera} is not a launch file")
+        actions.append(IncludeLaunchDescription(AnyLaunchDescriptionSource(camera)))
+    return actions + [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_failed_to_start))]
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory(PACKAGE)
-    default_params = os.path.join(share, "config", "stereo.yaml")
     args = [
         DeclareLaunchArgument("engine_file_path", default_value="",
                               description="Model: TensorRT .engine, .onnx, or a checkpoint directory (parameter "
-                                          "model_path); empty: the model_path of params_file"),
-        DeclareLaunchArgument("backend", default_value="auto", description="auto | tensorrt | onnxruntime | torch"),
+                                          f"{P.MODEL_PATH}); empty: the {P.MODEL_PATH} of params_file"),
+        DeclareLaunchArgument("backend", default_value="",
+                              description=f"{' | '.join(P.BACKENDS)}; empty: the params file's (else auto)"),
         DeclareLaunchArgument("namespace", default_value="stereo", description="Namespace of the node and its topics"),
-        DeclareLaunchArgument("params_file", default_value=default_params, description="YAML with the node's parameters"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="Use /clock (bag replay)"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "stereo.yaml"),
+                              description="YAML with the node's parameters"),
+        DeclareLaunchArgument("use_sim_time", default_value="",
+                              description="Use /clock (bag replay): true | false; empty: the params file's (else false)"),
         DeclareLaunchArgument("dds_profile", default_value="",
                               description="Fast DDS profile for large images ('' = the package's unless one is set "
-                                          "already, 'none' = leave DDS alone)"),
+                                          "already, 'none' = leave DDS alone, in this launch and in the node)"),
+        DeclareLaunchArgument("camera_launch", default_value="",
+                              description="A camera driver's launch file to start with the node, after the DDS profile "
+                                          "is set (the sender needs it too); empty: none"),
     ] + [DeclareLaunchArgument(arg, default_value=topic, description=f"Topic remapped to '{topic}'")
          for arg, topic in INPUTS.items()]
-    common = {"backend": LaunchConfiguration("backend"), "use_sim_time": LaunchConfiguration("use_sim_time")}
-    given = PythonExpression(["'", LaunchConfiguration("engine_file_path"), "' != ''"])
-    nodes = [
-        Node(package=PACKAGE, executable=EXECUTABLE, name="m2s_stereo", namespace=LaunchConfiguration("namespace"),
-             parameters=[LaunchConfiguration("params_file"), params],
-             remappings=[(topic, LaunchConfiguration(arg)) for arg, topic in INPUTS.items()], output="screen",
-             condition=condition)
-        # model_path only when engine_file_path is given: an empty one would override params_file's
-        for params, condition in (({**common, "model_path": LaunchConfiguration("engine_file_path")}, IfCondition(given)),
-                                  (common, UnlessCondition(given)))
-    ]
-    return LaunchDescription(args + [OpaqueFunction(function=_dds_profile, args=[share])] + nodes)
+    return LaunchDescription(args + [OpaqueFunction(function=_setup, args=[share])])

@@ -11,7 +11,9 @@ environment needs it too (README: "Frames that arrive").
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 
 PROFILE = Path(__file__).with_name("fastdds_large_images.xml")
@@ -22,6 +24,11 @@ OPT_OUT = "M2S_DDS_PROFILE"  # "none": leave the DDS configuration alone
 def uses_fast_dds(environ: MutableMapping[str, str] = os.environ) -> bool:
     """True when the RMW is Fast DDS (the default of Humble, Jazzy and Kilted)."""
     return environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps")
+
+
+def profile_in_use(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """True when this process's Fast DDS loads the large-image profile (its shared-memory segments need room)."""
+    return uses_fast_dds(environ) and any(environ.get(v) == str(PROFILE) for v in PROFILE_VARIABLES)
 
 
 def profile_environment(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
@@ -45,4 +52,126 @@ def use_large_image_profile(environ: MutableMapping[str, str] = os.environ) -> s
     return str(PROFILE) if wanted else None
 
 
-__all__ = ["OPT_OUT", "PROFILE", "PROFILE_VARIABLES", "profile_environment", "use_large_image_profile", "uses_fast_dds"]
+# -- room for the shared-memory transport ---------------------------------------------------------
+# The profile gives every process that loads it (every participant) a 16 MiB segment in /dev/shm, a
+# tmpfs, allocated whole when the participant is created. A process that finds no room for its segment
+# has no shared-memory transport: its large images go over UDP in fragments and are lost (the reason for
+# the profile). Measured with the camera started last: a 40 MiB /dev/shm (room for two segments) gave the
+# node 7 of 60 1280x720 pairs at 5 Hz, its input rate falling 5 -> 1 -> 0.6 fps; a 64 MiB one holding two
+# segments of killed processes, 1 of 60; 64 MiB and more, 60 of 60. A container's /dev/shm is 64 MB unless
+# told otherwise, and segments of processes that were killed stay until someone removes them.
+SHM_DIR = Path("/dev/shm")
+SEGMENT_BYTES = 17_564_192  # the profile's 16 MiB segment as Fast DDS allocates it (measured), per process
+_SEGMENT_LOCK = re.compile(r"^fastdds_[0-9a-z]{16}_el$")
+_PORT_LOCK = re.compile(r"^fastdds_port\d{1,5}_(?:el|sl)$")
+
+
+@dataclass
+class ShmReport:
+    free_bytes: int
+    zombie_segments: int  # segments of processes that died without removing them
+    zombie_bytes: int
+    live_segments: int = 0  # segments of running processes
+
+    @property
+    def free_mib(self) -> float:
+        return self.free_bytes / 2**20
+
+
+def _locked(path: Path) -> bool:
+    """True while some process holds a lock on ``path``: Fast DDS holds a BSD ``flock`` on a segment's
+    ``_el`` file while its owner lives (``fastdds shm clean`` tests the same way; a POSIX ``lockf`` test
+    would not see that lock and call every live segment dead)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True  # unreadable: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def shm_report(shm_dir: Path = SHM_DIR) -> ShmReport | None:
+    """Free space of ``shm_dir`` and the Fast DDS segments in it whose owners are gone (None: no such dir)."""
+    try:
+        st = os.statvfs(shm_dir)
+        names = os.listdir(shm_dir)
+    except OSError:
+        return None
+    zombies, live = [], []
+    for n in names:
+        if _SEGMENT_LOCK.match(n):
+            (live if _locked(shm_dir / n) else zombies).append(shm_dir / n[:-3])
+    zombie_bytes = 0
+    for z in zombies:
+        try:
+            zombie_bytes += z.stat().st_blocks * 512
+        except OSError:
+            pass
+    return ShmReport(st.f_bavail * st.f_frsize, len(zombies), zombie_bytes, len(live))
+
+
+def shm_problem(report: ShmReport | None, segments: int = 1) -> str | None:
+    """Why large images between processes will be lost for lack of room in /dev/shm for ``segments`` more
+    segments (a process about to start: its own and one more, e.g. the camera's; a running one: one more,
+    for the next process that starts or restarts), or None."""
+    if report is None or report.free_bytes >= segments * SEGMENT_BYTES:
+        return None
+    stale = (f" ({report.zombie_bytes / 2**20:.0f} MiB more is held by {report.zombie_segments} segment(s) of Fast DDS "
+             "processes that died: 'fastdds shm clean' removes them)") if report.zombie_segments else ""
+    return (f"{SHM_DIR} has {report.free_mib:.0f} MiB free{stale}: every process that loads the large-image DDS profile "
+            f"takes {SEGMENT_BYTES / 2**20:.1f} MiB there when it starts ({report.live_segments} segments there now), and one that "
+            "finds no room loses its large images (a camera driver's: the node gets none). Free space in /dev/shm "
+            "(a container: docker run --shm-size 256m), or export the profile only for the camera driver and the node")
+
+
+def clean_zombie_segments(shm_dir: Path = SHM_DIR) -> int:
+    """Remove the shared-memory segments and ports of Fast DDS processes that died (their lock files are not
+    held): what ``fastdds shm clean`` does, without the datasharing segments. Returns the segments removed."""
+    removed = 0
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return 0
+    for name in names:
+        lock = shm_dir / name
+        if _SEGMENT_LOCK.match(name) and not _locked(lock):
+            for path in (lock, shm_dir / name[:-3]):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+            removed += 1
+        elif _PORT_LOCK.match(name) and not _locked(lock):
+            base = shm_dir / name[:-3]
+            for path in (base, shm_dir / f"{base.name}_el", shm_dir / f"{base.name}_sl"):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def make_room_for_shm(shm_dir: Path = SHM_DIR) -> tuple[str | None, int]:
+    """Before the first participant of a process that uses the profile: when ``shm_dir`` lacks room for its
+    segment and one more, remove the segments of dead processes (they are nobody's), then say what is still
+    wrong. Returns (problem or None, segments removed)."""
+    report = shm_report(shm_dir)
+    removed = 0
+    if shm_problem(report, 2) is not None and report is not None and report.zombie_segments:
+        removed = clean_zombie_segments(shm_dir)
+        report = shm_report(shm_dir)
+    return shm_problem(report, 2), removed
+
+
+__all__ = ["OPT_OUT", "PROFILE", "PROFILE_VARIABLES", "SEGMENT_BYTES", "ShmReport", "clean_zombie_segments",
+           "make_room_for_shm", "profile_environment", "profile_in_use", "shm_problem", "shm_report", "use_large_image_profile",
+           "uses_fast_dds"]

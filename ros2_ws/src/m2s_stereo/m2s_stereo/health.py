@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 OK, WARN, ERROR, STALE = 0, 1, 2, 3  # diagnostic_msgs/DiagnosticStatus levels
-EVENTS = ("left", "right", "left_info", "right_info", "pairs", "unmatched", "dropped", "bad", "published")
+EVENTS = ("left", "right", "left_info", "right_info", "pairs", "unmatched", "dropped", "bad", "published", "out_of_order")
 
 
 @dataclass
@@ -60,6 +60,10 @@ class PipelineHealth:
         q = self.samples[kind]
         q.append((now, float(value)))
         self._prune(q, now)
+
+    def forget(self, kind: str) -> None:
+        """Drop the samples of ``kind`` (they describe a stream that ended, e.g. before time went back)."""
+        self.samples[kind].clear()
 
     def error(self, message: str) -> None:
         self.add("bad")

@@ -14,6 +14,7 @@ diagnostics are computed over the last ``diagnostics_window`` seconds (:mod:`m2s
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -33,14 +34,16 @@ from calib import CalibrationError, StereoCamera
 from calib.ros_image import ENCODINGS, EncodingError, image_problem, image_to_rgb8
 from m2s_export.runtime import load_runtime
 from m2s_stereo import params as P
-from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth
+from m2s_stereo.dds import make_room_for_shm, profile_in_use, shm_problem, shm_report
+from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth, Status
 from m2s_stereo.image_codec import BufferPool
 from m2s_stereo.outputs import float_image, frame_messages, warm_up
 from m2s_stereo.postprocess import FramePostprocess
-from m2s_stereo.sync import PairSynchronizer, stamp_ns
+from m2s_stereo.sync import JUMP_BACK_NS, PairOrder, PairSynchronizer, mf_slop, stamp_ns
 
 MSGS = SimpleNamespace(Image=Image, DisparityImage=DisparityImage, PointCloud2=PointCloud2, PointField=PointField)
 THROTTLE_S = 2.0
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e-?\d+)?")  # "no input for 3.2 s" and "... 4.1 s" are one kind of problem
 CLOCK_AGREEMENT_S = 10.0  # stamps within this of the node's clock are on the same clock: stamp latency is meaningful
 LEVELS = {OK: DiagnosticStatus.OK, WARN: DiagnosticStatus.WARN, ERROR: DiagnosticStatus.ERROR, STALE: DiagnosticStatus.STALE}
 
@@ -120,6 +123,10 @@ class StereoNode(Node):
         self.topics = {name: self._resolve(name) for name in
                        ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")}
         self._last_stamp = {"left": None, "right": None}
+        self._newest = {"left": None, "right": None}  # the newest stamp seen per side (time going back: a reset)
+        self.order = PairOrder()  # pairs leave in stamp order on both synchronisation paths
+        self.time_resets = 0  # times the input stamps went back (bag loop, driver restart, sim-time reset)
+        self._reset_filter = threading.Event()  # the worker resets the temporal filter before its next frame
         self._input_subs: list[Any] = []
         self.sync: PairSynchronizer | None = None
         self.sync_backend = "m2s"
@@ -149,7 +156,9 @@ class StereoNode(Node):
             self.get_logger().warning(
                 "the model has no confidence output (exported before models had one): 'confidence' is not published "
                 f"and {P.CONFIDENCE_THRESHOLD} is not applied; re-export it with m2s-export to get both")
+        self._watch_shm = profile_in_use()
         self._stop = threading.Event()
+        self._publishing = threading.Lock()  # a frame's messages go out together, or not at all
         self.worker = threading.Thread(target=self._work, name="m2s_stereo_worker", daemon=True)
         self.worker.start()
         self.create_timer(self.values[P.DIAGNOSTICS_PERIOD], self._diagnostics)
@@ -174,9 +183,10 @@ class StereoNode(Node):
             left.registerCallback(lambda m: self._on_image("left", m))
             right.registerCallback(lambda m: self._on_image("right", m))
             if slop is None:
-                self._mf = message_filters.TimeSynchronizer([left, right], self.values[P.QUEUE_SIZE])
-            else:
-                self._mf = message_filters.ApproximateTimeSynchronizer([left, right], self.values[P.QUEUE_SIZE], slop)
+                self._mf = message_filters.TimeSynchronizer([left, right], queue_size=self.values[P.QUEUE_SIZE])
+            else:  # it pairs strictly closer than slop; the node's own synchroniser up to slop inclusive
+                self._mf = message_filters.ApproximateTimeSynchronizer([left, right], queue_size=self.values[P.QUEUE_SIZE],
+                                                                       slop=mf_slop(slop))
             self._mf.registerCallback(self._on_pair)
             self._input_subs += [left.sub, right.sub]
             self.sync_backend = "message_filters"
@@ -241,15 +251,44 @@ class StereoNode(Node):
 
     def _on_image(self, side: str, msg: Image) -> None:
         """Every image, paired or not: counted, and its stamp offset to the other side's last one kept
-        (what tells two free-running cameras apart from a pairing that works)."""
+        (what tells two free-running cameras apart from a pairing that works). A stamp older than this
+        side's newest by more than JUMP_BACK_NS means time was reset: pairing starts over."""
         self.health.add(side)
         t = stamp_ns(msg)
+        newest = self._newest[side]
+        if newest is not None and newest - t > JUMP_BACK_NS:
+            self._time_went_back(side, (newest - t) / 1e9)
+        self._newest[side] = t if self._newest[side] is None else max(t, self._newest[side])
         self._last_stamp[side] = t
         other = self._last_stamp["right" if side == "left" else "left"]
         if other is not None:
             self.health.sample("stamp_offset_ms", abs(t - other) / 1e6)
 
+    def _time_went_back(self, side: str, seconds: float) -> None:
+        """Stamps jumped back (a bag played in a loop, a driver restart, a sim-time reset): forget the
+        pairing state, the order of pairs, the stamp offsets and the temporal filter, warn, carry on."""
+        self._newest = {"left": None, "right": None}
+        self._last_stamp = {"left": None, "right": None}
+        self.time_resets += 1
+        if self.sync is not None:
+            self.sync.reset()
+        elif getattr(self, "_mf", None) is not None:  # message_filters would keep stale newer messages queued
+            with self._mf.lock:
+                for queue in self._mf.queues:
+                    queue.clear()
+        self.order.reset()
+        self.health.forget("stamp_offset_ms")
+        self._reset_filter.set()
+        self._throttled("warning", f"input stamps on {self.topics[f'{side}/image_rect']} went back by {seconds:.1f} s "
+                                   "(a bag played in a loop, a driver restart or a sim-time reset): pairing starts over")
+
     def _on_pair(self, left: Image, right: Image) -> None:
+        verdict = self.order.check(max(stamp_ns(left), stamp_ns(right)))
+        if verdict == "old":  # message_filters' TimeSynchronizer can emit an older pair after a newer one
+            self.health.add("out_of_order")
+            self._throttled("warning", "dropped a stereo pair older than the last one published (out of order): "
+                                       "the driver delivers late or reordered images")
+            return
         self.health.add("pairs")
         self.slot.put((left, right, self.infos["left"], self.infos["right"], time.monotonic()))
 
@@ -277,6 +316,9 @@ class StereoNode(Node):
             item = self.slot.get()
             if item is None:
                 continue
+            if self._reset_filter.is_set():  # time went back: the filtered state belongs to another sequence
+                self._reset_filter.clear()
+                self.postprocess.reset()
             try:
                 self._process(*item)
             except (EncodingError, CalibrationError, ValueError) as exc:
@@ -294,9 +336,9 @@ class StereoNode(Node):
         return self._stop.is_set() or not self.context.ok()
 
     def _throttled(self, level: str, message: str) -> None:
-        """At most one log line per kind of problem (its first words) every THROTTLE_S seconds,
-        so a persistent fault does not flood the log and does not hide a different one."""
-        key = " ".join(message.split()[:5])
+        """At most one log line per kind of problem (its text with the numbers left out) every THROTTLE_S
+        seconds, so a persistent fault does not flood the log and does not hide a different one."""
+        key = _NUMBER.sub("#", message)
         now = time.monotonic()
         if now - self._last_error.get(key, -1e9) >= THROTTLE_S:
             self._last_error[key] = now
@@ -335,23 +377,28 @@ class StereoNode(Node):
             self.health.sample("masked_lr_pct", 100.0 * frame.masked_lr / frame.disparity.size)
         disparity = frame.disparity
         scale = left.shape[1] / (self.runtime.input_size[1] if getattr(self.runtime, "input_size", None) else left.shape[1])
+        outgoing = []  # the frame's messages, published together (never half a frame, see destroy_node)
         if want_conf and frame.confidence is not None:
             data, view = self.buffers.take("confidence", frame.confidence.size * 4)
             np.copyto(view.view(np.float32).reshape(frame.confidence.shape), frame.confidence)
-            self.pub_conf.publish(float_image(Image, data, *frame.confidence.shape, left_msg.header))
+            outgoing.append((self.pub_conf, float_image(Image, data, *frame.confidence.shape, left_msg.header)))
         out = frame_messages(MSGS, camera, disparity, left_msg.header, disparity_out=want_disp, depth_out=want_depth,
                              points_out=want_points, colors=left if v[P.POINT_COLORS] else None,
                              organized=v[P.POINTS_ORGANIZED], stride=v[P.POINT_STRIDE], min_depth=v[P.MIN_DEPTH],
                              max_depth=v[P.MAX_DEPTH], max_disparity=self.max_disparity * scale, pool=self.buffers)
-        for pub, msg in ((self.pub_disp, out.disparity), (self.pub_depth, out.depth), (self.pub_points, out.points)):
-            if msg is not None:
-                pub.publish(msg)
+        outgoing += [(pub, msg) for pub, msg in ((self.pub_disp, out.disparity), (self.pub_depth, out.depth),
+                                                 (self.pub_points, out.points)) if msg is not None]
         if out.depth is not None and left_info is not None:
             info = CameraInfo()
             info.header = left_msg.header
             for name in ("height", "width", "distortion_model", "d", "k", "r", "p", "binning_x", "binning_y", "roi"):
                 setattr(info, name, getattr(left_info, name))
-            self.pub_depth_info.publish(info)
+            outgoing.append((self.pub_depth_info, info))
+        with self._publishing:
+            if self._stop.is_set():
+                return  # shutting down: this frame is not published at all
+            for pub, msg in outgoing:
+                pub.publish(msg)
         self.health.add("published")
         self.health.sample("latency_ms", (time.monotonic() - received) * 1e3)
         age = (self.get_clock().now().nanoseconds - stamp_ns(left_msg)) / 1e9
@@ -371,8 +418,8 @@ class StereoNode(Node):
             out[f"{side}_in"] = float(h.totals[side])
             out[f"{side}_info_in"] = float(h.totals[f"{side}_info"])
         out["unmatched"] = max(0.0, out["left_in"] + out["right_in"] - 2 * out["pairs_in"])
-        if self.sync is not None:
-            out["out_of_order"] = float(self.sync.out_of_order)
+        out["out_of_order"] = float(h.totals["out_of_order"] + (self.sync.out_of_order if self.sync is not None else 0))
+        out["time_resets"] = float(self.time_resets + self.order.resets)
         return out
 
     def status(self) -> Any:
@@ -382,6 +429,14 @@ class StereoNode(Node):
     def _diagnostics(self) -> None:
         status = self.status()
         values = {**status.values, **self.stats()}
+        if self._watch_shm:  # large images are lost without room for the shared-memory segments
+            report = shm_report()
+            if report is not None:
+                values["shm_free_mib"] = report.free_mib
+                values["shm_dead_segments"] = float(report.zombie_segments)
+                problem = shm_problem(report)
+                if problem and status.level in (OK, STALE):
+                    status = Status(WARN, problem, status.values)
         for side in ("left", "right"):  # how old the camera_info in use is, against its image
             info, stamp = self.infos[side], self._last_stamp[side]
             if info is not None and stamp is not None:
@@ -412,36 +467,75 @@ class StereoNode(Node):
 
     def destroy_node(self) -> None:
         if hasattr(self, "worker"):  # absent when __init__ failed part-way
-            self._stop.set()
+            with self._publishing:  # waits for a frame being published; the worker publishes none after this
+                self._stop.set()
             self.slot.close()
-            self.worker.join(timeout=5.0)
+            self.worker.join(timeout=5.0)  # an inference still running is abandoned: it publishes nothing
         super().destroy_node()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stop: threading.Event | None = None) -> int:
+    """Run the node until SIGINT or SIGTERM, then stop cleanly: exit 0, no traceback, nothing published half.
+
+    The signals are this function's, not rclpy's: the first one (Ctrl-C, ``ros2 launch``'s SIGINT, a
+    SIGTERM) asks to stop; later ones (``ros2 launch`` without a terminal forwards SIGINT again, then
+    escalates to SIGTERM) are ignored while the node shuts down, instead of raising KeyboardInterrupt
+    inside the clean-up. A signal while the model loads stops the node as soon as it has loaded.
+    Exit status 2 with one ``error:`` line when the node cannot start. ``stop``: an event the caller's
+    own signal handlers already set (:mod:`m2s_stereo.node_main` installs them before these imports).
+    """
+    import signal
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
     from m2s_stereo.dds import use_large_image_profile
 
+    if stop is None:
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
     profile = use_large_image_profile()  # before the first DDS participant of this process
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    shm_problem_text, shm_removed = make_room_for_shm() if profile_in_use() else (None, 0)
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
     try:
-        node = StereoNode()
-    except (ValueError, CalibrationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    except Exception as exc:  # noqa: BLE001  (runtime load errors: one line, no traceback)
-        print(f"error: cannot start m2s_stereo: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    if profile:
-        node.get_logger().info(f"DDS profile for large images: {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to "
-                               "choose another, M2S_DDS_PROFILE=none to use none; the camera driver needs it too)")
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
+        if stop.is_set():  # asked to stop while Python was still importing: nothing started, nothing to undo
+            return 0
+        try:
+            node = StereoNode()
+        except (ValueError, CalibrationError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # noqa: BLE001  (runtime load errors: one line, no traceback)
+            print(f"error: cannot start m2s_stereo: {exc}", file=sys.stderr)
+            return 2
+        if profile:
+            node.get_logger().info(f"DDS profile for large images: {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to "
+                                   "choose another, M2S_DDS_PROFILE=none to use none; the camera driver needs it too)")
+        if shm_removed:
+            node.get_logger().info(f"removed {shm_removed} shared-memory segment(s) of Fast DDS processes that died "
+                                   "from /dev/shm: it had no room left for this node's")
+        if shm_problem_text:
+            node.get_logger().warning(shm_problem_text)
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        executor.remove_node(node)
+        if stop.is_set():
+            node.get_logger().info("stopping: signal received")
     finally:
-        node.destroy_node()
+        # from here on a signal changes nothing: ignored, not handled (Python restores the default action,
+        # death by SIGINT, for signals with a handler when the interpreter finalises; not for ignored ones)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0
 

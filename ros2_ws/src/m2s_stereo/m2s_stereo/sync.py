@@ -1,10 +1,17 @@
-"""Stereo pair synchronisation by header stamp, without message_filters.
+"""Stereo pair synchronisation by header stamp, and what the node does the same way on both paths.
 
-Same semantics as ``message_filters.TimeSynchronizer`` (exact stamps) and a simple
-``ApproximateTimeSynchronizer`` (nearest partner within ``slop`` seconds): each side keeps the
-last ``queue_size`` messages; when a pair matches it is emitted and everything older on both
-sides is dropped. Out-of-order (older than the last emitted pair) messages are rejected and
-counted. Single-threaded use (ROS callbacks of one node).
+:class:`PairSynchronizer` is the node's own pairing where ``message_filters`` is absent: exact stamps,
+or the nearest partner within ``slop`` seconds (inclusive); each side keeps the last ``queue_size``
+messages; when a pair matches it is emitted and everything older on both sides is dropped.
+
+The real ``message_filters`` differs, and the node evens it out (:class:`PairOrder`, :func:`mf_slop`):
+its ``ApproximateTimeSynchronizer`` pairs only stamps *strictly* closer than ``slop`` (``slop`` 0
+never pairs), and its ``TimeSynchronizer`` keeps older unmatched messages, so it can emit an older
+pair after a newer one. Pairs leave the node in stamp order on both paths: an older pair is dropped
+and counted. Time may also go backwards (a bag played in a loop, a driver restart, a sim-time reset):
+a stamp older than the newest seen by more than :data:`JUMP_BACK_NS` is a reset of time, after which
+pairing starts over (as tf2 clears its buffer on a jump back), instead of every later pair being
+rejected as out of order. Single-threaded use (ROS callbacks of one node).
 """
 
 from __future__ import annotations
@@ -14,9 +21,44 @@ from collections.abc import Callable
 from typing import Any
 
 
+JUMP_BACK_NS = 1_000_000_000  # older than the newest stamp by more than this: time was reset, not reordered
+
+
 def stamp_ns(msg: Any) -> int:
     s = msg.header.stamp
     return int(s.sec) * 1_000_000_000 + int(s.nanosec)
+
+
+def mf_slop(slop: float) -> float:
+    """The ``slop`` to give message_filters' ApproximateTimeSynchronizer so that it pairs what the node's
+    own synchroniser pairs: stamps up to ``slop`` apart *inclusive* (it pairs strictly closer ones only),
+    so ``slop`` 0 pairs equal stamps (it would pair nothing)."""
+    return (round(slop * 1e9) + 1) / 1e9
+
+
+class PairOrder:
+    """Pairs in stamp order, whatever synchroniser made them: :meth:`check` says ``"ok"``, ``"old"``
+    (an older or equal pair after a newer one: drop it; counted in ``out_of_order``) or ``"reset"`` (time
+    went back by more than :data:`JUMP_BACK_NS`: accept it and start the order over; counted in ``resets``)."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.out_of_order = 0
+        self.resets = 0
+
+    def check(self, t: int) -> str:
+        if self.last is not None and t <= self.last:
+            if self.last - t <= JUMP_BACK_NS:
+                self.out_of_order += 1
+                return "old"
+            self.resets += 1
+            self.last = t
+            return "reset"
+        self.last = t
+        return "ok"
+
+    def reset(self) -> None:
+        self.last = None
 
 
 class PairSynchronizer:
@@ -38,11 +80,20 @@ class PairSynchronizer:
     def add_right(self, msg: Any) -> None:
         self._add(1, msg)
 
+    def reset(self) -> None:
+        """Forget every queued message and the last pair (time went backwards)."""
+        for q in self.queues:
+            q.clear()
+        self.last_emitted = -1
+
     def _add(self, side: int, msg: Any) -> None:
         t = stamp_ns(msg)
         if t <= self.last_emitted:
-            self.out_of_order += 1
-            return
+            if self.last_emitted - t > JUMP_BACK_NS:  # time was reset: start over
+                self.reset()
+            else:
+                self.out_of_order += 1
+                return
         self.queues[side].append((t, msg))
         other = self.queues[1 - side]
         match = None
