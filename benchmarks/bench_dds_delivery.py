@@ -78,14 +78,14 @@ def trial(w: int, h: int, n: int, hz: float, pub_env: dict, sub_env: dict) -> li
 
 
 def main() -> int:
-    from m2s_stereo.dds import PROFILE
+    from m2s_stereo.dds import PROFILE, profile_variables
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=60)
     p.add_argument("--sizes", nargs="+", default=["640x480", "1280x720"])
     p.add_argument("--rates", nargs="+", type=float, default=[10.0, 30.0])
     args = p.parse_args()
-    profile = {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+    profile = {v: str(PROFILE) for v in profile_variables()}  # the variable this Fast DDS reads
     setups = (("default transports", {}, {}), ("profile on the subscriber only", {}, profile),
               ("m2s profile on both sides", profile, profile))
     print(f"{args.count} rgb8 images per row, sensor-data QoS, publisher and subscriber in separate processes")

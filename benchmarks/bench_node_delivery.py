@@ -36,10 +36,11 @@ INSIDE = "M2S_BENCH_INSIDE_NAMESPACE"
 def dead_segments(count: int) -> None:
     """Leave ``count`` segments in /dev/shm as a killed Fast DDS process leaves its own: the segment, allocated,
     and its lock file, held by nobody."""
-    from m2s_stereo.dds import SEGMENT_BYTES, SHM_DIR
+    from m2s_stereo.dds import SEGMENT_BYTES, SHM_DIR, fast_dds_major
 
+    prefix = "fastrtps" if (fast_dds_major() or 3) < 3 else "fastdds"  # Fast DDS 2 (Jazzy) names them fastrtps_
     for i in range(count):
-        name = f"fastdds_{random.getrandbits(64):016x}"
+        name = f"{prefix}_{random.getrandbits(64):016x}"
         with open(SHM_DIR / name, "wb") as f:
             f.write(b"\0" * SEGMENT_BYTES)
         (SHM_DIR / f"{name}_el").touch()
@@ -50,11 +51,13 @@ def row(width: int, height: int, rate: float, seconds: float, model: str, camera
     from diagnostic_msgs.msg import DiagnosticArray
     from stereo_msgs.msg import DisparityImage
 
-    from m2s_stereo.dds import PROFILE
+    from m2s_stereo.dds import PROFILE, profile_variables
 
-    env = {**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE), "ROS_DOMAIN_ID": str(random.randint(120, 200)),
+    # the profile in the variable this Fast DDS reads (FASTRTPS_ on Jazzy's Fast DDS 2.14, FASTDDS_ on Kilted's 3.x)
+    profile = {v: str(PROFILE) for v in profile_variables()}
+    env = {**os.environ, **profile, "ROS_DOMAIN_ID": str(random.randint(120, 200)),
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    os.environ.update({k: env[k] for k in ("FASTDDS_DEFAULT_PROFILES_FILE", "ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    os.environ.update({k: env[k] for k in (*profile, "ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     node = subprocess.Popen([sys.executable, "-m", "m2s_stereo.node_main", "--ros-args", "-p", f"model_path:={model}"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     context = rclpy.Context()

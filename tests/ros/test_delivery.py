@@ -22,17 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "bench_node_delivery.py"
 
 
-def _fast_dds_major() -> int:
-    import importlib.metadata as md
-
-    for dist in ("ros-fastdds", "ros-fastrtps"):
-        try:
-            return int(md.version(dist).split(".")[0])
-        except md.PackageNotFoundError:
-            continue
-    return 3
-
-
 def _bench(tmp_path, *args):
     out = tmp_path / "rows.json"
     res = subprocess.run([sys.executable, str(BENCH), *map(str, args), "--json", out], capture_output=True, text=True,
@@ -44,15 +33,10 @@ def _bench(tmp_path, *args):
 def test_a_camera_streaming_for_20_seconds_is_served(stereo_onnx, tmp_path):
     """640x480 at 10 Hz for 20 s: every pair reaches the node and is published or, when the model is busy, counted
     as skipped; the input rate never sags after the first window (it collapsed to 1 fps a few seconds in)."""
-    jazzy = _fast_dds_major() < 3  # Fast DDS 2.14 loses about half of large best-effort samples: a reliable driver
-    (r,) = _bench(tmp_path, "--seconds", 20, "--sizes", "640x480", "--rates", 10, "--model", stereo_onnx,
-                  *(["--camera-qos", "reliable"] if jazzy else []))
+    (r,) = _bench(tmp_path, "--seconds", 20, "--sizes", "640x480", "--rates", 10, "--model", stereo_onnx)
     assert r["sent"] == 200
-    if jazzy:  # measured over 60 s: 600 of 600 pairs; 35-40 of 40 in short runs under load (README)
-        assert r["node_received"] >= 0.9 * r["sent"], r
-    else:
-        assert r["lost_in_transport"] <= 0.01 * r["sent"], r
-        assert r["min_input_fps_after_5s"] >= 8.0, r
+    assert r["lost_in_transport"] <= 0.01 * r["sent"], r  # Kilted and Jazzy alike (docs/node.md)
+    assert r["min_input_fps_after_5s"] >= 8.0, r
     assert r["published"] + r["skipped_busy"] >= r["node_received"] - 2, r  # what arrived is served or counted
     assert r["received_here"] >= 0.99 * r["published"], r
 

@@ -33,6 +33,7 @@ for _module in ("launch", "launch_ros", "ros2launch", "ros2cli"):
 pytest.importorskip("ament_package", reason="ament_package not installed: pip install 'mono2stereo[ros]'")
 
 from calib import StereoCamera  # noqa: E402
+from m2s_stereo.dds import profile_variables  # noqa: E402
 from rosgraph import Listener  # noqa: E402
 
 PKG = Path(__file__).resolve().parents[2] / "ros2_ws" / "src" / "m2s_stereo"
@@ -41,6 +42,8 @@ COLCON = shutil.which("colcon") or shutil.which("colcon", path=str(BIN))
 ROS2 = shutil.which("ros2", path=str(BIN)) or shutil.which("ros2")
 pytestmark = pytest.mark.skipif(COLCON is None or ROS2 is None, reason="colcon / ros2 not installed")
 PROFILE_VARS = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE", "M2S_DDS_PROFILE")
+# the variable this Fast DDS reads: FASTRTPS_ on the Jazzy wheels (Fast DDS 2.14), FASTDDS_ on Kilted's (3.x)
+PROFILE_VAR = profile_variables()[0]
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +192,7 @@ def test_remappings_namespace_outputs_and_the_default_dds_profile(overlay, stere
     try:
         pid = launch.node_pid()
         env = _environ(pid)
-        assert env.get("FASTDDS_DEFAULT_PROFILES_FILE") == str(overlay["share"] / "config" / "fastdds_large_images.xml")
+        assert env.get(PROFILE_VAR) == str(overlay["share"] / "config" / "fastdds_large_images.xml")
         assert launch.wait_for(r"inputs /cam/left / /cam/right"), launch.text  # the node says what it listens to
         got = []
         listener.node.create_subscription(DisparityImage, "/robot2/disparity", got.append, 10)
@@ -223,14 +226,14 @@ def test_dds_profile_given_or_none_and_it_reaches_an_included_camera_launch(over
     camera_launch.write_text(
         "import sys\nfrom launch import LaunchDescription\nfrom launch.actions import ExecuteProcess\n\n\n"
         "def generate_launch_description():\n"
-        "    code = \"import os; print('CAMERA_PROFILE=' + os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE', 'unset'))\"\n"
+        f"    code = \"import os; print('CAMERA_PROFILE=' + os.environ.get('{PROFILE_VAR}', 'unset'))\"\n"
         "    return LaunchDescription([ExecuteProcess(cmd=[sys.executable, '-c', code], output='screen')])\n")
     mine = tmp_path / "my_profile.xml"
     shutil.copy(overlay["share"] / "config" / "fastdds_large_images.xml", mine)
     launch = Launch(overlay, f"engine_file_path:={stereo_onnx}", f"dds_profile:={mine}", f"camera_launch:={camera_launch}")
     try:
         pid = launch.node_pid()
-        assert _environ(pid).get("FASTDDS_DEFAULT_PROFILES_FILE") == str(mine)
+        assert _environ(pid).get(PROFILE_VAR) == str(mine)
         assert launch.wait_for(f"CAMERA_PROFILE={re.escape(str(mine))}"), launch.text  # the driver got it too
         assert launch.wait_for(r"m2s_stereo: onnxruntime runtime"), launch.text
         launch.signal_group(signal.SIGINT)
@@ -242,7 +245,7 @@ def test_dds_profile_given_or_none_and_it_reaches_an_included_camera_launch(over
     try:
         pid = launch.node_pid()
         env = _environ(pid)
-        assert "FASTDDS_DEFAULT_PROFILES_FILE" not in env and env.get("M2S_DDS_PROFILE") == "none", env
+        assert not any(v in env for v in PROFILE_VARS[:2]) and env.get("M2S_DDS_PROFILE") == "none", env
         assert launch.wait_for(r"CAMERA_PROFILE=unset"), launch.text
         assert launch.wait_for(r"m2s_stereo: onnxruntime runtime"), launch.text
         assert "DDS profile for large images" not in launch.text  # the node did not set it itself either

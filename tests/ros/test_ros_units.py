@@ -170,11 +170,38 @@ class TestParamsAndLaunch:
         from m2s_stereo.dds import PROFILE, profile_environment
 
         assert PROFILE.is_file() and "<segment_size>" in PROFILE.read_text()
-        assert profile_environment({}) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+        # Fast DDS 3 (Kilted, Rolling) reads FASTDDS_, Fast DDS 2 (Humble, Jazzy) FASTRTPS_ only
+        kilted, jazzy = {"ROS_DISTRO": "kilted"}, {"ROS_DISTRO": "jazzy"}
+        assert profile_environment(kilted) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(PROFILE)}
+        assert profile_environment(jazzy) == {"FASTRTPS_DEFAULT_PROFILES_FILE": str(PROFILE)}
         assert profile_environment({"ROS_DISTRO": "humble"}) == {"FASTRTPS_DEFAULT_PROFILES_FILE": str(PROFILE)}
-        assert profile_environment({"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {}  # the user's choice stays
-        assert profile_environment({"M2S_DDS_PROFILE": "none"}) == {}
-        assert profile_environment({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
+        assert profile_environment(kilted | {"FASTDDS_DEFAULT_PROFILES_FILE": "/mine.xml"}) == {}  # the user's choice
+        assert profile_environment(kilted | {"M2S_DDS_PROFILE": "none"}) == {}
+        assert profile_environment(kilted | {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
+
+    def test_dds_profile_variable_follows_the_installed_fast_dds(self):
+        """Without ROS_DISTRO (the PyPI wheels) the installed Fast DDS decides; a profile left in the variable it
+        does not read (FASTDDS_ on Jazzy, as these docs once said) is named, not silently ignored."""
+        import importlib.metadata as md
+
+        from m2s_stereo.dds import PROFILE, fast_dds_major, ignored_profile_variable, profile_environment
+
+        installed = {}
+        for dist in ("ros-fastdds", "ros-fastrtps"):
+            try:
+                installed[dist] = int(md.version(dist).split(".")[0])
+            except md.PackageNotFoundError:
+                pass
+        assert fast_dds_major({}) == next(iter(installed.values()), None)
+        if fast_dds_major({}) is not None:
+            want = "FASTDDS_DEFAULT_PROFILES_FILE" if fast_dds_major({}) >= 3 else "FASTRTPS_DEFAULT_PROFILES_FILE"
+            assert profile_environment({}) == {want: str(PROFILE)}
+        assert ignored_profile_variable({"ROS_DISTRO": "jazzy", "FASTDDS_DEFAULT_PROFILES_FILE": "/p.xml"}).startswith(
+            "FASTDDS_DEFAULT_PROFILES_FILE is set (/p.xml) but this Fast DDS (major version 2) reads "
+            "FASTRTPS_DEFAULT_PROFILES_FILE only")
+        assert ignored_profile_variable({"ROS_DISTRO": "jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE": "/p.xml"}) is None
+        assert ignored_profile_variable({"ROS_DISTRO": "kilted", "FASTRTPS_DEFAULT_PROFILES_FILE": "/p.xml"}) is not None
+        assert ignored_profile_variable({"ROS_DISTRO": "kilted"}) is None
 
     def test_config_yaml_declares_every_parameter(self):
         import yaml

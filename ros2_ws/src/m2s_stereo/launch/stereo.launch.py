@@ -5,7 +5,8 @@ the ``model_path`` of ``params_file``), ``backend`` and ``use_sim_time`` (empty:
 value, else the node's default), ``namespace``, ``params_file`` (defaults to the package's
 config/stereo.yaml), remappings of the four inputs, ``dds_profile``: the Fast DDS profile for large
 images set for every process this launch starts (default: the package's fastdds_large_images.xml,
-unless FASTDDS_DEFAULT_PROFILES_FILE / FASTRTPS_DEFAULT_PROFILES_FILE is already set; ``none`` sets
+unless the variable this Fast DDS reads (FASTRTPS_DEFAULT_PROFILES_FILE on Humble and Jazzy,
+FASTDDS_DEFAULT_PROFILES_FILE from Kilted) is already set; ``none`` sets
 nothing and keeps the node from setting it itself), and ``camera_launch``: a camera driver's launch
 file (.py, .xml or .yaml) started by this launch after the profile is set, so the sender gets it
 too (the profile must be on the sending side as well). A node that cannot start (no model, bad
@@ -32,7 +33,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from m2s_stereo import params as P
-from m2s_stereo.dds import OPT_OUT, PROFILE_VARIABLES, make_room_for_shm, uses_fast_dds
+from m2s_stereo.dds import OPT_OUT, make_room_for_shm, profile_variables, uses_fast_dds
 
 PACKAGE = "m2s_stereo"
 EXECUTABLE = "stereo_node"
@@ -56,7 +57,7 @@ def _dds_profile(wanted: str, share: str) -> tuple[list, dict]:
     node): the same rule as m2s_stereo.dds; ``none`` also tells the node not to set it itself."""
     if wanted.lower() == "none":
         return [], {OPT_OUT: "none"}
-    if not wanted and any(os.environ.get(v) for v in PROFILE_VARIABLES):
+    if not wanted and any(os.environ.get(v) for v in profile_variables()):
         return [], {}
     if not uses_fast_dds():
         return [], {}
@@ -69,8 +70,8 @@ def _dds_profile(wanted: str, share: str) -> tuple[list, dict]:
               file=sys.stderr)
     if problem:
         print(f"[m2s_stereo] WARNING: {problem}", file=sys.stderr)
-    names = PROFILE_VARIABLES[1:] if os.environ.get("ROS_DISTRO") == "humble" else PROFILE_VARIABLES[:1]
-    return [SetEnvironmentVariable(name, path) for name in names], {}
+    # the variable this Fast DDS reads: FASTRTPS_ on Humble and Jazzy (Fast DDS 2), FASTDDS_ from Kilted (Fast DDS 3)
+    return [SetEnvironmentVariable(name, path) for name in profile_variables()], {}
 
 
 def _overrides(get) -> dict:

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROFILE = Path(__file__).with_name("fastdds_large_images.xml")
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Jazzy+, Humble
+# Fast DDS 3 (Kilted, Rolling) reads only FASTDDS_DEFAULT_PROFILES_FILE (and its rmw warns when FASTRTPS_ is set);
+# Fast DDS 2 (Humble 2.6, Jazzy 2.14) reads only FASTRTPS_DEFAULT_PROFILES_FILE: measured on the Jazzy wheels
+# (Fast DDS 2.14.5), FASTDDS_ alone left the default 512 KiB segment, i.e. no profile at all.
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")  # Fast DDS 3, Fast DDS 2
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 OPT_OUT = "M2S_DDS_PROFILE"  # "none": leave the DDS configuration alone
 
 
@@ -26,21 +30,59 @@ def uses_fast_dds(environ: MutableMapping[str, str] = os.environ) -> bool:
     return environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps")
 
 
+def fast_dds_major(environ: MutableMapping[str, str] = os.environ) -> int | None:
+    """Fast DDS's major version in this process: from ROS_DISTRO (a sourced ROS install: its libraries come
+    first), else from the PyPI ROS wheels installed (ros-fastdds 3.x, ros-fastrtps 2.x); None when unknown."""
+    distro = environ.get("ROS_DISTRO", "").lower()
+    if distro:
+        return 2 if distro in FAST_DDS_2_DISTROS else 3
+    import importlib.metadata as md
+
+    for dist in ("ros-fastdds", "ros-fastrtps"):
+        try:
+            return int(md.version(dist).split(".")[0])
+        except (md.PackageNotFoundError, ValueError):
+            continue
+    return None
+
+
+def profile_variables(environ: MutableMapping[str, str] = os.environ) -> tuple[str, ...]:
+    """The variable(s) this process's Fast DDS reads its profiles file from (both when the version is unknown)."""
+    major = fast_dds_major(environ)
+    if major is None:
+        return PROFILE_VARIABLES
+    return PROFILE_VARIABLES[1:] if major < 3 else PROFILE_VARIABLES[:1]
+
+
 def profile_in_use(environ: MutableMapping[str, str] = os.environ) -> bool:
     """True when this process's Fast DDS loads the large-image profile (its shared-memory segments need room)."""
-    return uses_fast_dds(environ) and any(environ.get(v) == str(PROFILE) for v in PROFILE_VARIABLES)
+    return uses_fast_dds(environ) and any(environ.get(v) == str(PROFILE) for v in profile_variables(environ))
+
+
+def ignored_profile_variable(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Why a profiles file that is set is not loaded: it is in the variable this Fast DDS does not read, and the one
+    it reads is empty (e.g. FASTDDS_DEFAULT_PROFILES_FILE on Jazzy). None when there is nothing to say."""
+    if not uses_fast_dds(environ):
+        return None
+    read = profile_variables(environ)
+    if any(environ.get(v) for v in read):
+        return None
+    for v in PROFILE_VARIABLES:
+        if v not in read and environ.get(v):
+            return (f"{v} is set ({environ[v]}) but this Fast DDS (major version {fast_dds_major(environ)}) reads "
+                    f"{read[0]} only: that profile is not loaded. Set {read[0]} to the same file, in the camera "
+                    "driver's environment too")
+    return None
 
 
 def profile_environment(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
     """The variables to set so Fast DDS loads :data:`PROFILE`: empty when the user chose a profile
-    already, opted out (``M2S_DDS_PROFILE=none``) or uses another RMW."""
+    already (in the variable this Fast DDS reads), opted out (``M2S_DDS_PROFILE=none``) or uses another RMW."""
     if environ.get(OPT_OUT, "").lower() == "none" or not uses_fast_dds(environ):
         return {}
-    if any(environ.get(v) for v in PROFILE_VARIABLES):
+    names = profile_variables(environ)
+    if any(environ.get(v) for v in names):
         return {}
-    # Fast DDS >= 2.14 warns that the FASTRTPS_ name is deprecated when it is set; Humble's 2.6 knows only it
-    distro = environ.get("ROS_DISTRO", "")
-    names = PROFILE_VARIABLES[1:] if distro == "humble" else PROFILE_VARIABLES[:1]
     return {name: str(PROFILE) for name in names}
 
 
@@ -62,8 +104,8 @@ def use_large_image_profile(environ: MutableMapping[str, str] = os.environ) -> s
 # told otherwise, and segments of processes that were killed stay until someone removes them.
 SHM_DIR = Path("/dev/shm")
 SEGMENT_BYTES = 17_564_192  # the profile's 16 MiB segment as Fast DDS allocates it (measured), per process
-_SEGMENT_LOCK = re.compile(r"^fastdds_[0-9a-z]{16}_el$")
-_PORT_LOCK = re.compile(r"^fastdds_port\d{1,5}_(?:el|sl)$")
+_SEGMENT_LOCK = re.compile(r"^fast(?:dds|rtps)_[0-9a-z]{16}_el$")  # fastrtps_: Fast DDS 2 (Humble, Jazzy)
+_PORT_LOCK = re.compile(r"^fast(?:dds|rtps)_port\d{1,5}_(?:el|sl)$")
 
 
 @dataclass
@@ -173,5 +215,5 @@ def make_room_for_shm(shm_dir: Path = SHM_DIR) -> tuple[str | None, int]:
 
 
 __all__ = ["OPT_OUT", "PROFILE", "PROFILE_VARIABLES", "SEGMENT_BYTES", "ShmReport", "clean_zombie_segments",
-           "make_room_for_shm", "profile_environment", "profile_in_use", "shm_problem", "shm_report", "use_large_image_profile",
-           "uses_fast_dds"]
+           "fast_dds_major", "ignored_profile_variable", "make_room_for_shm", "profile_environment", "profile_in_use",
+           "profile_variables", "shm_problem", "shm_report", "use_large_image_profile", "uses_fast_dds"]

@@ -34,7 +34,14 @@ from calib import CalibrationError, StereoCamera
 from calib.ros_image import ENCODINGS, EncodingError, image_problem, image_to_rgb8
 from m2s_export.runtime import load_runtime
 from m2s_stereo import params as P
-from m2s_stereo.dds import make_room_for_shm, profile_in_use, shm_problem, shm_report
+from m2s_stereo.dds import (
+    ignored_profile_variable,
+    make_room_for_shm,
+    profile_in_use,
+    profile_variables,
+    shm_problem,
+    shm_report,
+)
 from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth, Status
 from m2s_stereo.image_codec import BufferPool
 from m2s_stereo.outputs import float_image, frame_messages, warm_up
@@ -205,8 +212,9 @@ class StereoNode(Node):
 
     def _match_publisher_qos(self) -> None:
         """qos auto (every second): subscribe reliable while every publisher of the image topics is
-        reliable (Fast DDS 2.14, Jazzy's, delivers about half of the large samples of a reliable writer
-        to a best-effort reader), best effort as soon as one is not (a reliable reader cannot hear it)."""
+        reliable (as rviz does: a reliable writer's lost fragments are then resent; without the large-image
+        profile Jazzy's Fast DDS 2.14 delivered about half of them to a best-effort reader), best effort as soon
+        as one is not (a reliable reader cannot hear it)."""
         infos = [i for name in ("left/image_rect", "right/image_rect")
                  for i in self.get_publishers_info_by_topic(self.topics[name])]
         if not infos:
@@ -515,8 +523,10 @@ def main(argv: list[str] | None = None, stop: threading.Event | None = None) -> 
             print(f"error: cannot start m2s_stereo: {exc}", file=sys.stderr)
             return 2
         if profile:
-            node.get_logger().info(f"DDS profile for large images: {profile} (set FASTDDS_DEFAULT_PROFILES_FILE to "
+            node.get_logger().info(f"DDS profile for large images: {profile} (set {profile_variables()[0]} to "
                                    "choose another, M2S_DDS_PROFILE=none to use none; the camera driver needs it too)")
+        elif (ignored := ignored_profile_variable()) is not None:
+            node.get_logger().warning(ignored)
         if shm_removed:
             node.get_logger().info(f"removed {shm_removed} shared-memory segment(s) of Fast DDS processes that died "
                                    "from /dev/shm: it had no room left for this node's")
