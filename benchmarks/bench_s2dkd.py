@@ -321,8 +321,9 @@ def main() -> int:
                 values = np.array([[p[key] for p in r["curve"]] for r in runs])
                 ax.errorbar(steps, values.mean(0), yerr=values.std(0), label=name, capsize=3)
         for ax, key in zip(axes, ("held-out EPE (px)", "held-out edge EPE (px)")):
-            ax.set(xlabel="fine-tuning step", ylabel=key)
+            ax.set(xlabel="fine-tuning step", ylabel=key, title=key.replace("held-out ", "").split(" (")[0])
         axes[0].legend(fontsize=7)
+        fig.suptitle(f"S2DKD ladder: fine-tuning from sparse labels, mean +- std over {len(args.seeds)} seed(s)")
         fig.tight_layout()
         fig.savefig(out / "s2dkd.png", dpi=100)
     except ImportError:

@@ -22,10 +22,14 @@ from calib.errors import Mono2StereoError
 
 
 class CliParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose usage errors are one ``error:`` line and exit 2.
+    """``argparse.ArgumentParser`` whose usage errors are one ``error:`` line and exit 2, with ``--version``.
 
     Sub-command parsers made with ``add_subparsers`` inherit the class.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        add_version_flag(self)
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -70,9 +74,19 @@ non_negative_float = bounded(float, ge=0)
 finite_float = bounded(float)
 
 
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    """``--version``: the program name and Mono2Stereo's one version (:mod:`calib.version`), exit 0."""
+    if "--version" not in parser._option_string_actions:
+        from calib.version import version
+
+        parser.add_argument("--version", action="version", version=f"%(prog)s (mono2stereo) {version()}",
+                            help="show the version and exit")
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr, no progress bars")
+    add_version_flag(parser)
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:

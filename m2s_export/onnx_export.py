@@ -116,7 +116,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
             "input_height": height, "input_width": width, "input_spec": INPUT_SPEC, "iters": iters,
             "max_disp": cfg.max_disp, "opset": opset, "dynamic_batch": dynamic_batch,
             "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint / "model.safetensors"),
-            "versions": _versions(), "precision": "fp32", "outputs": list(OUTPUTS),
+            "exported_by": f"mono2stereo {package_version()}", "versions": _versions(), "precision": "fp32", "outputs": list(OUTPUTS),
             "confidence": confidence_description(cfg),
         }
         card = read_card(checkpoint)
@@ -213,6 +213,12 @@ def verify_onnx(path: Path, wrapper: Any, height: int, width: int, tolerance: fl
                               f"{row['confidence_mean_abs']:.4g} (max {row['confidence_max_abs']:.4g}) > "
                               f"{CONFIDENCE_TOLERANCE}; the ONNX file was not written")
     return rows
+
+
+def package_version() -> str:
+    from calib.version import version
+
+    return version()
 
 
 def _versions() -> dict[str, str]:

@@ -339,8 +339,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, o
     write_bytes_atomic(engine_path, bytes(serialized))
     if cache_path:
         save_timing_cache(config, cache_path)
+    from calib.version import version as package_version
+
     meta = onnx_meta
-    meta.update({"tensorrt_version": version, **gpu_identity(), "precision": "fp16" if options.fp16 else "fp32",
+    meta.update({"built_by": f"mono2stereo {package_version()}", "tensorrt_version": version, **gpu_identity(), "precision": "fp16" if options.fp16 else "fp32",
                  "strongly_typed": typed, "fp32_layers": [p.name for p in kept] if not typed else fp32_nodes,
                  "onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path), "engine_sha256": sha256_file(engine_path),
                  "trtexec": trtexec_command(str(source), str(engine_path), options, version, kept, dynamic)})

@@ -14,11 +14,17 @@ import torch
 from tqdm import tqdm
 
 from calib.errors import DataError
+from calib.figures import (
+    Panel,
+    disparity_panel,
+    image_panel,
+    panel_figure,
+    stereo_result_figure,
+)
 from calib.metrics import (
     MetricAccumulator,
     SparsificationAccumulator,
-    confidence_map_rgb,
-    error_map_rgb,
+    disparity_metrics,
     label_free_metrics,
     sparsification_plot,
 )
@@ -104,9 +110,12 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
                 free.append({"sample_id": item["sample_id"],
                              **{k: lf[k] for k in ("photometric", "lr_consistency", "at_range_limit")}})
                 if out_dir and i < error_maps:
-                    photo = np.nan_to_num(lf["photometric_map"], nan=1.0)
-                    cv2.imwrite(str(out_dir / f"photometric_model_{i:04d}.png"),
-                                cv2.applyColorMap((np.clip(photo / 0.3, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET))
+                    panel_figure(out_dir / f"photometric_model_{i:04d}.png",
+                                 f"model on {dataset_spec}, {item['sample_id']}: photometric residual "
+                                 f"{lf['photometric']:.3f}, left-right consistent {100 * lf['lr_consistency']:.0f} %",
+                                 [image_panel(_rgb(item["left"]), "left image"),
+                                  disparity_panel(preds["model"], "disparity (predicted)"),
+                                  Panel(lf["photometric_map"], "right view warped by it vs left", "residual", 0.0, 0.3)])
         if sgbm:
             left, right = _rgb(item["left"]), _rgb(item["right"])
             t0 = time.perf_counter()
@@ -117,11 +126,11 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
             rows[name].add(pred, gt, sample_id=item["sample_id"])
             if name in confs:
                 confidences[name].add(pred, gt, confs[name])
-            if out_dir and i < error_maps:
-                error = error_map_rgb(pred, gt)
-                if name in confs:  # the confidence beside the error it should predict
-                    error = np.concatenate([error, confidence_map_rgb(confs[name])], axis=1)
-                cv2.imwrite(str(out_dir / f"error_{name}_{i:04d}.png"), error[:, :, ::-1])
+            if out_dir and i < error_maps:  # the confidence beside the error it should predict
+                m = disparity_metrics(pred, gt)
+                stereo_result_figure(out_dir / f"error_{name}_{i:04d}.png",
+                                     f"{name} on {dataset_spec}, {item['sample_id']}: EPE {m['epe']:.2f} px, "
+                                     f"bad-3 {100 * m['bad3']:.1f} %", _rgb(item["left"]), pred, gt, confs.get(name))
     methods = {k: {**acc.summary(), "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))} for k, acc in rows.items()}
     for name, acc in confidences.items():
         methods[name]["confidence"] = acc.summary()

@@ -2,7 +2,7 @@
 # The test suite: creates/reuses .venv, installs the repo with its test extras, fetches the
 # example data, runs pytest. Extra arguments go to pytest (e.g. -k calib -x).
 set -euo pipefail
-M2S_EXTRAS="${M2S_EXTRAS:-dev,training,export,ros}"
+M2S_EXTRAS="${M2S_EXTRAS:-dev,training,export,ros,docs}"
 source "$(dirname "$0")/env.sh"
 cd "$M2S_ROOT"
 # The authors' model code in ../shared/reference is the oracle of the checkpoint import

@@ -385,12 +385,9 @@ def sha256_of(path: Path) -> str:
 
 
 def package_version() -> str:
-    try:
-        from importlib.metadata import version
+    from calib.version import version
 
-        return version("mono2stereo")
-    except Exception:  # noqa: BLE001  (a source checkout without an install)
-        return "unknown"
+    return version()
 
 
 def model_card(arch: PublishedArchitecture, model: torch.nn.Module, source: Path, sha256: str, mapped: Mapped,

@@ -17,12 +17,27 @@ from tqdm import tqdm
 
 from calib.errors import DataError
 from calib.image_io import read_rgb
-from calib.safe_files import dumps_json, read_json, write_bytes_if_absent, write_json_atomic
+from calib.safe_files import (
+    dumps_json,
+    read_json,
+    write_bytes_if_absent,
+    write_json_atomic,
+)
 from m2s_train.config import check_fields, num, to_dict
 from m2s_train.errors import ConfigError, DatasetError, SynthesisError
 from m2s_train.synth.depth import DepthEstimator, create_depth_estimator
-from m2s_train.synth.disparity import CameraRange, DisparityScaling, inverse_depth_to_disparity
-from m2s_train.synth.inpaint import EAMaskConfig, StableDiffusionInpainter, classical_fill, ea_fill, ea_inpaint_mask
+from m2s_train.synth.disparity import (
+    CameraRange,
+    DisparityScaling,
+    inverse_depth_to_disparity,
+)
+from m2s_train.synth.inpaint import (
+    EAMaskConfig,
+    StableDiffusionInpainter,
+    classical_fill,
+    ea_fill,
+    ea_inpaint_mask,
+)
 from m2s_train.synth.shards import FORMAT, ShardWriter, StereoSample, read_sample_meta
 from m2s_train.synth.warp import forward_warp
 
@@ -193,6 +208,23 @@ def preview_image(sample: StereoSample) -> np.ndarray:
     return np.hstack([sample.left, sample.right, colour, masks])
 
 
+PREVIEW_MASKS = (("hole (filled by inpainting)", (255, 0, 0)), ("edge-aware additions", (255, 220, 0)),
+                 ("occluded in the left view", (0, 0, 255)))
+
+
+def preview_figure(path: Path, sample: StereoSample) -> Path:
+    """The preview PNG of a sample: left, synthesized right, its exact disparity (px) and the masks, labelled."""
+    from calib.figures import Panel, disparity_panel, image_panel, panel_figure
+
+    masks = preview_image(sample)[:, 3 * sample.left.shape[1]:]
+    meta = sample.meta if isinstance(getattr(sample, "meta", None), dict) else {}
+    note = f", max disparity drawn {meta['max_disparity']:.0f} px" if "max_disparity" in meta else ""
+    return panel_figure(path, f"synthesized pair {sample.sample_id}{note}",
+                        [image_panel(sample.left, "left (the photo)"), image_panel(sample.right, "right (synthesized)"),
+                         disparity_panel(sample.disparity, "disparity (exact, by construction)"),
+                         Panel(masks, "masks", "mask", legend=PREVIEW_MASKS)], columns=2)
+
+
 def sample_id_for(source: str) -> str:
     """A stable id from the source image's relative path: readable stem + a hash of the whole path,
     so adding or removing other images never renames a sample."""
@@ -360,7 +392,7 @@ def run_synthesis(images: list[Path], out: str | os.PathLike, config: SynthConfi
             if written < previews:
                 preview_dir = out / "previews"
                 preview_dir.mkdir(exist_ok=True)
-                cv2.imwrite(str(preview_dir / f"{sample_id}.png"), cv2.cvtColor(preview_image(sample), cv2.COLOR_RGB2BGR))
+                preview_figure(preview_dir / f"{sample_id}.png", sample)
             written += 1
             bar.update(1)
             bar.set_postfix(pairs_per_s=f"{written / (time.perf_counter() - t0):.2f}")

@@ -45,6 +45,9 @@ class TestOnnxExport:
         props = {p.key: p.value for p in model.metadata_props}
         assert props["format"] == "m2s-stereo-v1" and json.loads(props["input_height"]) == 96
         assert json.loads(props["iters"]) == 3 and len(props["checkpoint_sha256"]) == 64
+        from calib.version import version
+
+        assert props["exported_by"] == f"mono2stereo {version()}"  # the one version (tests/test_release.py)
         assert model.opset_import[0].version >= 17
         assert [i.name for i in model.graph.input] == ["left", "right"] and model.graph.output[0].name == "disparity"
         assert read_sidecar(root / "tiny.onnx")["model_name"] == "igev-tiny"

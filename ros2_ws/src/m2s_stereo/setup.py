@@ -12,7 +12,7 @@ PACKAGE = "m2s_stereo"
 
 setup(
     name=PACKAGE,
-    version="0.1.0",
+    version="0.2.0",  # = pyproject.toml's (tests/test_release.py)
     packages=[PACKAGE],
     package_data={PACKAGE: ["*.xml"]},
     data_files=[

@@ -30,21 +30,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from calib.console import CliParser, add_common_flags, non_negative_float, positive_float, run_command
-from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
+from calib.console import (
+    CliParser,
+    add_common_flags,
+    non_negative_float,
+    positive_float,
+    run_command,
+)
 from calib.errors import CalibrationError
+from calib.figures import stereo_result_figure
 from calib.metrics import (
     MetricAccumulator,
     SparsificationAccumulator,
-    confidence_map_rgb,
-    error_map_rgb,
+    disparity_metrics,
     label_free_metrics,
     sparsification_plot,
 )
+from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
 from m2s_stereo import params as P
 from m2s_stereo.bag_tools import BagError, Frame, read_frames
 from m2s_stereo.postprocess import FramePostprocess, defaults
@@ -334,14 +339,23 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
     if lat:
         result["latency_summary_ms"] = {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
                                         "max": float(np.max(lat))}
-    for k, (frame, disp, confidence) in enumerate(preds[:examples]):
+    shown = []
+    for frame, disp, confidence in preds[:examples]:
         gt = frame.gt_disparity if frame.gt_disparity is not None else (
             frame.camera.depth_to_disparity(frame.gt_depth) if frame.gt_depth is not None else None)
         if gt is not None:
-            image = error_map_rgb(disp, gt)
-            if confidence is not None:  # the confidence beside the error it should predict
-                image = np.concatenate([image, confidence_map_rgb(confidence)], axis=1)
-            cv2.imwrite(str(out / f"error_map_{k}.png"), image[:, :, ::-1])
+            shown.append((frame, disp, confidence, gt))
+    with np.errstate(invalid="ignore"):  # one disparity scale for every example of the sequence
+        values = [g[np.isfinite(g) & (g > 0)] for *_, g in shown]
+    vmax = float(np.percentile(np.concatenate(values), 99)) if values and sum(v.size for v in values) else None
+    for k, (frame, disp, confidence, gt) in enumerate(shown):
+        published = np.isfinite(disp)  # the node publishes NaN where it has no value (e.g. below the confidence threshold)
+        m = disparity_metrics(np.nan_to_num(disp), gt, mask=published)
+        with np.errstate(invalid="ignore"):
+            share = float(np.mean(published[np.isfinite(gt) & (gt > 0)])) if np.any(np.isfinite(gt) & (gt > 0)) else 0.0
+        stereo_result_figure(out / f"error_map_{k}.png", f"node replay, frame {k} of {result.get('frames', '?')}: "
+                             f"EPE {m['epe']:.2f} px, bad-3 {100 * m['bad3']:.1f} % on the {100 * share:.0f} % of the "
+                             "ground truth it published", frame.left, disp, gt, confidence, vmax=vmax)
     if result["accuracy"].get("confidence"):
         try:
             sparsification_plot(result["accuracy"]["confidence"], out / "sparsification.png", "node confidence")

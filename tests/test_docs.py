@@ -1,0 +1,93 @@
+"""The documentation: the site builds strictly, and what it names (commands, flags, node parameters) exists."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKER = ROOT / "scripts" / "check_docs.py"
+
+
+def _checker():
+    spec = importlib.util.spec_from_file_location("check_docs", CHECKER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_site_builds_strict(tmp_path):
+    """`mkdocs build --strict` as CI runs it: broken links, anchors, snippets or API references fail it."""
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
+    pytest.importorskip("material", reason="mkdocs-material is not installed (pip install -e '.[docs]')")
+    pytest.importorskip("mkdocstrings_handlers.python", reason="mkdocstrings-python is not installed")
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "WARNING" not in done.stderr, done.stderr[-3000:]
+    for page in ("getting-started", "calibrate", "synthesize", "pretrain", "finetune", "evaluate", "model-zoo",
+                 "export", "node", "replay", "troubleshooting", "measured", "design", "api"):
+        assert (site / page / "index.html").is_file(), page
+    api = (site / "api" / "index.html").read_text(encoding="utf-8")
+    assert "StereoCamera" in api and "disparity_to_depth" in api  # rendered from the docstrings
+    measured = (site / "measured" / "index.html").read_text(encoding="utf-8")
+    assert "bench_node_delivery.py" in measured and "--8&lt;--" not in measured  # the snippets were included
+
+
+def test_docs_name_only_real_commands_flags_and_parameters():
+    checker = _checker()
+    report = checker.check()
+    assert report.problems == []
+    assert report.checked > 150  # the README and the pages name this many flags and parameters
+    if importlib.util.find_spec("torch"):  # the benchmarks' --help needs torch: everything is checked here
+        assert report.unchecked == []
+
+
+def test_a_wrong_flag_parameter_or_command_fails_the_check(tmp_path):
+    """The check as a user runs it, on a page with one mistake of each kind: exit 1, each one named."""
+    page = tmp_path / "wrong.md"
+    page.write_text("""# A page with mistakes
+
+```bash
+m2s-train finetune --init runs/pre --dataset kitti2015:data/kitti --no-such-flag
+m2s-stereo-node --ros-args -p model_path:=m.onnx -p confidence_treshold:=0.3
+ros2 launch m2s_stereo stereo.launch.py engine_path:=m.engine
+```
+
+Fine-tune with `m2s-train fine-tune --init runs/pre`, evaluate with `m2s-eval-bag --bag b --model m --out r
+--param temporal_filtr=true`, or time it with `python benchmarks/bench_node_delivery.py --seconds 5 --fps 3`.
+""")
+    done = subprocess.run([sys.executable, str(CHECKER), str(page)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    errors = [line for line in done.stdout.splitlines() if line.startswith("error:")]
+    expected = ["m2s-train finetune has no flag --no-such-flag", "no parameter 'confidence_treshold'",
+                "declares no argument 'engine_path'", "'m2s-train fine-tune': no such subcommand",
+                "no parameter 'temporal_filtr'", "bench_node_delivery.py has no flag --fps"]
+    for text in expected:
+        assert any(text in e for e in errors), (text, errors)
+    assert len(errors) == len(expected), errors
+
+
+def test_parameter_table_matches_the_node(tmp_path):
+    checker = _checker()
+    declared = checker.node_parameters()
+    assert checker.parameter_table_problems(declared) == []
+    rows = (ROOT / "docs" / "node.md").read_text(encoding="utf-8").splitlines()
+    edited = [line for line in rows if not line.startswith("| `temporal_confirm`")]
+    edited = [line.replace("| `slop` | `0.01` |", "| `slop` | `0.02` |") for line in edited]
+    edited.insert(edited.index("<!-- parameters -->") + 3, "| `fps_limit` | `30` | | | a parameter that went away |")
+    page = tmp_path / "node.md"
+    page.write_text("\n".join(edited))
+    problems = checker.parameter_table_problems(declared, page)
+    assert len(problems) == 3, problems
+    assert any("declares 'temporal_confirm'" in p for p in problems)
+    assert any("'slop' the default 0.02, the node 0.01" in p for p in problems)
+    assert any("lists 'fps_limit'" in p for p in problems)
