@@ -323,28 +323,15 @@ def test_rt_igev_registry_model_matches_the_reference_architecture(references):
     assert np.isfinite(out.disparity.detach().numpy()).all()
 
 
-def test_imported_checkpoint_goes_through_training_and_evaluation(published_files, references, tmp_path, opencv_data):
+def test_imported_checkpoint_goes_through_training_and_evaluation(published_files, references, tmp_path, opencv_data,
+                                                                   folder_dataset):
     """The paper's stage B from the authors' Scene Flow model: import, then finetune --init (S2DKD on sparse
     labels) and pretrain --init (stage A continued), then eval next to SGBM, each as a user types it.
     RT-IGEV++ (the lighter network) at a small crop, a couple of steps: the chain, not the accuracy."""
-    import cv2
-
     _, files = published_files
     imported = tmp_path / "imported"
     assert _cli("import", files["rt-igev"], "--arch", "rt-igev", "--out", imported).returncode == 0
-    rng = np.random.default_rng(3)
-    root, teachers = tmp_path / "data", tmp_path / "teachers"
-    for sub in ("left", "right", "disparity"):
-        (root / sub).mkdir(parents=True)
-    teachers.mkdir()
-    for i in range(2):
-        left = cv2.resize(rng.uniform(0, 255, (6, 8, 3)).astype(np.float32), (128, 64)).astype(np.uint8)
-        disp = np.full((64, 128), 8.0, np.float32)
-        disp[20:44, 30:90] = 16.0
-        cv2.imwrite(str(root / "left" / f"{i}.png"), left)
-        cv2.imwrite(str(root / "right" / f"{i}.png"), np.roll(left, -8, axis=1))
-        np.save(root / "disparity" / f"{i}.npy", disp)
-        np.save(teachers / f"{i:06d}.npy", 0.1 * disp + 1.0)
+    root, teachers = folder_dataset(2, 128, (30, 90), shift=8)
     common = ["--steps", "2", "--batch-size", "1", "--crop", "64", "128", "--num-workers", "0", "--checkpoint-every", "1",
               "--quiet"]
     proc = _cli("finetune", "--init", imported, "--dataset", f"folder:{root}", "--sparsify", "lidar-like",

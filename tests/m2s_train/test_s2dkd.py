@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 
@@ -182,25 +181,12 @@ class TestDistillationDataset:
         assert item["teacher_status"] == TEACHER_REJECTED and not item["valid"].any()
 
 
-def test_finetune_end_to_end_with_precomputed_teacher(tmp_path):
+def test_finetune_end_to_end_with_precomputed_teacher(tmp_path, folder_dataset):
     from m2s_train.cli import main as train_main
     from m2s_train.finetune import FinetuneConfig, run_finetune
 
     # a tiny dense-GT dataset in the generic folder layout + a teacher per left image
-    rng = np.random.default_rng(3)
-    root = tmp_path / "data"
-    teachers = tmp_path / "teachers"
-    for sub in ("left", "right", "disparity"):
-        (root / sub).mkdir(parents=True)
-    teachers.mkdir()
-    for i in range(4):
-        left = cv2.resize(rng.uniform(0, 255, (6, 8, 3)).astype(np.float32), (96, 64)).astype(np.uint8)
-        disp = np.full((64, 96), 8.0, np.float32)
-        disp[20:44, 30:60] = 16.0
-        cv2.imwrite(str(root / "left" / f"{i}.png"), left)
-        cv2.imwrite(str(root / "right" / f"{i}.png"), left)
-        np.save(root / "disparity" / f"{i}.npy", disp)
-        np.save(teachers / f"{i:06d}.npy", 0.1 * disp + 1.0)  # an affine, sharp "monocular" teacher
+    root, teachers = folder_dataset(4, 96, (30, 60))
     save_model(create_model("igev-tiny"), tmp_path / "init")
     overrides = {"train.model": "igev-tiny", "train.init": str(tmp_path / "init"), "train.datasets": [f"folder:{root}"],
                  "train.crop": [64, 96], "train.batch_size": 2, "train.steps": 4, "train.num_workers": 0,

@@ -27,6 +27,16 @@ LEVELS = {DiagnosticStatus.OK: "OK", DiagnosticStatus.WARN: "WARN", DiagnosticSt
           DiagnosticStatus.STALE: "STALE"}
 
 
+def wait_until(predicate, timeout: float) -> bool:
+    """Poll ``predicate`` every 20 ms until it is true (True) or ``timeout`` seconds have passed (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 class Listener:
     """This process's view of the graph: /diagnostics, /rosout and (optionally) the node's outputs."""
 
@@ -59,12 +69,7 @@ class Listener:
                 self.diagnostics.append((time.monotonic(), LEVELS[s.level], s.message, values))
 
     def wait(self, predicate, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        return wait_until(predicate, timeout)
 
     def last(self) -> tuple[float, str, str, dict[str, float]] | None:
         return self.diagnostics[-1] if self.diagnostics else None

@@ -26,6 +26,7 @@ from m2s_export.runtime import load_runtime  # noqa: E402
 from m2s_stereo.image_codec import array_to_image, image_to_array  # noqa: E402
 from m2s_stereo.outputs import unpack_points  # noqa: E402
 from m2s_stereo.stereo_node import StereoNode  # noqa: E402
+from rosgraph import wait_until  # noqa: E402  (tests/ros is on sys.path: conftest)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +63,7 @@ class Harness:
                   and self.node.pub_points.get_subscription_count() > 0, 10)
 
     def wait(self, predicate, timeout):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        return wait_until(predicate, timeout)
 
     def publish(self, left, right, camera, stamp_ns, frame="left_optical", encoding="rgb8", infos=True):
         header = Image().header
