@@ -74,7 +74,8 @@ def row(width: int, height: int, rate: float, seconds: float, model: str, camera
     counter.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(counter)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     count = int(round(rate * seconds))
     try:
         end = time.monotonic() + 30
@@ -93,6 +94,7 @@ def row(width: int, height: int, rate: float, seconds: float, model: str, camera
         node.send_signal(2)
         log = node.communicate(timeout=30)[0]
         executor.shutdown()
+        spinner.join(timeout=5.0)  # spin has returned before the node and the context go (else: abort at exit)
         counter.destroy_node()
         rclpy.try_shutdown(context=context)
     taken = int(last.get("pairs_in", 0) + last.get("out_of_order", 0))  # complete pairs that reached the node

@@ -230,7 +230,9 @@ def cases(w: Path) -> list[Case]:
              r"no frame was evaluated: 0 of 2 pairs .*camera_info is 80x60 but images are 96x64", needs="ros"),
         Case("live eval-bag with nothing answered", ["m2s-eval-bag", "--bag", str(w / "bag_mismatch"), "--model", ck,
                                                      "--out", str(w / "rep_live"), "--timeout", "2"],
-             r"no frame was evaluated: 0 of 2 pairs \(live mode\): the node answered none of them \(2 bad frame",
+             # 1 or 2: the node keeps only the newest pair, so on a busy machine the second pair can
+             # replace the first before the worker takes it (both are bad; either way none is answered)
+             r"no frame was evaluated: 0 of 2 pairs \(live mode\): the node answered none of them \([12] bad frame",
              needs="rclpy"),
         # -- calibration ---------------------------------------------------------------------------------
         Case("calib absurd square", ["m2s-calib", "stereo", "--left", "l*.jpg", "--right", "r*.jpg", "--square",

@@ -85,6 +85,7 @@ class Listener:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self.thread.join(timeout=5.0)  # spin has returned before the node and the context go
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 

@@ -79,6 +79,7 @@ class Harness:
 
     def close(self):
         self.executor.shutdown()
+        self.thread.join(timeout=5.0)
         self.node.destroy_node()
         self.tester.destroy_node()
         rclpy.shutdown(context=self.context)
@@ -243,9 +244,13 @@ def test_parameters_validated_on_set(onnx_model):
         hx.close()
 
 
-def test_start_without_model_is_a_clear_error(tmp_path):
+def test_start_without_model_is_a_clear_error(tmp_path, monkeypatch):
+    from m2s_stereo.dds import PROFILE_VARIABLES
     from m2s_stereo.stereo_node import main
 
+    for name in PROFILE_VARIABLES:  # main() sets the profile variable in this process: undone after the test, or
+        monkeypatch.setenv(name, "")  # every node started later by this pytest inherits it (setenv, then delenv:
+        monkeypatch.delenv(name)  # delenv alone does not restore a variable that was absent)
     assert main(["m2s-stereo-node", "--ros-args", "-p", f"model_path:={tmp_path / 'none.onnx'}"]) == 2
 
 

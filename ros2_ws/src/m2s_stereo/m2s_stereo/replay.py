@@ -307,6 +307,7 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
         runtime = node.runtime  # for the label-free right-view pass, after the replay
     finally:
         executor.shutdown()
+        spinner.join(timeout=5.0)  # spin has returned before the nodes and the context go (else: abort at exit)
         node.destroy_node()
         player.destroy_node()
         rclpy.try_shutdown(context=context)
