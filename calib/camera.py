@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from calib import geometry
+from calib.checks import check_baseline, check_pose, check_projection, check_rotation
 from calib.camera_info_io import format_camera_info_yaml, read_camera_info_yaml
 from calib.errors import CalibrationError
 from calib.safe_files import write_text_atomic
@@ -86,6 +87,7 @@ class CameraInfo:
                 f"camera '{self.camera_name}': projection focal lengths must be positive, "
                 f"got fx={self.P[0, 0]} fy={self.P[1, 1]} (is P all zeros, i.e. an uncalibrated camera?)"
             )
+        check_projection(self.P, self.width, self.height, f"camera '{self.camera_name}'")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CameraInfo):
@@ -226,6 +228,7 @@ class StereoCamera:
                 f"baseline must be positive, but P_R[0,3] = {r.P[0, 3]:.6g} gives "
                 f"B = {-r.P[0, 3] / r.P[0, 0]:.6g} m (are left and right swapped?)"
             )
+        check_baseline(float(-r.P[0, 3] / r.P[0, 0]))
 
     # -- derived geometry -------------------------------------------------------------------
     @property
@@ -305,13 +308,12 @@ class StereoCamera:
         extrinsic ``T_cam_lidar`` (4x4: LiDAR -> the left camera's optical frame, before rectification):
         the points are moved into the rectified left frame (camera_info R) and projected with
         :func:`calib.geometry.points_to_sparse_disparity` (its z-buffer ``kwargs`` too)."""
-        T = np.asarray(T_cam_lidar, np.float64)
-        if T.shape != (4, 4):
-            raise CalibrationError(f"T_cam_lidar must be a 4x4 matrix, got shape {T.shape}")
+        T = check_pose(T_cam_lidar, "T_cam_lidar")
+        R = check_rotation(self.left.R, "the left camera_info R")
         pts = np.asarray(points, np.float64)
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise CalibrationError(f"points must be Nx3, got shape {pts.shape}")
-        rect = (self.left.R @ (pts @ T[:3, :3].T + T[:3, 3]).T).T
+        rect = (R @ (pts @ T[:3, :3].T + T[:3, 3]).T).T
         w, h = self.image_size
         return geometry.points_to_sparse_disparity(rect, fx=self.fx, fy=self.fy, cx=self.cx, cy=self.cy,
                                                    fb=self.focal_px * self.baseline_m, doffs=self.doffs, width=w,

@@ -248,6 +248,9 @@ def left_right_consistency(disp_left: np.ndarray, disp_right: np.ndarray, max_di
     return consistent, checkable
 
 
+MAX_POINT_RANGE_M = 1e4  # a LiDAR "return" farther than this is garbage (a float overflow, an uninitialised field)
+
+
 class SparseDisparity(NamedTuple):
     """``disparity`` HxW float32 (NaN = no label) from projected points, and what became of the points."""
 
@@ -255,6 +258,7 @@ class SparseDisparity(NamedTuple):
     projected: int  # points in front of the camera and inside the image
     hidden: int  # of those, removed: seen by the LiDAR but hidden from the camera (z-buffer test)
     behind: int  # points with Z <= 0 (behind the camera)
+    too_near: int = 0  # points in front but nearer than f B / width: a disparity wider than the image (not a label)
 
 
 def points_to_sparse_disparity(points: np.ndarray, *, fx: float, fy: float, cx: float, cy: float, fb: float,
@@ -269,16 +273,22 @@ def points_to_sparse_disparity(points: np.ndarray, *, fx: float, fy: float, cx: 
     view): such a point projects among nearer points of the occluder, so a point farther than
     ``(1 + rel) * Z_min + abs`` (``tolerance`` = (rel, abs m)) where ``Z_min`` is the nearest point within
     ``window`` x ``window`` px is dropped (a local z-buffer), as is every point but the nearest in a pixel.
+    Points nearer than ``fb / width`` (a disparity wider than the image) are dropped and counted (``too_near``).
     """
     pts = np.asarray(points, np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ShapeError(f"points must be Nx3, got shape {pts.shape}")
     if window < 1 or window % 2 == 0:
         raise ShapeError(f"window must be a positive odd number of pixels, got {window}")
-    pts = pts[np.isfinite(pts).all(1)]
+    with np.errstate(over="ignore", invalid="ignore"):  # not finite, or no return at all (farther than 10 km)
+        pts = pts[np.isfinite(pts).all(1) & (np.abs(pts).max(1, initial=0.0) <= MAX_POINT_RANGE_M)]
     front = pts[:, 2] > 0
     behind = int((~front).sum())
-    x, y, z = pts[front].T
+    # a point nearer than f B / width would need a disparity wider than the image: no pixel of both views
+    # sees it (a LiDAR return off its own housing, a point at z = 1e-9 m); it is no label, only counted
+    near = front & (pts[:, 2] <= fb / width)
+    too_near = int(near.sum())
+    x, y, z = pts[front & ~near].T
     u = np.rint(fx * x / z + cx).astype(np.int64)
     v = np.rint(fy * y / z + cy).astype(np.int64)
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
@@ -292,7 +302,7 @@ def points_to_sparse_disparity(points: np.ndarray, *, fx: float, fy: float, cx: 
     keep = visible & (z == zbuf[v, u])  # the nearest point of its pixel
     out = np.full((height, width), np.nan, np.float32)
     out[v[keep], u[keep]] = (fb / z[keep] - doffs).astype(np.float32)
-    return SparseDisparity(out, int(z.size), int((~visible).sum()), behind)
+    return SparseDisparity(out, int(z.size), int((~visible).sum()), behind, too_near)
 
 
 def _check_stride(stride: int) -> None:

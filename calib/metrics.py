@@ -337,6 +337,35 @@ def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
+def nan_mean(values: Any) -> float:
+    """The mean of the finite values; NaN (quietly) when there is none."""
+    a = np.asarray(values, np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+TEXTURE_GRADIENT = 4.0 / 255.0  # a grey-level step that block matching (and SSIM) can lock onto
+MIN_TEXTURED_FRACTION = 0.01  # fewer textured pixels than this: nothing to score a disparity by
+IDENTICAL_VIEWS = 0.5 / 255.0  # mean |left - right| below half a grey level: one image on both topics
+
+
+def unscorable_pair(left_grey: np.ndarray, right_grey: np.ndarray) -> str | None:
+    """Why a pair (grey, [0, 1]) cannot score a disparity without ground truth, or None: texture-less
+    views (an all-black or covered lens: any disparity reconstructs them) or identical views (a
+    driver publishing the left image on both topics: disparity 0 everywhere reconstructs them)."""
+    for name, grey in (("left", left_grey), ("right", right_grey)):
+        gx = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=1))
+        textured = float((gx > TEXTURE_GRADIENT).mean())
+        if textured < MIN_TEXTURED_FRACTION:
+            return (f"the {name} image has no texture ({100 * textured:.2f} % of its pixels show a horizontal step "
+                    f"of {255 * TEXTURE_GRADIENT:.0f} grey levels): black, saturated or a covered lens")
+    diff = float(np.abs(left_grey - right_grey).mean())
+    if diff < IDENTICAL_VIEWS:
+        return (f"the left and right images are identical (mean difference {255 * diff:.2f} grey levels): the same "
+                "image on both topics?")
+    return None
+
+
 def label_free_metrics(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, right_disparity: np.ndarray | None = None,
                        max_disparity: float | None = None, lr_tolerance: float = 1.0) -> dict[str, Any]:
     """How good ``disparity`` (left reference, px) of a rectified RGB uint8 pair is, without ground truth.
@@ -348,7 +377,9 @@ def label_free_metrics(left: np.ndarray, right: np.ndarray, disparity: np.ndarra
       the share of the checkable pixels it confirms within ``lr_tolerance`` px (higher is better);
     - ``at_range_limit``: the share of the pixels with a disparity that are within 1 px of 0 or of
       ``max_disparity`` (a model stuck at the ends of its range; lower is better).
-    Returns the figures and the per-pixel maps (``photometric_map`` NaN where not visible).
+    Returns the figures and the per-pixel maps (``photometric_map`` NaN where not visible). A pair that
+    cannot score anything (:func:`unscorable_pair`: texture-less or identical views) gets NaN for
+    ``photometric`` and ``lr_consistency`` and its reason in ``unscorable``: not a good score.
     """
     from calib.geometry import left_right_consistency
 
@@ -372,6 +403,10 @@ def label_free_metrics(left: np.ndarray, right: np.ndarray, disparity: np.ndarra
         consistent, checkable = left_right_consistency(d, right_disparity, lr_tolerance)
         out["lr_consistency"] = float(consistent.sum() / checkable.sum()) if checkable.any() else float("nan")
         out["lr_map"] = np.where(checkable, consistent, False)
+    if (problem := unscorable_pair(l_grey, r_grey)) is not None:
+        out.update(photometric=float("nan"), unscorable=problem)
+        if "lr_consistency" in out:
+            out["lr_consistency"] = float("nan")
     return out
 
 

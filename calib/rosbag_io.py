@@ -161,18 +161,39 @@ def salvage_sqlite(path: Path, max_misses: int = 256) -> Iterator[tuple[str, str
             con.close()
 
 
-def raw_messages(path: Path, warnings: list[str] | None = None) -> tuple[set[str], Iterator[tuple[str, str, bytes]]]:
-    """Topics and a (topic, msgtype, cdr) stream, through rosbags or, for damaged files, salvage."""
+def _salvage(path: Path, exc: BagError, warnings: list[str] | None) -> list[tuple[str, str, bytes]]:
+    if not path.exists():
+        raise exc
+    salvaged = list(salvage_mcap(path)) if list(path.glob("*.mcap")) or path.suffix == ".mcap" else list(salvage_sqlite(path))
+    if not salvaged:
+        raise BagError(f"{exc}; no readable messages could be salvaged") from None
+    if warnings is not None:
+        warnings.append(f"{path} is damaged ({exc}); using the {len(salvaged)} messages that could be read")
+    return salvaged
+
+
+def bag_topics(path: Path, warnings: list[str] | None = None) -> dict[str, str]:
+    """{topic: message type} of a bag; a damaged bag (truncated MCAP, a cut sqlite3 file) gives the
+    topics of the messages that can be salvaged, as :func:`raw_messages` reads them: every tool that
+    reads bags reads the same damaged ones."""
+    path = Path(path)
     try:
         reader = open_reader(path)
     except BagError as exc:
-        if not path.exists():
-            raise
-        salvaged = list(salvage_mcap(path)) if list(path.glob("*.mcap")) or path.suffix == ".mcap" else list(salvage_sqlite(path))
-        if not salvaged:
-            raise BagError(f"{exc}; no readable messages could be salvaged") from None
-        if warnings is not None:
-            warnings.append(f"{path} is damaged ({exc}); evaluating the {len(salvaged)} messages that could be read")
+        return {t: m for t, m, _ in _salvage(path, exc, warnings)}
+    try:
+        return {c.topic: c.msgtype for c in reader.connections}
+    finally:
+        reader.close()
+
+
+def raw_messages(path: Path, warnings: list[str] | None = None) -> tuple[set[str], Iterator[tuple[str, str, bytes]]]:
+    """Topics and a (topic, msgtype, cdr) stream, through rosbags or, for damaged files, salvage."""
+    path = Path(path)
+    try:
+        reader = open_reader(path)
+    except BagError as exc:
+        salvaged = _salvage(path, exc, warnings)
         return {t for t, _, _ in salvaged}, iter(salvaged)
 
     def stream() -> Iterator[tuple[str, str, bytes]]:
@@ -201,4 +222,4 @@ def stamp_ns(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
 
-__all__ = ["BagError", "open_reader", "raw_messages", "salvage_mcap", "salvage_sqlite", "stamp_ns", "typestore"]
+__all__ = ["BagError", "bag_topics", "open_reader", "raw_messages", "salvage_mcap", "salvage_sqlite", "stamp_ns", "typestore"]

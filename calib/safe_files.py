@@ -182,5 +182,36 @@ def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-__all__ = ["dumps_json", "json_safe", "load_npy", "read_json", "staged_directory", "write_bytes_atomic",
+def claim_output_file(path: str | os.PathLike, *, overwrite: bool, flag: str) -> None:
+    """Refuse to replace an existing output file unless ``overwrite`` (the flag that names it in the
+    message: ``--onnx``). With ``overwrite`` the old file stays until the new one is complete
+    (written atomically by the caller)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DataError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another name")
+
+
+def claim_report_dir(out: str | os.PathLike, *, overwrite: bool, markers: tuple[str, ...]) -> None:
+    """The rule of every report directory (``--out``): a new or empty one is used; one that holds a
+    report of this tool (any of ``markers``, at most two levels down) is refused unless ``overwrite``,
+    which deletes it first, so none of its old figures is left beside the new metrics; a directory
+    holding anything else is never deleted."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"--out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+    found = [p for m in markers for p in (*out.glob(m), *out.glob(f"*/{m}"))]
+    if not found:
+        raise DataError(f"--out {out} exists and holds files that are not a report of this tool: choose a new or "
+                        "empty directory (it is never deleted)")
+    if not overwrite:
+        raise DataError(f"--out {out} holds an earlier report ({found[0].relative_to(out)}): pass --overwrite to "
+                        "delete it and write the new one, or choose another --out")
+    shutil.rmtree(out)
+
+
+__all__ = ["claim_output_file", "claim_report_dir", "dumps_json", "json_safe", "load_npy", "read_json", "staged_directory", "write_bytes_atomic",
            "write_bytes_if_absent", "write_json_atomic", "write_text_atomic"]

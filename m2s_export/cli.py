@@ -33,6 +33,9 @@ def _check_args(args: argparse.Namespace) -> None:
         missing = [f for f in ("height", "width") if getattr(args, f) is None]
         if missing:
             raise ExportError(f"ONNX export needs {' and '.join('--' + m for m in missing)} (static input size, px)")
+        from calib.safe_files import claim_output_file
+
+        claim_output_file(args.onnx, overwrite=args.overwrite, flag="--onnx")  # its sidecar goes with it
         from m2s_train.models.registry import checkpoint_dir
 
         args.checkpoint = str(checkpoint_dir(args.checkpoint))  # a directory, or its model.safetensors
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="m2s-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + model.json) to export")
     p.add_argument("--onnx", help="ONNX file to write (export) or to build the engine from (--trt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="export over an existing --onnx (and its sidecar); the old file stays until the new one is "
+                        "complete. Without this flag an existing file is refused")
     p.add_argument("--height", type=bounded(int, ge=64, le=4096),
                    help="static input height, px (padded to a multiple of 32 inside)")
     p.add_argument("--width", type=bounded(int, ge=64, le=4096),

@@ -72,6 +72,12 @@ def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to start a new run over an old one unless asked (checks only; call it before slow set-up)."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: resume a run, or discard it and start anew")
+    if resume and holds_run(out) and not step_dirs(out):
+        # a 'latest' pointer or a summary, but no step_* left (deleted by hand, a full disk): starting again
+        # from step 0 would silently replace the old run's train_summary.json
+        traces = [n for n in ("checkpoints/latest", "train_summary.json") if (out / n).exists()]
+        raise ConfigError(f"--resume: {out} holds a run ({', '.join(traces)}) but no checkpoint is left to resume "
+                          "from; pass --overwrite to discard it and start again, or choose a new --out")
     if not resume and not overwrite and holds_run(out):
         newest = step_dirs(out)
         what = f"checkpoints up to {newest[-1].name}" if newest else "a finished run"

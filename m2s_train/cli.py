@@ -22,7 +22,7 @@ from m2s_train.config import load_config
 from m2s_train.errors import ConfigError
 
 
-def _synth_frames(args: argparse.Namespace) -> tuple[list[Path], Path, dict]:
+def _synth_frames(args: argparse.Namespace, written: list[Path]) -> tuple[list[Path], Path, dict]:
     """The images to synthesize from: photos (--images), or frames of a bag topic / a video, extracted once."""
     from m2s_train.synth.pipeline import image_root, list_images
     from m2s_train.synth.sources import FrameSelection, extract_bag_frames, extract_video_frames
@@ -37,10 +37,10 @@ def _synth_frames(args: argparse.Namespace) -> tuple[list[Path], Path, dict]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if args.bag:
-        found = extract_bag_frames(args.bag, args.topic, args.out, selection, progress=not args.quiet)
+        found = extract_bag_frames(args.bag, args.topic, args.out, selection, progress=not args.quiet, written=written)
     else:
-        found = extract_video_frames(args.video, args.out, selection, progress=not args.quiet)
-    info = {k: found[k] for k in ("source", "seen", "near_duplicates")}
+        found = extract_video_frames(args.video, args.out, selection, progress=not args.quiet, written=written)
+    info = {k: found[k] for k in ("source", "seen", "near_duplicates", "repeated_stamps") if k in found}
     return found["frames"], found["root"], info
 
 
@@ -88,17 +88,33 @@ def _synth(args: argparse.Namespace) -> int:
         "inpaint.sd_model": args.sd_model,
         "max_side": args.max_side,
     })
-    images, root, frames = _synth_frames(args)
-    if camera is not None:  # the camera must be the one that took the images (at any scale, the same shape)
-        from calib.image_io import read_rgb
+    out_existed = Path(args.out).exists()
+    written: list[Path] = []  # frames this run extracted: removed again if the run cannot use them
+    try:
+        images, root, frames = _synth_frames(args, written)
+        if camera is not None:  # the camera must be the one that took the images (at any scale, the same shape)
+            from calib.image_io import read_rgb
 
-        h, w = read_rgb(images[0]).shape[:2]
-        cam_w, cam_h = camera.left.width, camera.left.height
-        if abs(cam_h * w / cam_w - h) > 1:
-            raise ConfigError(f"the camera_info is {cam_w}x{cam_h} but the images are {w}x{h}: not the camera that "
-                              "took them (or not the same crop); give the right --camera")
+            h, w = read_rgb(images[0]).shape[:2]
+            cam_w, cam_h = camera.left.width, camera.left.height
+            if abs(cam_h * w / cam_w - h) > 1:
+                raise ConfigError(f"the camera_info is {cam_w}x{cam_h} but the images are {w}x{h}: not the camera "
+                                  "that took them (or not the same crop); give the right --camera")
+    except BaseException:  # an error or Ctrl-C before any sample: leave --out as it was
+        from m2s_train.synth.sources import remove_written
+
+        remove_written(written, Path(args.out) / "frames")
+        if not out_existed and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
+            Path(args.out).rmdir()
+        raise
     summary = run_synthesis(images, args.out, config, shard=shard_from_env(args.shard), resume=args.resume,
                             previews=args.preview, progress=not args.quiet, limit=args.limit, root=root)
+    if summary["assigned"] and not (summary["written"] or summary["already_done"]):  # a dataset of nothing
+        from m2s_train.errors import DatasetError
+
+        first = summary["skipped"][0] if summary["skipped"] else {"file": "?", "reason": "?"}
+        raise DatasetError(f"no sample was written: all {summary['assigned']} image(s) of this shard were skipped "
+                           f"(the first, {first['file']}: {first['reason']}); see the warnings above")
     print(dumps_json({k: (len(v) if k == "skipped" else v) for k, v in summary.items()} | ({"frames": frames} if frames else {})))
     return 0
 
@@ -202,9 +218,13 @@ def _eval(args: argparse.Namespace) -> int:
     from m2s_train.evaluate import evaluate
     from m2s_train.models import load_model
 
-    model = load_model(args.checkpoint) if args.checkpoint else None
-    if model is None and not args.sgbm:
+    if not args.checkpoint and not args.sgbm:
         raise ConfigError("nothing to evaluate: give --checkpoint DIR and/or --sgbm")
+    if args.out is not None:
+        from calib.safe_files import claim_report_dir
+
+        claim_report_dir(args.out, overwrite=args.overwrite, markers=("metrics.json",))
+    model = load_model(args.checkpoint) if args.checkpoint else None
     results = []
     for i, spec in enumerate(args.dataset):
         out = None if args.out is None else f"{args.out}/{i:02d}_{spec.split(':')[0]}"
@@ -344,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also the figures that need no GT: photometric error of the right view warped by the "
                         "disparity, left-right consistency (a second pass on the mirrored pair), range limits")
     p.add_argument("--out", help="directory for metrics.json / metrics.md / error maps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier report: delete it first (without this flag it is refused)")
     p.add_argument("--error-maps", type=non_negative_int, default=0, metavar="N",
                    help="write error-map PNGs for the first N pairs")
     p.add_argument("--max-images", type=positive_int, help="evaluate at most N pairs per dataset")

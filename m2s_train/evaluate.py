@@ -26,6 +26,7 @@ from calib.metrics import (
     SparsificationAccumulator,
     disparity_metrics,
     label_free_metrics,
+    nan_mean,
     sparsification_plot,
 )
 from calib.safe_files import write_json_atomic, write_text_atomic
@@ -108,7 +109,10 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
                 lf = label_free_metrics(_rgb(item["left"]), _rgb(item["right"]), preds["model"], mirrored,
                                         model.config.max_disp)
                 free.append({"sample_id": item["sample_id"],
-                             **{k: lf[k] for k in ("photometric", "lr_consistency", "at_range_limit")}})
+                             **{k: lf[k] for k in ("photometric", "lr_consistency", "at_range_limit", "unscorable")
+                                if k in lf}})
+                if "unscorable" in lf:
+                    log.warning("%s: no label-free score: %s", item["sample_id"], lf["unscorable"])
                 if out_dir and i < error_maps:
                     panel_figure(out_dir / f"photometric_model_{i:04d}.png",
                                  f"model on {dataset_spec}, {item['sample_id']}: photometric residual "
@@ -138,8 +142,10 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
             sparsification_plot(methods[name]["confidence"], out_dir / f"sparsification_{name}.png",
                                 f"{name} on {dataset_spec}")
     if free:
-        methods["model"]["label_free"] = {k: float(np.nanmean([r[k] for r in free]))
+        methods["model"]["label_free"] = {k: nan_mean([r[k] for r in free])
                                           for k in ("photometric", "lr_consistency", "at_range_limit")}
+        if unscorable := sum("unscorable" in r for r in free):
+            methods["model"]["label_free"]["unscorable_pairs"] = unscorable
     result = {"dataset": dataset_spec, "images": n, "iters": iters, "methods": methods,
               "per_image": {k: acc.per_image for k, acc in rows.items()}}
     if free:

@@ -11,7 +11,7 @@ from typing import Any
 from m2s_train.checkpoints import check_run_dir
 from m2s_train.config import to_dict
 from m2s_train.data.augment import AugmentConfig
-from m2s_train.data.stereo_datasets import build_dataset
+from m2s_train.data.stereo_datasets import build_dataset, check_labels
 from m2s_train.s2dkd import (
     AlignConfig,
     DistillationDataset,
@@ -56,8 +56,9 @@ def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool
     tc = config.train
     check_run_dir(Path(out), resume=resume, overwrite=overwrite)  # before the (slow) teacher cache
     base = build_dataset("+".join(tc.datasets))
-    cache = teacher_cache(config, base, progress)[0] if config.s2dkd.enabled else None
     max_disp = training_model(tc)[1].max_disp
+    check_labels(base, max_disp, progress)  # labels that cannot train anything: refused before any step
+    cache = teacher_cache(config, base, progress)[0] if config.s2dkd.enabled else None
     dataset = DistillationDataset(base, cache, AugmentConfig(crop=tuple(tc.crop)), max_disp,
                                   sparsify=config.sparsify, align=config.align, seed=tc.seed)
 

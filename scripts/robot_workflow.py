@@ -131,7 +131,7 @@ def main() -> int:
     for name, model in (("base", base), ("+ synthesis from the drive", pre), ("+ LiDAR fine-tuning (S2DKD)", ft)):
         folder = out / "eval" / f"{len(rows)}"
         run("m2s-eval-bag", "--bag", holdout, "--model", model, "--out", folder, "--mode", "offline", "--label-free",
-            "--param", "confidence_threshold=0")
+            "--param", "confidence_threshold=0", "--overwrite")  # a rerun redoes the figures of its models
         acc = json.loads((folder / "report.json").read_text())["accuracy"]
         rows[name] = {**acc.get("label_free", {}), **({"epe": acc["disparity"]["epe"], "bad3": acc["disparity"]["bad3"]}
                                                       if "disparity" in acc else {})}
@@ -141,7 +141,8 @@ def main() -> int:
     if not onnx.exists():
         run("m2s-export", "--checkpoint", ft, "--onnx", onnx, "--height", 96 if args.quick else 256,
             "--width", 128 if args.quick else 320, "--no-fp16-check")
-    live = json.loads(run("m2s-eval-bag", "--bag", holdout, "--model", onnx, "--out", out / "replay", "--rate", "0"))
+    live = json.loads(run("m2s-eval-bag", "--bag", holdout, "--model", onnx, "--out", out / "replay", "--rate", "0",
+                          "--overwrite"))
     report["replay"] = {k: live[k] for k in ("frames", "answered", "dropped")}
     report["seconds"] = round(time.perf_counter() - t0, 1)
 

@@ -120,27 +120,58 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w / "pairs" / "left" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     try:
         _recorded_bag_with_wrong_camera_info(w / "bag_mismatch", img)
+        _recorded_bag_with_wrong_camera_info(w / "bag_nan_p", img, nan_p=True)
     except ImportError:
         pass
+
+    # round 3: outputs that exist (never replaced without --overwrite), a run whose checkpoints are gone,
+    # labels that cannot train anything
+    (w / "broken_photos").mkdir()
+    (w / "broken_photos" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (w / "old.onnx").write_bytes(b"an earlier export")
+    (w / "old.onnx.json").write_text("{}")
+    (w / "old_eval" / "00_synth").mkdir(parents=True)
+    (w / "old_eval" / "00_synth" / "metrics.json").write_text("{}")
+    (w / "old_eval" / "00_synth" / "error_model_0007.png").write_bytes(b"old figure")
+    (w / "old_rep").mkdir()
+    (w / "old_rep" / "report.json").write_text("{}")
+    (w / "mine").mkdir()
+    (w / "mine" / "thesis.tex").write_text("not a report")
+    train(load_config(TrainConfig, None, {**base, "steps": 2}), w / "run_gone", progress=False)
+    import shutil
+
+    shutil.rmtree(w / "run_gone" / "checkpoints" / "step_00000002")  # 'latest' and the summary stay
+    for sub in ("left", "right", "disparity"):
+        (w / "onepx" / sub).mkdir(parents=True)
+    one = np.zeros(img.shape[:2], np.uint16)
+    one[10, 10] = 5 * 256
+    for i in range(2):
+        cv2.imwrite(str(w / "onepx" / "left" / f"{i}.png"), img)
+        cv2.imwrite(str(w / "onepx" / "right" / f"{i}.png"), img)
+        cv2.imwrite(str(w / "onepx" / "disparity" / f"{i}.png"), one)
     return w
 
 
-def _recorded_bag_with_wrong_camera_info(path: Path, img: np.ndarray) -> None:
-    """What a robot can record (m2s-bag make refuses to write it): camera_info for 80x60, images 96x64."""
+def _recorded_bag_with_wrong_camera_info(path: Path, img: np.ndarray, nan_p: bool = False) -> None:
+    """What a robot can record (m2s-bag make refuses to write it): camera_info for 80x60, images 96x64
+    (``nan_p``: for 96x64, with a NaN in the right projection instead)."""
     from rosbags.rosbag2 import Writer
 
     from calib import StereoCamera
     from m2s_stereo.bag_tools import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, _header, _image, _info, typestore
 
     ts = typestore()
-    cam = StereoCamera.ideal(80, 60, focal_px=80.0, baseline_m=0.1)
+    cam = StereoCamera.ideal(96 if nan_p else 80, 64 if nan_p else 60, focal_px=80.0, baseline_m=0.1)
     with Writer(path, version=8) as writer:
         conns = {}
         for i in range(2):
             stamp = 10**9 + i * 10**8
             h = _header(ts, stamp, "left_camera_optical_frame")
+            right_info = _info(ts, h, cam.right)
+            if nan_p:
+                right_info.p[3] = np.nan
             for topic, msg in ((LEFT, _image(ts, h, img, "rgb8")), (RIGHT, _image(ts, h, img, "rgb8")),
-                               (LEFT_INFO, _info(ts, h, cam.left)), (RIGHT_INFO, _info(ts, h, cam.right))):
+                               (LEFT_INFO, _info(ts, h, cam.left)), (RIGHT_INFO, right_info)):
                 if topic not in conns:
                     conns[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=ts)
                 writer.write(conns[topic], stamp, ts.serialize_cdr(msg, msg.__msgtype__))
@@ -198,6 +229,47 @@ def cases(w: Path) -> list[Case]:
         Case("eval-bag parameter out of range", ["m2s-eval-bag", "--bag", str(w / "bag_mismatch"), "--model", ck,
                                                  "--out", str(w / "xrep"), "--param", "confidence_threshold=2"],
              r"--param: confidence_threshold must be in \[0.0, 1.0\], got 2.0", absent=[str(w / "xrep")]),
+        # -- round 3: outputs never replaced without --overwrite; runs and labels that cannot train ----
+        Case("synth that writes nothing", ["m2s-train", "synth", "--images", str(w / "broken_photos"), "--out",
+                                           str(w / "ds_none")],
+             r"no sample was written: all 1 image\(s\) of this shard were skipped \(the first, .*a\.png: cannot "
+             r"decode image"),
+        Case("export over an existing ONNX", ["m2s-export", "--checkpoint", ck, "--onnx", str(w / "old.onnx"),
+                                              "--height", "64", "--width", "96"],
+             r"--onnx .*old\.onnx exists: pass --overwrite to replace it", unchanged=[str(w / "old.onnx"),
+                                                                                    str(w / "old.onnx.json")]),
+        Case("eval over an earlier report", ["m2s-train", "eval", "--checkpoint", ck, "--dataset", ds, "--out",
+                                             str(w / "old_eval")],
+             r"--out .*old_eval holds an earlier report \(00_synth/metrics\.json\): pass --overwrite",
+             unchanged=[str(w / "old_eval")]),
+        Case("eval --overwrite over files that are no report", ["m2s-train", "eval", "--checkpoint", ck, "--dataset",
+                                                               ds, "--out", str(w / "mine"), "--overwrite"],
+             r"holds files that are not a report of this tool: choose a new or empty directory",
+             unchanged=[str(w / "mine")]),
+        Case("eval-bag over an earlier report", ["m2s-eval-bag", "--bag", str(w / "bag_mismatch"), "--model", ck,
+                                                 "--out", str(w / "old_rep"), "--mode", "offline"],
+             r"old_rep holds an earlier report \(report\.json\): pass --overwrite", unchanged=[str(w / "old_rep")],
+             needs="ros"),
+        Case("eval-bag names the cause of every skipped frame", ["m2s-eval-bag", "--bag", str(w / "bag_nan_p"),
+                                                                  "--model", ck, "--out", str(w / "rep_nan"), "--mode",
+                                                                  "offline"],
+             r"no complete stereo frame could be read: skipped frame \d+: P contains NaN or inf",
+             absent=[str(w / "rep_nan")], needs="ros"),
+        Case("resume with 'latest' but no checkpoint left", ["m2s-train", "pretrain", "--config", str(w / "train.yaml"),
+                                                            "--out", str(w / "run_gone"), "--steps", "4", "--resume"],
+             r"--resume: .*run_gone holds a run \(checkpoints/latest, train_summary\.json\) but no checkpoint is "
+             r"left", unchanged=[str(w / "run_gone")]),
+        Case("finetune on labels that are all NaN", ["m2s-train", "finetune", "--out", str(w / "ft_nan"), "--dataset",
+                                                    f"folder:{w / 'nangt'}", "--model", "igev-tiny", "--crop", "64",
+                                                    "96", "--steps", "2", "--no-s2dkd", "--num-workers", "0",
+                                                    "--batch-size", "1"],
+             r"no image has labels to train on: each of the 1 image\(s\) has fewer than 64 usable labelled pixels "
+             r"\(0 in all\)", absent=[str(w / "ft_nan")]),
+        Case("finetune on one label per image", ["m2s-train", "finetune", "--out", str(w / "ft_one"), "--dataset",
+                                                f"folder:{w / 'onepx'}", "--model", "igev-tiny", "--crop", "64", "96",
+                                                "--steps", "2", "--no-s2dkd", "--num-workers", "0", "--batch-size", "1"],
+             r"each of the 2 image\(s\) has fewer than 64 usable labelled pixels \(2 in all\)",
+             absent=[str(w / "ft_one")]),
         # -- no silent wrong number -------------------------------------------------------------------
         Case("eval with no valid GT", ["m2s-train", "eval", "--checkpoint", ck, "--dataset", f"folder:{w / 'nangt'}",
                                        "--iters", "1", "--out", str(w / "nan_eval")],
@@ -339,3 +411,17 @@ def test_error_boundary_for_os_and_opencv_failures(capsys):
     assert len(err) == 1 and err[0].startswith("error: OpenCV refused the input: (-215:Assertion failed)")
     with pytest.raises(cv2.error):
         run_command(opencv_assert, argparse.Namespace(debug=True, quiet=True))
+
+
+def test_overwrite_deletes_the_earlier_report_first(world, tmp_path):
+    """--overwrite leaves no figure of the earlier report beside the new metrics."""
+    import shutil
+
+    out = tmp_path / "report"
+    shutil.copytree(world / "old_eval", out)
+    res = subprocess.run([sys.executable, "-m", "m2s_train.cli", "eval", "--checkpoint", str(world / "ck"), "--dataset",
+                          f"synth:{world / 'ds'}", "--max-images", "1", "--iters", "1", "--out", str(out), "--overwrite",
+                          "--quiet"], capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not (out / "00_synth" / "error_model_0007.png").exists()
+    assert json.loads((out / "00_synth" / "metrics.json").read_text())["images"] == 1

@@ -9,10 +9,12 @@ naming what is missing. ``build_dataset("kitti2015:/data/kitti")`` makes one fro
 from __future__ import annotations
 
 import bisect
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,7 +26,10 @@ from calib.image_io import read_rgb
 from m2s_train.data.augment import AugmentConfig, color_jitter, random_crop
 from m2s_train.errors import DatasetError
 
-__all__ = ["build_dataset", "make_item", "read_disparity", "read_kitti_disparity", "read_pfm"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MIN_LABELS", "build_dataset", "check_labels", "label_census", "make_item", "read_disparity",
+           "read_kitti_disparity", "read_pfm"]
 
 
 def make_item(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, noc: np.ndarray | None, sample_id: str,
@@ -219,6 +224,54 @@ class Concat(ConcatDataset):
         for ds in self.datasets:
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
+
+
+MIN_LABELS = 64  # an image with fewer usable labelled pixels teaches the sparse loss nothing
+
+
+def label_census(dataset: Dataset, max_disp: float, progress: bool = False) -> dict[str, Any]:
+    """Count every image's usable labels (finite, > 0 and below ``max_disp`` px) from its GT files
+    alone (no image is decoded): ``{"per_image": [...], "beyond_range": n, "images": n}``."""
+    from tqdm import tqdm
+
+    parts = dataset.datasets if isinstance(dataset, Concat) else [dataset]
+    per_image: list[int] = []
+    beyond = 0
+    for part in parts:
+        pairs = getattr(part, "pairs", None)
+        if pairs is None:  # a dataset that is not built from label files: nothing to count here
+            continue
+        scale = float(getattr(part, "scale", 1.0))
+        for pair in tqdm(pairs, desc="checking labels", unit="image", disable=not progress):
+            if not pair.disparity:
+                per_image.append(0)
+                continue
+            gt = part.read_gt(pair) * np.float32(scale)
+            labelled = np.isfinite(gt) & (gt > 0)
+            usable = labelled & (gt < max_disp)
+            beyond += int(labelled.sum() - usable.sum())
+            per_image.append(int(usable.sum()))
+    return {"per_image": per_image, "beyond_range": beyond, "images": len(per_image)}
+
+
+def check_labels(dataset: Dataset, max_disp: float, progress: bool = False) -> dict[str, Any]:
+    """Refuse a dataset whose labels cannot train anything (all missing, NaN, zero, or beyond the model's
+    ``max_disp``; or a few pixels per image); warn about the images among them that have none."""
+    census = label_census(dataset, max_disp, progress)
+    counts = census["per_image"]
+    if not counts:
+        return census
+    poor = sum(c < MIN_LABELS for c in counts)
+    if poor == len(counts):
+        beyond = (f"; {census['beyond_range']} labelled pixels are at or beyond the model's maximum disparity "
+                  f"{max_disp:g} px" if census["beyond_range"] else "")
+        raise DatasetError(f"no image has labels to train on: each of the {len(counts)} image(s) has fewer than "
+                           f"{MIN_LABELS} usable labelled pixels ({sum(counts)} in all){beyond}; check the disparity "
+                           "files (0 or NaN = no label; KITTI PNGs are value / 256 px)")
+    if poor:
+        log.warning("%d of %d image(s) have fewer than %d usable labelled pixels: the sparse loss learns nothing "
+                    "from them", poor, len(counts), MIN_LABELS)
+    return census
 
 
 _SCALES = {"full": 1.0, "half": 0.5, "quarter": 0.25}

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from calib.checks import check_depth_range
+from calib.errors import CalibrationError
 from m2s_train.config import check_fields, num
 from m2s_train.errors import ShapeError, SynthesisError
 
@@ -74,6 +76,10 @@ class CameraRange:
             if not (self.focal_px > 0 and self.baseline_m > 0 and self.width > 0):
                 raise ShapeError(f"a camera range needs a positive focal length, baseline and width, got "
                                  f"{self.focal_px} px, {self.baseline_m} m, {self.width} px")
+            try:  # a near end wider than the image: every pair would be skipped, the dataset empty
+                check_depth_range(self.min_depth, self.max_depth, fb=self.focal_px * self.baseline_m, width=self.width)
+            except CalibrationError as exc:
+                raise ShapeError(str(exc)) from None
 
     @property
     def enabled(self) -> bool:

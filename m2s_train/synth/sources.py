@@ -13,7 +13,9 @@ thumbnail 64 px wide) is below ``min_change`` grey levels is a robot standing st
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,24 +82,29 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip("/")) or "_"
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    if path.is_file():
-        return  # made by an earlier run (or another shard): the same bytes
+def _write_png(path: Path, rgb: np.ndarray, written: list[Path] | None = None) -> None:
+    """The frame as PNG at ``path``, keyed by content: a file there from an earlier run is kept only when
+    it holds these very bytes (the same frame); a recording replaced under the same name rewrites it, so
+    the synthesis resume sees a new source_sha256 and makes the sample again. New or rewritten files are
+    appended to ``written`` (what an error removes)."""
     ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise DataError(f"cannot encode {path.name} as PNG")
-    write_bytes_atomic(path, png.tobytes())
+    data = png.tobytes()
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return  # made by an earlier run (or another shard) from the same frame
+    if path.is_file():
+        log.info("%s holds another frame than the recording now gives: rewritten", path)
+    write_bytes_atomic(path, data)
+    if written is not None:
+        written.append(path)
 
 
 def bag_image_topics(bag: Path) -> dict[str, str]:
-    """{topic: message type} of a bag (every topic), for listing and checking."""
-    from calib.rosbag_io import open_reader
+    """{topic: message type} of a bag (every topic; a damaged bag's salvaged ones), for listing and checking."""
+    from calib.rosbag_io import bag_topics
 
-    reader = open_reader(bag)
-    try:
-        return {c.topic: c.msgtype for c in reader.connections}
-    finally:
-        reader.close()
+    return bag_topics(bag)
 
 
 def _decode(msg: Any, msgtype: str, where: str) -> np.ndarray:
@@ -125,9 +132,11 @@ def _topic_name(topics: dict[str, str], topic: str) -> str:
 
 
 def extract_bag_frames(bag: str | Path, topic: str, out: str | Path, selection: FrameSelection = FrameSelection(),
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, written: list[Path] | None = None) -> dict[str, Any]:
     """Write the selected frames of ``topic`` (sensor_msgs/Image in any encoding the node takes, or
-    CompressedImage) under ``out/frames/<bag>/<topic>/<stamp_ns>.png``; returns the paths and counts."""
+    CompressedImage) under ``out/frames/<bag>/<topic>/<stamp_ns>.png``; returns the paths and counts.
+    A second message with a stamp already seen (a driver bug, a bag merged twice) is skipped and counted.
+    ``written`` collects the files this call made (see :func:`remove_written`)."""
     from calib.rosbag_io import raw_messages, stamp_ns, typestore
 
     bag = Path(bag)
@@ -142,6 +151,8 @@ def extract_bag_frames(bag: str | Path, topic: str, out: str | Path, selection: 
     paths: list[Path] = []
     warnings: list[str] = []
     _, stream = raw_messages(bag, warnings)
+    stamps: set[int] = set()
+    repeated = 0
     bar = tqdm(desc=f"frames of {name}", unit="msg", disable=not progress)
     for msg_topic, msgtype, raw in stream:
         if msg_topic != name:
@@ -149,25 +160,33 @@ def extract_bag_frames(bag: str | Path, topic: str, out: str | Path, selection: 
         bar.update(1)
         msg = ts.deserialize_cdr(raw, msgtype)
         stamp = stamp_ns(msg)
+        if stamp in stamps:
+            repeated += 1
+            continue
+        stamps.add(stamp)
         where = f"{name} at {stamp}"
         kept, rgb = selector.keep(stamp / 1e9, decode=lambda m=msg, w=where: _decode(m, msgtype, w))
         if kept:
             path = folder / f"{stamp:019d}.png"
-            _write_png(path, rgb)
+            _write_png(path, rgb, written)
             paths.append(path)
     bar.close()
+    if repeated:
+        warnings.append(f"{repeated} message(s) of '{name}' repeat a stamp already seen: skipped (one frame per stamp)")
     for w in warnings:
         log.warning("%s", w)
     if not paths:
         raise DataError(f"no frame of '{name}' in {bag} was selected ({selector.count} in the time window, "
                         f"{selector.duplicates} near-duplicates); widen --start/--end or lower --min-change")
     return {"frames": paths, "root": Path(out) / "frames", "source": f"{bag.name}:{name}",
-            "seen": selector.count, "near_duplicates": selector.duplicates, "warnings": warnings}
+            "seen": selector.count, "near_duplicates": selector.duplicates, "repeated_stamps": repeated,
+            "warnings": warnings}
 
 
 def extract_video_frames(video: str | Path, out: str | Path, selection: FrameSelection = FrameSelection(),
-                         progress: bool = True) -> dict[str, Any]:
-    """Write the selected frames of a video file (OpenCV) under ``out/frames/<video>/<index>.png``."""
+                         progress: bool = True, written: list[Path] | None = None) -> dict[str, Any]:
+    """Write the selected frames of a video file (OpenCV) under ``out/frames/<video>/<index>.png``;
+    ``written`` collects the files this call made (see :func:`remove_written`)."""
     video = Path(video)
     if not video.is_file():
         raise DataError(f"video {video} not found")
@@ -190,7 +209,7 @@ def extract_video_frames(video: str | Path, out: str | Path, selection: FrameSel
             kept, rgb = selector.keep(t, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             if kept:
                 path = folder / f"{index:08d}.png"
-                _write_png(path, rgb)
+                _write_png(path, rgb, written)
                 paths.append(path)
             index += 1
             bar.update(1)
@@ -204,6 +223,18 @@ def extract_video_frames(video: str | Path, out: str | Path, selection: FrameSel
                         f"{selector.duplicates} near-duplicates); widen --start/--end or lower --min-change")
     return {"frames": paths, "root": Path(out) / "frames", "source": video.name, "seen": selector.count,
             "near_duplicates": selector.duplicates, "warnings": []}
+
+
+def remove_written(written: list[Path], root: Path) -> None:
+    """Undo a frame extraction that failed (or whose frames turned out unusable): remove the files it
+    made, then every folder under ``root`` (and ``root``) left empty, so the output holds only what it held."""
+    for path in written:
+        path.unlink(missing_ok=True)
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda w: len(Path(w[0]).parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty: it holds frames of earlier runs
+            Path(folder).rmdir()
 
 
 def bag_camera(bag: str | Path, image_topic: str) -> Any:
@@ -232,4 +263,5 @@ def bag_camera(bag: str | Path, image_topic: str) -> Any:
     return StereoCamera.from_msgs(found["left"], found["right"])
 
 
-__all__ = ["FrameSelection", "bag_camera", "bag_image_topics", "extract_bag_frames", "extract_video_frames"]
+__all__ = ["FrameSelection", "bag_camera", "bag_image_topics", "extract_bag_frames", "extract_video_frames",
+           "remove_written"]

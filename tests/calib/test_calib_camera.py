@@ -182,3 +182,22 @@ class TestCameraInfoMessages:
         assert loaded.focal_px == pytest.approx(50.0)
         with pytest.raises(CalibrationError, match="cannot rectify with distortion model 'kannala_brandt'"):
             loaded.left.rectification_maps()
+
+
+@pytest.mark.parametrize("fx, message", [
+    (1e-300, r"projection fx = 1e-300 px is not a focal length of a 640x480 camera \(expected 32 .. 640000 px\)"),
+    (1e12, r"projection fx = 1e\+12 px is not a focal length"),
+])
+def test_a_focal_length_that_is_no_camera_is_refused(fx, message):
+    """camera_info with fx = 1e-300 passed the node's check and published DisparityImage.f = 0.0 with depth and
+    points; every CameraInfo (YAML, messages in the node, bags, KITTI files) now goes through calib.checks."""
+    msg = SimpleNamespace(width=640, height=480, k=[fx, 0, 320, 0, fx, 240, 0, 0, 1], d=[0.0] * 5,
+                          r=[1, 0, 0, 0, 1, 0, 0, 0, 1], p=[fx, 0, 320, 0, 0, fx, 240, 0, 0, 0, 1, 0],
+                          distortion_model="plumb_bob")
+    with pytest.raises(CalibrationError, match=message):
+        CameraInfo.from_msg(msg)
+
+
+def test_a_baseline_of_a_kilometre_is_refused():
+    with pytest.raises(CalibrationError, match=r"baseline 1000 m is outside 0.001 .. 100 m"):
+        StereoCamera.ideal(640, 480, focal_px=500.0, baseline_m=1000.0)

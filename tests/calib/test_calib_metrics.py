@@ -168,3 +168,23 @@ class TestLabelFree:
         assert bad["lr_consistency"] < 0.2 and bad["photometric"] > 3 * good["photometric"]
         assert vis[20, 30:50].all()  # the square itself is seen
         assert not vis[20, 22:30].any() and vis[20, 21]  # the 8 px of background left of it are hidden by it
+
+
+def test_label_free_refuses_to_score_texture_less_or_identical_views():
+    """An all-black pair scored photometric 0.0 and one image on both topics an LR consistency of 0.72, both
+    better than the real pair: such pairs get NaN and the reason, never a good score."""
+    import cv2
+
+    from calib.metrics import label_free_metrics
+
+    rng = np.random.default_rng(0)
+    scene = cv2.resize(rng.uniform(0, 255, (12, 16, 3)).astype(np.float32), (128, 96), interpolation=cv2.INTER_CUBIC)
+    wide = np.clip(scene + rng.normal(0, 8, scene.shape), 0, 255).astype(np.uint8)
+    left, right = wide[:, 8:], wide[:, :-8]  # a real pair: disparity 8 px
+    disp = np.full(left.shape[:2], 8.0, np.float32)
+    real = label_free_metrics(left, right, disp, disp, 64)
+    assert np.isfinite(real["photometric"]) and "unscorable" not in real
+    black = label_free_metrics(np.zeros_like(left), np.zeros_like(right), disp, disp, 64)
+    same = label_free_metrics(left, left, np.zeros_like(disp), np.zeros_like(disp), 64)
+    assert np.isnan(black["photometric"]) and np.isnan(black["lr_consistency"]) and "no texture" in black["unscorable"]
+    assert np.isnan(same["photometric"]) and np.isnan(same["lr_consistency"]) and "identical" in same["unscorable"]

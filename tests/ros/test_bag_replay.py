@@ -197,13 +197,15 @@ def test_make_from_kitti_layout_with_calibration(tmp_path, year):
     gt = np.zeros((37, 124), np.uint16)
     gt[20:30, 50:60] = 256 * 30
     cv2.imwrite(str(base / gt_dir / "000000_10.png"), gt)
-    p2 = "721.5 0 609.6 44.86 0 721.5 172.9 0.2164 0 0 1 0.002746"
-    p3 = "721.5 0 609.6 -339.5 0 721.5 172.9 2.2 0 0 1 0.002729"
+    # KITTI's rectified projections for its 1242x375 images, scaled to this 124x37 one (a tenth): the
+    # full-size ones describe another camera (a principal point far outside the image, refused)
+    p2 = "72.15 0 60.96 4.486 0 72.15 17.29 0.02164 0 0 1 0.002746"
+    p3 = "72.15 0 60.96 -33.95 0 72.15 17.29 0.22 0 0 1 0.002729"
     keys = ("P_rect_02", "P_rect_03") if year == 2015 else ("P2", "P3")
     (base / calib_dir / calib_name("000000")).write_text(f"{keys[0]}: {p2}\n{keys[1]}: {p3}\n")
     assert bag_main(["make", "--from", f"kitti{year}:{tmp_path / 'kitti'}", "--out", str(tmp_path / "bag"), "--quiet"]) == 0
     frame = next(read_frames(tmp_path / "bag"))
-    assert frame.camera.baseline_m == pytest.approx((44.86 + 339.5) / 721.5, rel=1e-6)  # ~0.53 m, KITTI's rig
+    assert frame.camera.baseline_m == pytest.approx((4.486 + 33.95) / 72.15, rel=1e-6)  # ~0.53 m, KITTI's rig
     assert float(frame.gt_disparity[25, 55]) == 30.0 and np.isnan(frame.gt_disparity[0, 0])
 
 

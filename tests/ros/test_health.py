@@ -64,3 +64,18 @@ def test_stale_timeout_follows_the_input_rate_or_the_parameter():
     clock.t += 1.0
     assert h.status().level == STALE
     assert h.status(stale_timeout=10.0).level == OK
+
+
+def test_every_frame_failed_names_the_current_failure():
+    """The ERROR names the failure happening now, not the first one of its window."""
+    clock = Clock()
+    h = PipelineHealth(window=2.0, clock=clock)
+    run(h, clock, 1.0, bad=True)  # "no camera_info"
+    for _ in range(5):  # then every frame fails for another reason
+        clock.t += 0.1
+        h.add("left")
+        h.add("right")
+        h.add("pairs")
+        h.error("camera_info is 64x48 but images are 128x96")
+    s = h.status()
+    assert s.level == ERROR and s.message.endswith("camera_info is 64x48 but images are 128x96"), s.message

@@ -112,6 +112,28 @@ def recorded(tmp_path_factory):
     inverted = np.linalg.inv(T_CAM_LIDAR)
     inverted[:3, 3] = [0.0, 0.0, -50.0]  # the LiDAR 50 m behind the camera, looking away
     (root / "behind.yaml").write_text("T_cam_lidar: " + json.dumps(inverted.tolist()) + "\n")
+    # geometry that is not geometry (round 3): a mirror, NaN, a kilometre-scale translation, a binary file
+    mirrored = T_CAM_LIDAR.copy()
+    mirrored[:3, 0] *= -1  # det R = -1: 70 % of the labels landed > 1 px off before
+    (root / "mirrored.yaml").write_text("T_cam_lidar: " + json.dumps(mirrored.tolist()) + "\n")
+    (root / "nan.yaml").write_text("translation: [0.5, .nan, 0.0]\nrotation: [0, 0, 0, 1]\n")
+    far = T_CAM_LIDAR.copy()
+    far[:3, 3] = [1e30, 0, 0]
+    (root / "far.yaml").write_text("T_cam_lidar: " + json.dumps(far.tolist()) + "\n")
+    (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    nan_cloud = [("lidar/points", 10**9, _cloud(ts, 10**9, np.full((500, 3), np.nan)))]
+    write_bag(root / "bag_nan", frames[:1], storage="mcap", extra=nan_cloud)
+    write_bag(root / "bag_empty", frames[:1], storage="mcap", extra=[("lidar/points", 10**9, _cloud(ts, 10**9, np.zeros((0, 3))))])
+    short = _cloud(ts, 10**9, lidar_pts[:100])
+    short.point_step = 8  # z at offset 8 lies outside the 8-byte point: was a numpy ValueError traceback
+    write_bag(root / "bag_step", frames[:1], storage="mcap", extra=[("lidar/points", 10**9, short)])
+    rows = _cloud(ts, 10**9, lidar_pts[:100])
+    rows.height, rows.width, rows.row_step = 2, 50, 12  # rows overlap: was read silently as one point per row
+    write_bag(root / "bag_rows", frames[:1], storage="mcap", extra=[("lidar/points", 10**9, rows)])
+    T_nan = T_CAM_LIDAR.copy()
+    T_nan[0, 3] = np.nan
+    write_bag(root / "bag_tfnan", frames[:1], storage="mcap",
+              extra=extra[:1] + [("/tf_static", 10**9, _tf_static(ts, T_nan, "left_camera_optical_frame", "lidar"))])
     return root, cam_pts
 
 
@@ -163,13 +185,36 @@ def test_round_trip_recovers_the_gt_and_removes_hidden_points(recorded, tmp_path
     ("bag_nofields", ["--cloud", "lidar/points", "--extrinsic", "EXTRINSIC"], r"has no x/y/z field \(fields: a, b, c\)"),
     ("bag", ["--cloud", "lidar/points", "--extrinsic", "BEHIND"], r"only \d+ of \d+ LiDAR points are in front of the camera"),
     ("bag_notf", ["--cloud", "lidar/points"], r"/tf_static has no chain from the LiDAR frame 'lidar'"),
+    # round 3: geometry checked as geometry (calib.checks), one message per kind, whatever the source
+    ("bag", ["--cloud", "lidar/points", "--extrinsic", "mirrored.yaml"], r"is a mirror, not a rotation \(det = -1"),
+    ("bag", ["--cloud", "lidar/points", "--extrinsic", "nan.yaml"], r"translation is not finite: element \[1\] is nan"),
+    ("bag", ["--cloud", "lidar/points", "--extrinsic", "far.yaml"], r"moves 1e\+30 m .*is it in millimetres"),
+    ("bag", ["--cloud", "lidar/points", "--extrinsic", "binary.yaml"], r"binary.yaml: it is not a text \(YAML\) file"),
+    ("bag_tfnan", ["--cloud", "lidar/points"], r"/tf_static left_camera_optical_frame -> lidar translation is not finite"),
+    ("bag_nan", ["--cloud", "lidar/points", "--extrinsic", "extrinsic.yaml"],
+     r"no LiDAR label in any of the 1 pair\(s\): the clouds hold 500 points, 0 of them finite"),
+    ("bag_empty", ["--cloud", "lidar/points", "--extrinsic", "extrinsic.yaml"],
+     r"no LiDAR label in any of the 1 pair\(s\): the clouds hold 0 points"),
+    ("bag_step", ["--cloud", "lidar/points", "--extrinsic", "extrinsic.yaml"],
+     r"field z at offset 8 does not fit in point_step 8 bytes"),
+    ("bag_rows", ["--cloud", "lidar/points", "--extrinsic", "extrinsic.yaml"],
+     r"row_step 12 is smaller than width 50 x point_step 12"),
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(recorded, tmp_path, bag, extra, message):
     root, _ = recorded
-    extra = [str(root / "extrinsic.yaml") if a == "EXTRINSIC" else str(root / "behind.yaml") if a == "BEHIND" else a
-             for a in extra]
+    extra = [str(root / "extrinsic.yaml") if a == "EXTRINSIC" else str(root / "behind.yaml") if a == "BEHIND"
+             else str(root / a) if a.endswith(".yaml") else a for a in extra]
     res = _labels("--bag", root / bag, *extra, "--out", tmp_path / "ds", cwd=tmp_path)
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert re.search(message, lines[0]), lines[0]
     assert not (tmp_path / "ds").exists() and not list(tmp_path.glob(".ds*"))
+
+
+def test_a_point_nearer_than_the_image_can_show_is_no_label():
+    """A return at z = 1e-9 m (off the LiDAR's own housing) became a 256 px label; points nearer than
+    f B / width (a disparity wider than the image) are dropped and counted."""
+    pts = np.array([[0.0, 0.0, 1e-9], [0.0, 0.0, 0.5 * CAMERA.focal_px * CAMERA.baseline_m / W], [0.0, 0.0, 4.0]])
+    labels = CAMERA.lidar_to_disparity(pts, np.eye(4))
+    d = labels.disparity[np.isfinite(labels.disparity)]
+    assert labels.too_near == 2 and d.size == 1 and d[0] == pytest.approx(CAMERA.focal_px * CAMERA.baseline_m / 4.0)

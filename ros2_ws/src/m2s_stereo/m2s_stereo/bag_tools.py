@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from calib import StereoCamera
+from calib.checks import check_pose, quaternion_pose
 from calib.errors import CalibrationError
 from calib.ros_image import EncodingError, image_problem, image_to_array, image_to_rgb8
 from calib.rosbag_io import BagError, raw_messages, typestore  # BagError re-exported: the stereo bag tools raise it
@@ -158,20 +159,27 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
     if missing:
         raise BagError(f"{path} lacks topic(s) {', '.join(missing)} (has {', '.join(sorted(topics)) or 'none'})")
     pending: dict[int, dict[str, Any]] = defaultdict(dict)
+    undecodable: dict[str, int] = {}
     for topic, msgtype, raw in stream:
         if topic not in STEREO_TOPICS:  # a robot's bag holds more (LiDAR, /tf, IMU...): not part of a frame
             continue
         try:
             msg = ts.deserialize_cdr(raw, msgtype)
         except Exception:  # noqa: BLE001  (a cut message at the end of a salvaged file)
+            undecodable[topic] = undecodable.get(topic, 0) + 1
             continue
         stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
         pending[stamp][topic] = (msg, raw)
+    if undecodable and warnings is not None:
+        warnings.append("message(s) that cannot be decoded (cut or damaged) skipped: "
+                        + ", ".join(f"{n} on {t}" for t, n in undecodable.items()))
     skipped = 0
+    lacking: set[str] = set()
     for stamp in sorted(pending):
         parts = pending[stamp]
         if any(t not in parts for t in REQUIRED):
             skipped += 1
+            lacking.update(t for t in REQUIRED if t not in parts)
             continue
         try:
             arrays = {t: _to_array(parts[t][0], f"frame {stamp}: {t}") if t in parts else None
@@ -184,7 +192,8 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
         yield Frame(stamp, arrays[LEFT], arrays[RIGHT], camera, arrays[GT_DISP], arrays[GT_DEPTH],
                     {t: p[1] for t, p in parts.items()} if keep_raw else {})
     if skipped and warnings is not None:
-        warnings.append(f"{skipped} incomplete frame(s) skipped (a required topic missing at that stamp)")
+        warnings.append(f"{skipped} incomplete frame(s) skipped (no message on {', '.join(sorted(lacking))} at their "
+                        "stamp)")
 
 
 def bag_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -418,7 +427,8 @@ _POINT_TYPES = {7: "<f4", 8: "<f8"}  # sensor_msgs/PointField FLOAT32, FLOAT64
 
 
 def cloud_points(msg: Any, where: str = "point cloud") -> np.ndarray:
-    """x, y, z of a ``sensor_msgs/PointCloud2`` as Nx3 float64 (NaN points dropped)."""
+    """x, y, z of a ``sensor_msgs/PointCloud2`` as Nx3 float64 (NaN points dropped). The layout is checked
+    first: every field inside ``point_step``, ``row_step >= width * point_step``, data as long as declared."""
     fields = {f.name: f for f in msg.fields}
     missing = [n for n in ("x", "y", "z") if n not in fields]
     if missing:
@@ -427,56 +437,54 @@ def cloud_points(msg: Any, where: str = "point cloud") -> np.ndarray:
     for n in ("x", "y", "z"):
         if fields[n].datatype not in _POINT_TYPES:
             raise BagError(f"{where}: field {n} has datatype {fields[n].datatype}; x, y, z must be FLOAT32 or FLOAT64")
+    width, height, step, row_step = (int(msg.width), int(msg.height), int(msg.point_step), int(msg.row_step))
+    for n in ("x", "y", "z"):
+        end = int(fields[n].offset) + np.dtype(_POINT_TYPES[fields[n].datatype]).itemsize
+        if int(fields[n].offset) < 0 or end > step:
+            raise BagError(f"{where}: field {n} at offset {fields[n].offset} does not fit in point_step {step} bytes "
+                           "(a damaged or mis-declared cloud)")
+    if row_step < width * step:
+        raise BagError(f"{where}: row_step {row_step} is smaller than width {width} x point_step {step}: rows would "
+                       "overlap (a damaged or mis-declared cloud)")
     order = ">" if msg.is_bigendian else "<"
     dtype = np.dtype({"names": ["x", "y", "z"], "offsets": [fields[n].offset for n in ("x", "y", "z")],
                       "formats": [order + _POINT_TYPES[fields[n].datatype][1:] for n in ("x", "y", "z")],
-                      "itemsize": int(msg.point_step)})
-    n_points = int(msg.width) * int(msg.height)
+                      "itemsize": step})
     data = np.asarray(msg.data, np.uint8)
-    if data.size < n_points * msg.point_step:
-        raise BagError(f"{where}: data is {data.size} bytes, shorter than {n_points} points x {msg.point_step} bytes")
-    rows = data[: int(msg.row_step) * int(msg.height)].reshape(int(msg.height), int(msg.row_step))
-    rows = np.ascontiguousarray(rows[:, : int(msg.width) * int(msg.point_step)])
+    if data.size < row_step * height:
+        raise BagError(f"{where}: data is {data.size} bytes, shorter than {height} rows x row_step {row_step} bytes")
+    rows = data[: row_step * height].reshape(height, row_step)
+    rows = np.ascontiguousarray(rows[:, : width * step])
     raw = rows.reshape(-1).view(dtype)
     pts = np.stack([raw["x"], raw["y"], raw["z"]], -1).astype(np.float64)
     return pts[np.isfinite(pts).all(1)]
 
 
-def _quaternion_matrix(t: Any, q: Any) -> np.ndarray:
-    x, y, z, w = (float(v) for v in q)
-    n = np.sqrt(x * x + y * y + z * z + w * w)
-    if not n > 0:
-        raise BagError("a transform has a zero quaternion")
-    x, y, z, w = x / n, y / n, z / n, w / n
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                 [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                 [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]]
-    T[:3, 3] = [float(v) for v in t]
-    return T
+def _quaternion_matrix(t: Any, q: Any, name: str = "a transform") -> np.ndarray:
+    try:
+        return quaternion_pose(t, q, name)
+    except CalibrationError as exc:
+        raise BagError(str(exc)) from None
 
 
 def extrinsic_from_yaml(path: str | os.PathLike) -> np.ndarray:
     """``T_cam_lidar`` (LiDAR -> left camera optical frame) from YAML: ``T_cam_lidar: 4x4 rows`` or
-    ``translation: [x, y, z]`` + ``rotation: [qx, qy, qz, qw]``."""
+    ``translation: [x, y, z]`` + ``rotation: [qx, qy, qz, qw]``; checked by :func:`calib.checks.check_pose`."""
     import yaml
 
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BagError(f"cannot read the extrinsic {path}: it is not a text (YAML) file") from None
     except (OSError, yaml.YAMLError) as exc:
         raise BagError(f"cannot read the extrinsic {path}: {exc}") from None
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or not ("T_cam_lidar" in doc or {"translation", "rotation"} <= set(doc)):
         raise BagError(f"{path}: expected T_cam_lidar (4x4) or translation + rotation (quaternion x, y, z, w)")
     try:
         if "T_cam_lidar" in doc:
-            T = np.asarray(doc["T_cam_lidar"], np.float64)
-            if T.shape != (4, 4) or not np.allclose(T[3], [0, 0, 0, 1]):
-                raise ValueError("T_cam_lidar must be 4x4 with a last row 0 0 0 1")
-            if not np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-4):
-                raise ValueError("the rotation part of T_cam_lidar is not a rotation")
-            return T
-        return _quaternion_matrix(doc["translation"], doc["rotation"])
-    except (KeyError, TypeError, ValueError) as exc:
+            return check_pose(doc["T_cam_lidar"], "T_cam_lidar")
+        return quaternion_pose(doc["translation"], doc["rotation"], "the extrinsic")
+    except CalibrationError as exc:
         raise BagError(f"{path}: {exc} (expected T_cam_lidar: 4x4, or translation: [x, y, z] and rotation: "
                        "[qx, qy, qz, qw], LiDAR -> camera optical frame)") from None
 
@@ -487,7 +495,8 @@ def extrinsic_from_tf(transforms: list[Any], camera_frame: str, lidar_frame: str
     for t in transforms:
         T = _quaternion_matrix([t.transform.translation.x, t.transform.translation.y, t.transform.translation.z],
                                [t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z,
-                                t.transform.rotation.w])  # child -> parent
+                                t.transform.rotation.w],
+                               f"/tf_static {t.header.frame_id} -> {t.child_frame_id}")  # child -> parent
         parent, child = t.header.frame_id.strip("/"), t.child_frame_id.strip("/")
         edges[child].append((parent, T))
         edges[parent].append((child, np.linalg.inv(T)))
@@ -496,7 +505,10 @@ def extrinsic_from_tf(transforms: list[Any], camera_frame: str, lidar_frame: str
     while todo:
         frame, T = todo.pop()
         if frame == goal:
-            return T
+            try:
+                return check_pose(T, f"the /tf_static chain {lidar_frame} -> {camera_frame}")
+            except CalibrationError as exc:
+                raise BagError(str(exc)) from None
         for nxt, step in edges[frame]:
             if nxt not in seen:
                 seen.add(nxt)
@@ -546,7 +558,7 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
     stamps = np.asarray([c[0] for c in clouds], np.int64)
     rows: list[dict[str, Any]] = []
     skipped = 0
-    total_front = total_points = 0
+    total_front = total_points = total_raw = total_labels = total_near = 0
     with staged_directory(out) as stage:
         for sub in ("left", "right", "disparity"):
             (stage / sub).mkdir(parents=True)
@@ -560,7 +572,13 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
             if extrinsic is None:
                 camera_frame = ts.deserialize_cdr(frame.raw[LEFT], "sensor_msgs/msg/Image").header.frame_id
                 extrinsic = extrinsic_from_tf(transforms, camera_frame, cloud.header.frame_id)
-            labels = frame.camera.lidar_to_disparity(points, extrinsic, window=window)
+            try:
+                labels = frame.camera.lidar_to_disparity(points, extrinsic, window=window)
+            except CalibrationError as exc:
+                raise BagError(f"cannot label the pair at {frame.stamp_ns}: {exc}") from None
+            total_raw += int(np.asarray(cloud.data).size // max(int(cloud.point_step), 1))
+            total_labels += int(np.isfinite(labels.disparity).sum())
+            total_near += labels.too_near
             total_points += len(points)
             total_front += len(points) - labels.behind
             stem = f"{frame.stamp_ns:019d}"
@@ -570,7 +588,8 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
             kitti = np.where(np.isfinite(d) & (d > 0), np.clip(np.rint(d * 256.0), 1, 65535), 0).astype(np.uint16)
             cv2.imwrite(str(stage / "disparity" / f"{stem}.png"), kitti)
             rows.append({"frame": stem, "cloud_stamp_ns": int(stamps[i]), "points": len(points),
-                         "behind_camera": labels.behind, "in_image": labels.projected, "hidden": labels.hidden,
+                         "behind_camera": labels.behind, "too_near": labels.too_near, "in_image": labels.projected,
+                         "hidden": labels.hidden,
                          "labels": int(np.isfinite(d).sum()), "density": float(np.isfinite(d).mean())})
         if total_points and total_front < 0.01 * total_points:
             raise BagError(f"only {total_front} of {total_points} LiDAR points are in front of the camera: the "
@@ -578,6 +597,10 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
                            "frame, T_cam_lidar)")
         if not rows:
             raise BagError(f"no stereo pair of {bag} has a cloud within {max_dt} s ({skipped} pair(s) skipped)")
+        if not total_labels:  # nothing to train on: say why instead of writing an empty dataset
+            raise BagError(f"no LiDAR label in any of the {len(rows)} pair(s): the clouds hold {total_raw} points, "
+                           f"{total_points} of them finite, {total_front} in front of the camera ({total_near} nearer "
+                           f"than f B / width), none inside the image; check the cloud topic and the extrinsic")
         summary = {"bag": str(bag), "cloud_topic": name, "frames": len(rows), "skipped_no_cloud": skipped,
                    "extrinsic_T_cam_lidar": np.asarray(extrinsic).tolist(), "per_frame": rows,
                    "density": float(np.mean([r["density"] for r in rows]))}

@@ -47,6 +47,7 @@ from calib.metrics import (
     SparsificationAccumulator,
     disparity_metrics,
     label_free_metrics,
+    nan_mean,
     sparsification_plot,
 )
 from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
@@ -82,6 +83,7 @@ class Evaluation:
         self.label_free_always = label_free  # also on frames with GT (to compare the two)
         self.max_disparity = max_disparity
         self.label_free: list[dict[str, float]] = []
+        self.unscorable: list[str] = []  # why frames could not be scored without GT
         self.disp = MetricAccumulator()
         self.confidence = SparsificationAccumulator()
         self.depth: list[dict[str, float]] = []
@@ -117,6 +119,9 @@ class Evaluation:
                                     self.max_disparity)
             figures = {k: lf[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in lf}
             row.update(figures)
+            if "unscorable" in lf:  # NaN figures, left out of the means and counted, never a good score
+                row["unscorable"] = lf["unscorable"]
+                self.unscorable.append(lf["unscorable"])
             self.label_free.append(figures)
         self.per_frame.append(row)
         return row
@@ -169,8 +174,11 @@ class Evaluation:
             out["depth"] = {k: sum(d[k] * d["depth_pixels"] for d in self.depth) / max(n, 1) for k in ("abs_rel", "delta1")}
         if self.label_free:
             keys = sorted({k for r in self.label_free for k in r})
-            out["label_free"] = {k: float(np.nanmean([r.get(k, np.nan) for r in self.label_free])) for k in keys}
+            out["label_free"] = {k: nan_mean([r.get(k, np.nan) for r in self.label_free]) for k in keys}
             out["label_free"]["frames"] = len(self.label_free)
+            if self.unscorable:
+                out["label_free"]["unscorable_frames"] = len(self.unscorable)
+                out["label_free"]["unscorable_reason"] = self.unscorable[-1]
         return out
 
 
@@ -212,11 +220,21 @@ def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, 
         ev.add(frame, disp, i, runtime, confidence)
         preds.append((frame, disp, confidence))
     if not frames:
-        raise BagError(f"{bag}: no complete stereo frame could be read")
+        raise BagError(no_frame_message(bag, warnings))
     timing = runtime.stats().get("total", {})
     return {"mode": "offline", "frames": frames, "answered": len(preds), "dropped": frames - len(preds),
             "warnings": warnings, "node_parameters": _changed(values), "accuracy": ev.summary(),
             "per_frame": ev.per_frame, "inference_ms": timing, "_preds": preds}
+
+
+def no_frame_message(bag: Path, reasons: list[str], limit: int = 3) -> str:
+    """'no complete stereo frame' with the reasons the frames were skipped (a NaN P, an unsupported
+    encoding, data shorter than declared...), the distinct ones first, so the cause is named."""
+    distinct = list(dict.fromkeys(reasons))
+    if not distinct:
+        return f"{bag}: no complete stereo frame could be read"
+    more = f" (and {len(distinct) - limit} more)" if len(distinct) > limit else ""
+    return f"{bag}: no complete stereo frame could be read: " + "; ".join(distinct[:limit]) + more
 
 
 def _changed(values: dict[str, Any]) -> dict[str, Any]:
@@ -245,7 +263,7 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
     warnings: list[str] = []
     frames = list(read_frames(bag, keep_raw=True, warnings=warnings))
     if not frames:
-        raise BagError(f"{bag}: no complete stereo frame could be read")
+        raise BagError(no_frame_message(bag, warnings))
     context = rclpy.Context()
     rclpy.init(context=context)
     overrides = {**_changed(values), P.MODEL_PATH: str(model), P.PUBLISH_POINTS: False, P.PUBLISH_DEPTH: False}
@@ -431,6 +449,8 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
                  f"{100 * lf['at_range_limit']:.2f} % at the disparity range limits"]
         if "lr_consistency" in lf:
             parts.insert(1, f"left-right consistency {100 * lf['lr_consistency']:.1f} %")
+        if lf.get("unscorable_frames"):
+            parts.append(f"{lf['unscorable_frames']} frame(s) not scored (e.g. {lf['unscorable_reason']})")
         lines.append(f"- label-free ({lf['frames']} frames): " + ", ".join(parts))
     lines += [f"- warning: {w}" for w in result.get("warnings", [])]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
@@ -438,6 +458,9 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
 
 
 def _main(args: argparse.Namespace) -> int:
+    from calib.safe_files import claim_report_dir
+
+    claim_report_dir(args.out, overwrite=args.overwrite, markers=("report.json",))  # before the (slow) replay
     bag = Path(args.bag)
     params = dict(args.param or [])
     if args.mode == "offline":
@@ -488,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bag", required=True, help="bag directory (sqlite3 or MCAP) written by m2s-bag make or ros2 bag record")
     p.add_argument("--model", required=True, help=".engine, .onnx or checkpoint directory")
     p.add_argument("--out", required=True, help="report directory (report.json, report.md, PNG plots)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier report: delete it first (without this flag it is refused)")
     p.add_argument("--mode", choices=["live", "offline"], default="live", help="live: through the node over DDS; offline: runtime only")
     p.add_argument("--rate", type=non_negative_float, default=1.0,
                    help="live: x recorded rate; 0 = as fast as the node answers")
