@@ -385,6 +385,18 @@ class StereoCamera:
         )
 
     @classmethod
+    def pinhole(cls, width: int, height: int, *, fx: float, fy: float, cx: float, cy: float,
+                baseline_m: float) -> StereoCamera:
+        """A rectified pair from known intrinsics (a factory-calibrated camera's numbers): K = P[:, :3] of
+        both, no distortion, R = I, ``P_R[0, 3] = -fx B`` (the ROS convention); checked as every pair is."""
+        k = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=np.float64)
+        p_left = np.hstack([k, np.zeros((3, 1))])
+        p_right = p_left.copy()
+        p_right[0, 3] = -fx * baseline_m
+        return cls(CameraInfo(width, height, k, np.zeros(5), np.eye(3), p_left, "plumb_bob", "left"),
+                   CameraInfo(width, height, k, np.zeros(5), np.eye(3), p_right, "plumb_bob", "right"))
+
+    @classmethod
     def ideal(cls, width: int, height: int, focal_px: float, baseline_m: float,
               cx: float | None = None, cy: float | None = None) -> StereoCamera:
         """An already-rectified, distortion-free pair (synthetic data, tests, datasets given as f and B)."""

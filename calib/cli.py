@@ -1,4 +1,4 @@
-"""``m2s-calib``: stereo calibration from chessboard pairs, rectification, calibration info."""
+"""``m2s-calib``: stereo calibration from chessboard pairs or known intrinsics, rectification, calibration info."""
 
 from __future__ import annotations
 
@@ -71,6 +71,59 @@ def _rectify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels, e.g. 640x480, got '{text}'") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {w}x{h}")
+    return w, h
+
+
+def _intrinsics(args: argparse.Namespace) -> int:
+    numbers = {f: getattr(args, f) for f in ("fx", "fy", "cx", "cy", "baseline", "size")}
+    if args.from_bag:
+        given = [f"--{k}" for k, v in numbers.items() if v is not None]
+        if given:
+            raise CalibrationError(f"--from-bag reads the camera from the bag's camera_info: give no {', '.join(given)} "
+                                   "with it")
+        from calib.rosbag_io import first_messages, stereo_camera_info_topics
+
+        bag = Path(args.from_bag)
+        topics = stereo_camera_info_topics(bag, args.left_info, args.right_info)
+        msgs = first_messages(bag, topics)
+        camera = StereoCamera.from_msgs(msgs[topics[0]], msgs[topics[1]])
+        source = {"bag": str(bag), "camera_info_topics": list(topics)}
+    else:
+        missing = [f"--{k}" for k in ("fx", "cx", "cy", "baseline", "size") if numbers[k] is None]
+        if missing:
+            raise CalibrationError(f"give {', '.join(missing)} (the rectified intrinsics and baseline of the camera), "
+                                   "or --from-bag BAG to read its camera_info")
+        w, h = args.size
+        if args.baseline > 2.0:
+            log.warning("baseline %g m: is it in millimetres? Stereo cameras on robots have 3..30 cm (0.03..0.3)",
+                        args.baseline)
+        camera = StereoCamera.pinhole(w, h, fx=args.fx, fy=args.fy if args.fy is not None else args.fx, cx=args.cx,
+                                      cy=args.cy, baseline_m=args.baseline)
+        source = {"intrinsics": "given"}
+    out = Path(args.out)
+    there = [n for n in ("left.yaml", "right.yaml") if (out / n).exists()]
+    if there and not args.overwrite:
+        raise CalibrationError(f"{out} already holds {' and '.join(there)}: pass --overwrite to replace them, or choose "
+                               "another --out")
+    camera.to_dir(out)
+    fb = camera.focal_px * camera.baseline_m
+    w, h = camera.image_size
+    print(dumps_json({
+        **source, "out": str(out), "image_size": [w, h], "fx": camera.fx, "fy": camera.fy, "cx": camera.cx,
+        "cy": camera.cy, "baseline_m": camera.baseline_m, "P_right_03": float(camera.right.P[0, 3]),
+        # what a model can measure on this camera: the nearest depth for common maximum disparities
+        "nearest_depth_m_at_max_disparity": {str(d): round(fb / d, 4) for d in (64, 128, 192, 256) if d < w},
+    }, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     camera = StereoCamera.from_dir(args.calib)
     w, h = camera.image_size
@@ -117,6 +170,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory for rect_*.png")
     add_common_flags(p)
     p.set_defaults(handler=_rectify)
+
+    p = sub.add_parser(
+        "intrinsics", help="camera_info YAMLs from known intrinsics (a factory-calibrated camera) or a bag",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write left.yaml and right.yaml (ROS camera_info of a rectified pair: K = P[:, :3], R = I, no "
+                    "distortion, P_R[0,3] = -fx * baseline) from the numbers a factory-calibrated stereo camera "
+                    "reports for its rectified images, or copy them from a bag's camera_info topics.",
+        epilog="\n".join([
+            "Where the numbers come from (the rectified ones, at the resolution you stream):",
+            "  RealSense:  rs-enumerate-devices -c   (Infrared 1 intrinsics; baseline = |translation| of the",
+            "              Infrared 2 extrinsics, in metres)",
+            "  OAK-D:      depthai CalibrationHandler.getCameraIntrinsics(LEFT/RIGHT, W, H) and",
+            "              getBaselineDistance() (centimetres: divide by 100)",
+            "  ZED:        the SN<serial>.conf calibration file (fx, fy, cx, cy per resolution; Baseline in mm:",
+            "              divide by 1000)",
+            "  any ROS 2 driver publishing camera_info: record a few seconds and use --from-bag"]))
+    p.add_argument("--fx", type=positive_float, help="focal length, px (rectified)")
+    p.add_argument("--fy", type=positive_float, help="vertical focal length, px (default: --fx)")
+    p.add_argument("--cx", type=finite_float, help="principal point x, px")
+    p.add_argument("--cy", type=finite_float, help="principal point y, px")
+    p.add_argument("--baseline", type=positive_float, help="distance between the optical centres, metres")
+    p.add_argument("--size", type=_size, help="image size WIDTHxHEIGHT, px (e.g. 640x480)")
+    p.add_argument("--from-bag", metavar="BAG", help="read the first left/right camera_info of this rosbag2 instead")
+    p.add_argument("--left-info", metavar="TOPIC", help="--from-bag: the left camera_info topic (default: found by name)")
+    p.add_argument("--right-info", metavar="TOPIC", help="--from-bag: the right camera_info topic (default: found by name)")
+    p.add_argument("--out", required=True, help="output directory for left.yaml and right.yaml")
+    p.add_argument("--overwrite", action="store_true", help="replace left.yaml / right.yaml already in --out")
+    add_common_flags(p)
+    p.set_defaults(handler=_intrinsics)
 
     p = sub.add_parser("info", help="print focal length, baseline and Q of a calibration")
     p.add_argument("--calib", required=True, help="directory with left.yaml and right.yaml")

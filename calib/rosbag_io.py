@@ -187,6 +187,47 @@ def bag_topics(path: Path, warnings: list[str] | None = None) -> dict[str, str]:
         reader.close()
 
 
+def stereo_camera_info_topics(path: Path, left: str | None = None, right: str | None = None) -> tuple[str, str]:
+    """The left and right ``sensor_msgs/CameraInfo`` topics of a bag: the given ones (checked), or the one
+    topic of that type whose name has a ``left`` / ``right`` part (``/zed/left/camera_info``,
+    ``/stereo/right/camera_info``...); ambiguity is an error that lists the candidates."""
+    import re
+
+    topics = bag_topics(path)
+    infos = sorted(t for t, m in topics.items() if m == "sensor_msgs/msg/CameraInfo")
+    chosen = []
+    for side, given in (("left", left), ("right", right)):
+        if given is not None:
+            name = next((c for c in (given, "/" + given.lstrip("/"), given.lstrip("/")) if c in topics), None)
+            if name is None or topics[name] != "sensor_msgs/msg/CameraInfo":
+                raise BagError(f"{path} has no CameraInfo topic '{given}' (CameraInfo topics: {', '.join(infos) or 'none'})")
+            chosen.append(name)
+            continue
+        found = [t for t in infos if re.search(rf"(^|[/_]){side}([/_]|$)", t.lower())]
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)}"
+            raise BagError(f"{path} has {what} {side} CameraInfo topic(s) ({', '.join(found or infos) or 'none'}); name it "
+                           f"with --{side}-info TOPIC")
+        chosen.append(found[0])
+    return chosen[0], chosen[1]
+
+
+def first_messages(path: Path, topics: tuple[str, ...]) -> dict[str, Any]:
+    """The first message (deserialised) of each of ``topics``; a topic without one is an error."""
+    ts = typestore()
+    found: dict[str, Any] = {}
+    _, stream = raw_messages(path)
+    for topic, msgtype, raw in stream:
+        if topic in topics and topic not in found:
+            found[topic] = ts.deserialize_cdr(raw, msgtype)
+            if len(found) == len(topics):
+                break
+    missing = [t for t in topics if t not in found]
+    if missing:
+        raise BagError(f"{path}: no message on {', '.join(missing)}")
+    return found
+
+
 def raw_messages(path: Path, warnings: list[str] | None = None) -> tuple[set[str], Iterator[tuple[str, str, bytes]]]:
     """Topics and a (topic, msgtype, cdr) stream, through rosbags or, for damaged files, salvage."""
     path = Path(path)
@@ -222,4 +263,5 @@ def stamp_ns(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
 
-__all__ = ["BagError", "bag_topics", "open_reader", "raw_messages", "salvage_mcap", "salvage_sqlite", "stamp_ns", "typestore"]
+__all__ = ["BagError", "bag_topics", "first_messages", "open_reader", "raw_messages", "salvage_mcap", "salvage_sqlite",
+           "stamp_ns", "stereo_camera_info_topics", "typestore"]

@@ -241,7 +241,7 @@ def bag_camera(bag: str | Path, image_topic: str) -> Any:
     """The stereo camera of a bag: the first ``camera_info`` of the left and right cameras next to
     ``image_topic`` (``<ns>/left/...`` and ``<ns>/right/...``), as :class:`calib.StereoCamera`."""
     from calib import StereoCamera
-    from calib.rosbag_io import raw_messages, typestore
+    from calib.rosbag_io import first_messages
 
     bag = Path(bag)
     topics = bag_image_topics(bag)
@@ -251,16 +251,8 @@ def bag_camera(bag: str | Path, image_topic: str) -> Any:
     if None in wanted.values():
         raise DataError(f"{bag} has no left and right camera_info next to '{image_topic}' (camera_info topics: "
                         f"{', '.join(infos) or 'none'}); pass --camera DIR (left.yaml / right.yaml from m2s-calib)")
-    ts = typestore()
-    found: dict[str, Any] = {}
-    _, stream = raw_messages(bag)
-    for topic, msgtype, raw in stream:
-        for side, name in wanted.items():
-            if topic == name and side not in found:
-                found[side] = ts.deserialize_cdr(raw, msgtype)
-        if len(found) == 2:
-            break
-    return StereoCamera.from_msgs(found["left"], found["right"])
+    found = first_messages(bag, (wanted["left"], wanted["right"]))
+    return StereoCamera.from_msgs(found[wanted["left"]], found[wanted["right"]])
 
 
 __all__ = ["FrameSelection", "bag_camera", "bag_image_topics", "extract_bag_frames", "extract_video_frames",
