@@ -59,14 +59,19 @@ def fp32_plan(onnx_path: str, args: argparse.Namespace) -> dict:
     if "fp16" in meta and "fp16" in sidecar and sidecar["fp16"] != meta["fp16"]:
         raise ExportError(f"{sidecar_path(onnx_path)} holds another fp32 set than {onnx_path} itself: it belongs to an "
                           "earlier export. Delete it, or re-export the ONNX (m2s-export --checkpoint ...)")
+    from m2s_export.onnx_export import check_fp16_verdict
+
     if "fp16" in meta:
+        check_fp16_verdict(meta.get("fp16_check") or sidecar.get("fp16_check"), onnx_path, args.allow_fp16_drift)
         return meta["fp16"]
     log.warning("%s carries no fp32 set (exported by an older m2s-export): running the FP16 analysis here; "
                 "re-export on the workstation to skip it", onnx_path)
     from m2s_export.onnx_export import fp16_decision
 
     h, w = int(meta["input_height"]), int(meta["input_width"])
-    return fp16_decision(Path(onnx_path), h, w, args.calib_images, args.calib_pairs, allow_drift=args.allow_fp16_drift)["fp16"]
+    decision = fp16_decision(Path(onnx_path), h, w, args.calib_images, args.calib_pairs, allow_drift=args.allow_fp16_drift)
+    check_fp16_verdict(decision["fp16_check"], onnx_path, args.allow_fp16_drift)
+    return decision["fp16"]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -176,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fp16-check", action="store_true",
                    help="skip the FP16 analysis and fp16 check at export (--trt then runs the analysis on the target)")
     p.add_argument("--allow-fp16-drift", action="store_true",
-                   help="write the export even if the fp16 check exceeds mean 0.05 px / p99 0.5 px / any non-finite")
+                   help="build an FP16 engine (--trt) even if the fp16 check exceeded mean 0.05 px / p99 0.5 px / any "
+                        "non-finite; the ONNX export itself only records the check's verdict (onnxruntime runs fp32)")
     p.add_argument("--calib-images", nargs=2, metavar=("LEFT_GLOB", "RIGHT_GLOB"),
                    help="your own rectified pairs (quoted globs, paired by the wildcard part) for the FP16 analysis "
                         "and check, beside Aloe and two texture pairs")

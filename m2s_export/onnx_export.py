@@ -147,8 +147,10 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, height: i
 def fp16_decision(onnx_path: Path, height: int, width: int, calib_images: tuple[str, str] | None = None,
                   calib_pairs: int | None = None, allow_drift: bool = False) -> dict[str, Any]:
     """``{"fp16": the fp32 set + analysis figures, "fp16_check": the drift figures}`` of an fp32 ONNX
-    on the calibration pairs; raises :class:`ExportError` on drift beyond the thresholds unless
-    ``allow_drift``. Torch-free (``m2s-export --trt`` runs it for ONNX files exported without it)."""
+    on the calibration pairs. Drift beyond the thresholds is recorded (``passed`` false, the ``problems``),
+    not raised: the ONNX is right for onnxruntime, which runs fp32; :func:`check_fp16_verdict` refuses an FP16
+    engine from it unless ``allow_drift``. Torch-free (``m2s-export --trt`` runs it for ONNX files exported
+    without it)."""
     from m2s_export.calibration import calibration_feeds
     from m2s_export.fp16 import CONFIDENCE_THRESHOLDS, DEFAULT_THRESHOLDS, activation_peaks, drift_problems, fp16_check, fp32_set
 
@@ -167,17 +169,29 @@ def fp16_decision(onnx_path: Path, height: int, width: int, calib_images: tuple[
              check["nonfinite_fraction"], len(pinned["nodes"]),
              f"; confidence mean {check['confidence']['mean_abs_diff_px']:.4f}, max "
              f"{check['confidence']['max_abs_diff_px']:.4f}" if "confidence" in check else "")
-    if problems and not allow_drift:
-        raise ExportError("the fp16 check failed (" + "; ".join(problems) + f" on {', '.join(names)}): an FP16 engine "
-                          "would not match this fp32 model; the ONNX file was not written. Pass --allow-fp16-drift to "
-                          "write it anyway, or build the engine with --no-fp16")
-    if problems:
-        log.warning("fp16 check failed (%s); written anyway (--allow-fp16-drift)", "; ".join(problems))
+    check["problems"] = problems
+    check["drift_allowed"] = bool(problems and allow_drift)
+    if problems:  # a verdict for TensorRT, not a reason to withhold an ONNX that onnxruntime runs in fp32
+        log.warning("fp16 check failed (%s on %s): the ONNX is right for onnxruntime (fp32), but an FP16 TensorRT "
+                    "engine would not match it; m2s-export --trt refuses FP16 from it %s", "; ".join(problems),
+                    ", ".join(names), "(overridden: --allow-fp16-drift)" if allow_drift else
+                    "unless --allow-fp16-drift (or build with --no-fp16)")
     fp16 = {"fp32_nodes": pinned["nodes"], "fp32_tensors": pinned["tensors"], "regions": pinned["regions"],
             "overflow": pinned["overflow"], "large_constants": pinned["large_constants"],
             "analysis": {k: analysis[k] for k in ("tensors", "seconds")} | {
                 "pairs": len(feeds), "nonfinite_in_fp32": analysis["nonfinite"]}}
     return {"fp16": fp16, "fp16_check": check}
+
+
+def check_fp16_verdict(check: dict[str, Any] | None, onnx_path: str | os.PathLike, allow_drift: bool) -> None:
+    """Refuse an FP16 engine from an ONNX whose fp16 check failed, unless ``allow_drift`` (the failure,
+    with its figures, is what the export recorded in the ONNX metadata and sidecar)."""
+    if not check or check.get("passed", True) or allow_drift:
+        return
+    problems = "; ".join(check.get("problems") or []) or (
+        f"mean {check.get('mean_abs_diff_px', float('nan')):.4f} px, p99 {check.get('p99_abs_diff_px', float('nan')):.4f} px")
+    raise ExportError(f"the fp16 check of {onnx_path} failed at export ({problems}): an FP16 engine would not match the "
+                      "fp32 model. Build with --no-fp16, or pass --allow-fp16-drift to build FP16 anyway")
 
 
 CONFIDENCE_TOLERANCE = 1e-3  # mean |c_onnx - c_torch| allowed in fp32

@@ -244,6 +244,28 @@ class TestFp16OnTheRealNetwork:
         assert "--layerOutputTypes=" in line and "/disp_update" in line
 
 
+    def test_a_failed_fp16_check_keeps_the_onnx_and_gates_only_the_fp16_engine(self, exported, tmp_path, monkeypatch,
+                                                                                capsys):
+        """An ONNX meant for onnxruntime on CPU was blocked by the fp16 check (exit 2 unless --allow-fp16-drift),
+        though that runtime never uses fp16: the check's verdict is recorded, and --trt FP16 refuses it."""
+        import m2s_export.fp16 as fp16
+
+        monkeypatch.setattr(fp16, "DEFAULT_THRESHOLDS", {**fp16.DEFAULT_THRESHOLDS, "mean_abs_diff_px": 0.0})
+        root, _ = exported
+        onnx_path, engine = tmp_path / "cpu.onnx", tmp_path / "cpu.engine"
+        assert export_main(["--checkpoint", str(root / "ckpt"), "--onnx", str(onnx_path), "--height", "64", "--width",
+                            "96", "--quiet", "--no-verify"]) == 0
+        check = read_sidecar(onnx_path)["fp16_check"]
+        assert check["passed"] is False and check["problems"][0].startswith("mean_abs_diff_px")
+        assert OnnxRuntime(onnx_path).infer(*[np.zeros((64, 96, 3), np.uint8)] * 2).shape == (64, 96)  # runs
+        capsys.readouterr()
+        dry = ["--trt", "--onnx", str(onnx_path), "--engine", str(engine), "--dry-run", "--quiet"]
+        assert export_main(dry) == 2
+        assert "fp16 check of" in capsys.readouterr().err and not engine.exists()
+        assert export_main([*dry, "--allow-fp16-drift"]) == 0  # the user's explicit choice
+        assert export_main([*dry, "--no-fp16"]) == 0  # an fp32 engine needs no fp16 verdict
+
+
 class TestTensorRT:
     def test_trtexec_lines_per_version(self):
         opts = EngineOptions(fp16=True, workspace_mb=1024, timing_cache="tc.bin")
