@@ -76,6 +76,11 @@ def _read_any(path: str | os.PathLike) -> np.ndarray:
     return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path))
 
 
+def read_unchanged(path: str | os.PathLike) -> np.ndarray:
+    """An image file as stored (bit depth and channels kept, OpenCV's BGR order), checked as every read is."""
+    return _read_any(path)
+
+
 def _to_uint8(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     if image.dtype == np.uint8:
         return image

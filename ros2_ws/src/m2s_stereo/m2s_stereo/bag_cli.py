@@ -1,6 +1,6 @@
 """``m2s-bag``: make stereo bags from image folders, KITTI 2015 or a synthesized dataset; summarise bags.
 
-    m2s-bag make --from folder:DIR --out BAG [--calib CALIB_DIR] [--storage mcap] [--rate 10]
+    m2s-bag make --from folder:DIR --out BAG [--calib CALIB_DIR] [--encoding auto] [--storage mcap] [--rate 10]
     m2s-bag make --from kitti2015:DIR --out BAG          (or kitti2012:DIR)
     m2s-bag make --from synth:DATASET --out BAG [--focal 500 --baseline 0.1]
     m2s-bag make --from synth:DATASET --out BAG --limit 2 --hold 15 --noise 3    (a sequence: 2 static scenes
@@ -29,6 +29,8 @@ from calib.console import (
 )
 from calib.safe_files import dumps_json
 from m2s_stereo.bag_tools import (
+    BAG_ENCODINGS,
+    FOLDER_LAYOUTS,
     BagError,
     bag_info,
     extrinsic_from_yaml,
@@ -51,7 +53,7 @@ def _make(args: argparse.Namespace) -> int:
     start = time.time_ns() if args.start_now else 1_700_000_000 * 10**9
     if kind == "folder":
         camera = StereoCamera.from_dir(args.calib) if args.calib else None
-        frames = frames_from_folder(root, camera, args.rate, start)
+        frames = frames_from_folder(root, camera, args.rate, start, args.encoding)
     elif kind in ("kitti2015", "kitti2012"):
         frames = frames_from_kitti(root, int(kind[-4:]), args.rate, start)
     elif kind == "synth":
@@ -91,8 +93,13 @@ def _info(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = CliParser(prog="m2s-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("make", help="write a stereo bag (left/right image_rect, camera_info, optional gt/disparity)")
-    p.add_argument("--from", dest="source", required=True, help="folder:DIR | kitti2015:DIR | kitti2012:DIR | synth:DATASET")
+    p = sub.add_parser("make", help="write a stereo bag (left/right image_rect, camera_info, optional gt/disparity)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FOLDER_LAYOUTS)
+    p.add_argument("--from", dest="source", required=True,
+                   help="folder:DIR (layouts below) | kitti2015:DIR | kitti2012:DIR | synth:DATASET")
+    p.add_argument("--encoding", choices=BAG_ENCODINGS, default="auto",
+                   help="folder source: image encoding in the bag; auto (default) keeps grey images as mono8 / mono16, "
+                        "as the camera's driver publishes them, and colour as rgb8")
     p.add_argument("--out", required=True, help="new bag directory")
     p.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3", help="rosbag2 storage (default sqlite3)")
     p.add_argument("--rate", type=positive_float, default=10.0, help="frames per second of the stamps (default 10)")

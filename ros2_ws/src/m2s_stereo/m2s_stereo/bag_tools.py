@@ -10,6 +10,7 @@ problems. No ROS install and no torch needed.
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Frame:
     gt_disparity: np.ndarray | None = None
     gt_depth: np.ndarray | None = None
     raw: dict[str, bytes] = field(default_factory=dict)  # serialized messages (for replay over DDS)
+    encoding: str = "rgb8"  # of left/right as written: rgb8 (HxWx3 uint8), mono8 (HxW uint8), mono16 (HxW uint16)
 
 
 def _header(ts: Any, stamp_ns: int, frame_id: str) -> Any:
@@ -108,7 +110,7 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
             except CalibrationError as exc:
                 raise BagError(f"frame {n}: {exc}") from None
             h = _header(ts, frame.stamp_ns, frame_id)
-            items = [(LEFT, _image(ts, h, frame.left, "rgb8")), (RIGHT, _image(ts, h, frame.right, "rgb8")),
+            items = [(LEFT, _image(ts, h, frame.left, frame.encoding)), (RIGHT, _image(ts, h, frame.right, frame.encoding)),
                      (LEFT_INFO, _info(ts, h, frame.camera.left)), (RIGHT_INFO, _info(ts, h, frame.camera.right))]
             if frame.gt_disparity is not None:
                 items.append((GT_DISP, _image(ts, h, frame.gt_disparity.astype(np.float32), "32FC1")))
@@ -264,24 +266,103 @@ def _size_problems(sizes: dict[int, dict[str, tuple[int, int]]], limit: int = 5)
 
 # -- sources for m2s-bag make ---------------------------------------------------------------------------
 
-def frames_from_folder(root: Path, camera: StereoCamera | None, rate_hz: float, start_ns: int) -> Iterator[Frame]:
-    """<root>/left/*, <root>/right/* (same names), optional <root>/disparity/*.(npy|pfm|png)."""
-    from calib.image_io import read_rgb
+FOLDER_LAYOUTS = """folder:DIR layouts (left and right paired by NAME; any image format OpenCV reads):
+  DIR/left/NAME.png + DIR/right/NAME.png [+ DIR/disparity/NAME.(npy|pfm|png)]
+  DIR/NAME_left.png + DIR/NAME_right.png [+ DIR/NAME_disparity.*]   (also NAME-left, left_NAME, LEFT...)"""
+_SIDE = re.compile(r"^(?:(?P<a>.+?)[_-](?P<sa>left|right)|(?P<sb>left|right)[_-](?P<b>.+))$", re.IGNORECASE)
+BAG_ENCODINGS = ("auto", "rgb8", "mono8", "mono16")
 
-    lefts = sorted(p for p in (root / "left").glob("*") if p.is_file())
-    if not lefts:
-        raise BagError(f"{root}/left has no images")
-    for i, lp in enumerate(lefts):
-        rp = next(iter(sorted((root / "right").glob(lp.stem + ".*"))), None)
-        if rp is None:
-            raise BagError(f"{lp.name} has no partner in {root / 'right'}")
-        left, right = read_rgb(lp), read_rgb(rp)
+
+def folder_pairs(root: Path) -> list[tuple[str, Path, Path, Path | None]]:
+    """(name, left, right, disparity or None) of a folder in one of :data:`FOLDER_LAYOUTS`, by name."""
+    files = lambda d: sorted(p for p in d.glob("*") if p.is_file() and not p.name.startswith("."))  # noqa: E731
+    if (root / "left").is_dir() or (root / "right").is_dir():
+        lefts = files(root / "left") if (root / "left").is_dir() else []
+        if not lefts:
+            raise BagError(f"{root}/left has no images\n{FOLDER_LAYOUTS}")
+        disp = {p.stem: p for p in files(root / "disparity")} if (root / "disparity").is_dir() else {}
+        rights = {p.stem: p for p in files(root / "right")} if (root / "right").is_dir() else {}
+        out = []
+        for lp in lefts:
+            if lp.stem not in rights:
+                raise BagError(f"{lp.name} has no partner in {root / 'right'}")
+            out.append((lp.stem, lp, rights[lp.stem], disp.get(lp.stem)))
+        return out
+    sides: dict[str, dict[str, Path]] = defaultdict(dict)
+    disp = {}
+    for p in files(root):
+        if p.stem.lower().endswith(("_disparity", "-disparity")):
+            disp[p.stem[: -len("_disparity")]] = p
+            continue
+        m = _SIDE.match(p.stem)
+        if m:
+            name, side = (m["a"], m["sa"]) if m["a"] is not None else (m["b"], m["sb"])
+            sides[name][side.lower()] = p
+    if not sides:
+        raise BagError(f"{root} holds no stereo pairs\n{FOLDER_LAYOUTS}")
+    lonely = [f"{s[next(iter(s))].name}" for s in sides.values() if len(s) != 2]
+    if lonely:
+        raise BagError(f"{lonely[0]} has no partner in {root} ({len(lonely)} file(s) without one)")
+    return [(n, s["left"], s["right"], disp.get(n)) for n, s in sorted(sides.items())]
+
+
+def read_bag_image(path: Path, encoding: str) -> tuple[np.ndarray, str]:
+    """An image for a bag in ``encoding`` (``auto``: mono8 / mono16 for grey images, 8 or 16 bit, as the
+    camera's driver publishes them; rgb8 otherwise), and the encoding chosen."""
+    import cv2
+
+    from calib.image_io import read_rgb, read_unchanged
+
+    if encoding == "rgb8":
+        return read_rgb(path), "rgb8"
+    raw = read_unchanged(path)
+    grey = None
+    if raw.ndim == 2:
+        grey = raw
+    elif raw.shape[2] == 1 or (raw.shape[2] >= 3 and np.array_equal(raw[..., 0], raw[..., 1])
+                                and np.array_equal(raw[..., 1], raw[..., 2])):
+        grey = raw[..., 0]
+    if encoding == "auto":
+        if grey is None:
+            return read_rgb(path), "rgb8"
+        encoding = "mono16" if grey.dtype == np.uint16 else "mono8"
+    if encoding == "mono16":
+        if grey is None or grey.dtype != np.uint16:
+            raise BagError(f"{path}: --encoding mono16 needs 16-bit grey images; this one is "
+                           f"{'colour' if grey is None else str(grey.dtype)}")
+        return np.ascontiguousarray(grey), "mono16"
+    if grey is None:  # mono8 from colour: what a mono camera would have seen
+        grey = cv2.cvtColor(read_rgb(path), cv2.COLOR_RGB2GRAY)
+    elif grey.dtype == np.uint16:
+        grey = (grey >> 8).astype(np.uint8)
+    elif grey.dtype != np.uint8:
+        raise BagError(f"{path}: unsupported pixel type {grey.dtype} for mono8")
+    return np.ascontiguousarray(grey), "mono8"
+
+
+def frames_from_folder(root: Path, camera: StereoCamera | None, rate_hz: float, start_ns: int,
+                       encoding: str = "rgb8") -> Iterator[Frame]:
+    """Pairs of a folder in one of :data:`FOLDER_LAYOUTS`. ``encoding`` (:data:`BAG_ENCODINGS`): ``auto`` is
+    decided by the first pair and kept for all (a colour frame in a grey sequence is an error, not a silent
+    conversion)."""
+    if encoding not in BAG_ENCODINGS:
+        raise BagError(f"--encoding must be one of {', '.join(BAG_ENCODINGS)}, got '{encoding}'")
+    chosen = None
+    for i, (_, lp, rp, dp) in enumerate(folder_pairs(root)):
+        views = []
+        for path in (lp, rp):
+            image, enc = read_bag_image(path, encoding)
+            chosen = chosen or enc
+            if enc != chosen:
+                raise BagError(f"{path.name} is {enc} but the first image was {chosen}: pass --encoding {chosen} or rgb8 "
+                               "to convert every image to one encoding")
+            views.append(image)
+        left, right = views
         cam = camera or _default_camera(left)
         gt = None
-        dp = next(iter(sorted((root / "disparity").glob(lp.stem + ".*"))), None) if (root / "disparity").is_dir() else None
         if dp is not None:
             gt = load_npy(dp, "disparity", BagError).astype(np.float32) if dp.suffix == ".npy" else _read_disp_file(dp)
-        yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt)
+        yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt, encoding=chosen)
 
 
 def _read_disp_file(path: Path) -> np.ndarray:
@@ -322,10 +403,12 @@ def held_sequence(frames: Iterator[Frame], hold: int, noise: float, rate_hz: flo
         for _ in range(hold):
             views = []
             for image in (frame.left, frame.right):
-                noisy = image.astype(np.float32) + rng.normal(0.0, noise, image.shape).astype(np.float32)
-                views.append(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+                top = float(np.iinfo(image.dtype).max)  # 255, or 65535 for mono16 (noise in grey levels of 8 bits)
+                sigma = noise * (top / 255.0)
+                noisy = image.astype(np.float32) + rng.normal(0.0, sigma, image.shape).astype(np.float32)
+                views.append(np.clip(np.rint(noisy), 0, top).astype(image.dtype))
             yield Frame(start_ns + int(k * 1e9 / rate_hz), views[0], views[1], frame.camera, frame.gt_disparity,
-                        frame.gt_depth)
+                        frame.gt_depth, encoding=frame.encoding)
             k += 1
 
 
