@@ -70,7 +70,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=200, help="pre-training and fine-tuning steps each")
     p.add_argument("--quick", action="store_true", help="a CPU smoke run (tiny sizes and steps; the test suite's)")
     args = p.parse_args()
-    out = Path(args.out)
+    # the user's paths are the caller's (the commands below run from the repository)
+    out = Path(args.out).resolve()
+    args.bag = str(Path(args.bag).resolve()) if args.bag else None
+    args.holdout_bag = str(Path(args.holdout_bag).resolve()) if args.holdout_bag else None
+    args.base = str(Path(args.base).resolve()) if args.base else None
+    if args.bag and not args.holdout_bag:
+        p.error("--bag needs --holdout-bag (a recording the model is judged on and never trained on)")
     out.mkdir(parents=True, exist_ok=True)
     steps = 6 if args.quick else args.steps
     size = ["--max-side", "160"] if args.quick else ["--max-side", "512"]
@@ -113,22 +119,35 @@ def main() -> int:
     synth = json.loads(run("m2s-train", "synth", "--bag", drive, "--topic", "left/image_rect", "--depth-range", lo, hi,
                            "--out", out / "drive_synth", *size, "--resume"))
     report["synthesis"] = {"written": synth["written"], "frames": synth.get("frames")}
-    # 3. LiDAR labels
-    if not (out / "drive_labels").exists():
-        run("m2s-bag", "labels", "--bag", drive, "--cloud", args.cloud, "--out", out / "drive_labels")
-    labels = json.loads((out / "drive_labels" / "labels.json").read_text())
-    report["labels"] = {"frames": labels["frames"], "density": labels["density"]}
+    # 3. LiDAR labels: only where the drive has a LiDAR (a stereo-only recording skips 3 and the fine-tuning)
+    from calib.rosbag_io import bag_topics
+
+    topics = bag_topics(drive)
+    has_lidar = any(t.strip("/") == args.cloud.strip("/") for t in topics)
+    if has_lidar:
+        if not (out / "drive_labels").exists():
+            run("m2s-bag", "labels", "--bag", drive, "--cloud", args.cloud, "--out", out / "drive_labels")
+        labels = json.loads((out / "drive_labels" / "labels.json").read_text())
+        report["labels"] = {"frames": labels["frames"], "density": labels["density"]}
+    else:
+        note = (f"{drive} has no LiDAR topic '{args.cloud}' (topics: {', '.join(sorted(topics))}): steps 3 (labels) "
+                "and the fine-tuning are skipped; the model is the one pre-trained on the drive's synthesized pairs")
+        print(f"robot workflow: {note}", file=sys.stderr)
+        report["skipped"] = note
     # 4. pre-train on the synthesized drive, then fine-tune on the LiDAR labels with S2DKD
     run("m2s-train", "pretrain", "--init", base, "--dataset", f"synth:{out / 'drive_synth'}",
         "--steps", steps, "--batch-size", 2, *crop, "--num-workers", 0, "--lr", "1e-4", "--out", out / "pre", "--resume")
     pre = last_checkpoint(out / "pre")
-    run("m2s-train", "finetune", "--init", pre, "--dataset", f"folder:{out / 'drive_labels'}",
-        "--steps", steps, "--batch-size", 2, *crop, "--num-workers", 0, "--lr", "1e-4",
-        "--teacher-cache", out / "teacher_cache", "--out", out / "ft", "--resume")
-    ft = last_checkpoint(out / "ft")
+    ft = None
+    if has_lidar:
+        run("m2s-train", "finetune", "--init", pre, "--dataset", f"folder:{out / 'drive_labels'}",
+            "--steps", steps, "--batch-size", 2, *crop, "--num-workers", 0, "--lr", "1e-4",
+            "--teacher-cache", out / "teacher_cache", "--out", out / "ft", "--resume")
+        ft = last_checkpoint(out / "ft")
     # 5. before / after on the held-out recording
     rows = {}
-    for name, model in (("base", base), ("+ synthesis from the drive", pre), ("+ LiDAR fine-tuning (S2DKD)", ft)):
+    stages = [("base", base), ("+ synthesis from the drive", pre)] + ([("+ LiDAR fine-tuning (S2DKD)", ft)] if ft else [])
+    for name, model in stages:
         folder = out / "eval" / f"{len(rows)}"
         run("m2s-eval-bag", "--bag", holdout, "--model", model, "--out", folder, "--mode", "offline", "--label-free",
             "--param", "confidence_threshold=0", "--overwrite")  # a rerun redoes the figures of its models
@@ -139,7 +158,7 @@ def main() -> int:
     # 6. export and a live replay through the node
     onnx = out / "model" / "robot.onnx"
     if not onnx.exists():
-        run("m2s-export", "--checkpoint", ft, "--onnx", onnx, "--height", 96 if args.quick else 256,
+        run("m2s-export", "--checkpoint", ft or pre, "--onnx", onnx, "--height", 96 if args.quick else 256,
             "--width", 128 if args.quick else 320, "--no-fp16-check")
     live = json.loads(run("m2s-eval-bag", "--bag", holdout, "--model", onnx, "--out", out / "replay", "--rate", "0",
                           "--overwrite"))

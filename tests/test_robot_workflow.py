@@ -30,3 +30,16 @@ def test_robot_workflow_runs_end_to_end(opencv_data, tmp_path):
         assert 0 < r["photometric"] < 1 and 0 <= r["lr_consistency"] <= 1 and r["epe"] > 0
     assert report["replay"]["answered"] == report["replay"]["frames"] == 6
     assert "| + LiDAR fine-tuning (S2DKD) |" in (out / "workflow.md").read_text()
+    # a stereo-only recording (no LiDAR), given with paths relative to the caller's directory, not the repo's
+    made = subprocess.run([sys.executable, "-m", "m2s_stereo.bag_cli", "make", "--from", "synth:robot/scenes/drive",
+                           "--out", "stereo_only", "--storage", "mcap", "--rate", "5", "--focal", "200", "--baseline",
+                           "0.06", "--quiet"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    base = next((out / "base" / "checkpoints").glob("step_*")).relative_to(tmp_path)
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "robot_workflow.py"), "--quick", "--out", "mine",
+                          "--bag", "stereo_only", "--holdout-bag", "robot/bags/holdout", "--base", str(base)],
+                         capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "has no LiDAR topic 'lidar/points'" in res.stderr and "skipped" in res.stderr
+    report = json.loads((tmp_path / "mine" / "workflow.json").read_text())
+    assert "labels" not in report and len(report["holdout"]) == 2 and report["replay"]["answered"] == 6
