@@ -37,6 +37,7 @@ _STYLE = {  # kind -> (colour map, default units)
     "error": ("inferno", "|error| (px)"),
     "confidence": ("gray", "confidence (0 = unsure, 1 = sure)"),
     "residual": ("magma", "|left - warped right| (0..1)"),
+    "depth": ("viridis_r", "depth (m)"),
 }
 
 

@@ -231,7 +231,9 @@ def _eval(args: argparse.Namespace) -> int:
         result = evaluate(model, spec, iters=args.iters, out=out, error_maps=args.error_maps, sgbm=args.sgbm,
                           device=args.device, progress=not args.quiet, max_images=args.max_images,
                           label_free=args.label_free)
-        results.append({"dataset": spec, **{k: v["pixel"] for k, v in result["methods"].items()}})
+        results.append({"dataset": spec, **{k: v["pixel"] for k, v in result["methods"].items()},
+                        **({"label_free": {k: v["label_free"] for k, v in result["methods"].items() if "label_free" in v}}
+                           if args.label_free else {})})
     print(dumps_json(results))
     return 0
 

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -30,39 +29,10 @@ from calib.metrics import (
     sparsification_plot,
 )
 from calib.safe_files import write_json_atomic, write_text_atomic
+from calib.sgbm import fill_invalid, sgbm_disparity  # noqa: F401  (re-exported: m2s_train.evaluate.sgbm_disparity)
 from m2s_train.data.stereo_datasets import build_dataset
 
 log = logging.getLogger(__name__)
-
-
-def sgbm_disparity(left: np.ndarray, right: np.ndarray, max_disp: int = 192, block: int = 5) -> np.ndarray:
-    """OpenCV StereoSGBM (3-way, the usual P1/P2) on RGB uint8 images; NaN where it gives no answer."""
-    num = max(16, int(np.ceil(max_disp / 16)) * 16)
-    # OpenCV needs the search range to fit inside the image (it fails to allocate otherwise)
-    num = min(num, (left.shape[1] // 16 - 1) * 16)
-    if num < 16:
-        return np.full(left.shape[:2], np.nan, np.float32)
-    sgbm = cv2.StereoSGBM_create(minDisparity=0, numDisparities=num, blockSize=block, P1=8 * 3 * block**2,
-                                 P2=32 * 3 * block**2, disp12MaxDiff=1, uniquenessRatio=10, speckleWindowSize=100,
-                                 speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
-    raw = sgbm.compute(cv2.cvtColor(left, cv2.COLOR_RGB2GRAY), cv2.cvtColor(right, cv2.COLOR_RGB2GRAY))
-    disp = raw.astype(np.float32) / 16.0
-    disp[raw < 0] = np.nan
-    return disp
-
-
-def fill_invalid(disp: np.ndarray) -> np.ndarray:
-    """Invalid (NaN) pixels take the nearest valid value along the row from the left (dense for fair EPE)."""
-    out = disp.copy()
-    bad = ~np.isfinite(out)
-    if not bad.any():
-        return out
-    h, w = out.shape
-    idx = np.where(~bad, np.arange(w)[None, :], 0)
-    np.maximum.accumulate(idx, axis=1, out=idx)
-    out[bad] = out[np.arange(h)[:, None].repeat(w, 1)[bad], idx[bad]]
-    out[~np.isfinite(out)] = 0.0
-    return out
 
 
 @torch.no_grad()
@@ -82,6 +52,7 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
     timing: dict[str, list[float]] = {}
     confidences: dict[str, SparsificationAccumulator] = {}
     free: list[dict[str, Any]] = []
+    free_sgbm: list[dict[str, Any]] = []
     if model is not None:
         model = model.to(device).eval()
         rows["model"] = MetricAccumulator()
@@ -126,6 +97,12 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
             raw = sgbm_disparity(left, right, max_disp)
             timing.setdefault("sgbm", []).append(time.perf_counter() - t0)
             preds["sgbm"] = fill_invalid(raw)
+            if label_free:  # the baseline on the same figures: SGBM's own answers, its right view from the mirrored pair
+                mirrored = sgbm_disparity(right[:, ::-1], left[:, ::-1], max_disp)[:, ::-1]
+                lf = label_free_metrics(left, right, raw, np.ascontiguousarray(mirrored), max_disp)
+                free_sgbm.append({"sample_id": item["sample_id"], "share": float(np.isfinite(raw).mean()),
+                                  **{k: lf[k] for k in ("photometric", "lr_consistency", "at_range_limit", "unscorable")
+                                     if k in lf}})
         for name, pred in preds.items():
             rows[name].add(pred, gt, sample_id=item["sample_id"])
             if name in confs:
@@ -141,11 +118,12 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         if out_dir and methods[name]["confidence"] is not None:
             sparsification_plot(methods[name]["confidence"], out_dir / f"sparsification_{name}.png",
                                 f"{name} on {dataset_spec}")
-    if free:
-        methods["model"]["label_free"] = {k: nan_mean([r[k] for r in free])
-                                          for k in ("photometric", "lr_consistency", "at_range_limit")}
-        if unscorable := sum("unscorable" in r for r in free):
-            methods["model"]["label_free"]["unscorable_pairs"] = unscorable
+    for name, rows_free in (("model", free), ("sgbm", free_sgbm)):
+        if rows_free:
+            keys = ("photometric", "lr_consistency", "at_range_limit") + (("share",) if name == "sgbm" else ())
+            methods[name]["label_free"] = {k: nan_mean([r[k] for r in rows_free]) for k in keys}
+            if unscorable := sum("unscorable" in r for r in rows_free):
+                methods[name]["label_free"]["unscorable_pairs"] = unscorable
     result = {"dataset": dataset_spec, "images": n, "iters": iters, "methods": methods,
               "per_image": {k: acc.per_image for k, acc in rows.items()}}
     if free:
@@ -158,7 +136,7 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
     if out_dir:
         write_json_atomic(out_dir / "metrics.json", result)
         write_text_atomic(out_dir / "metrics.md", markdown_table(result))
-    if first is not None and not first.total.pixels:
+    if first is not None and not first.total.pixels and not (free or free_sgbm):
         raise DataError(f"nothing could be measured on {dataset_spec}: none of its {n} pair(s) has a valid GT pixel "
                         "(finite, > 0); metrics are null" + (f" (written to {out_dir / 'metrics.json'})" if out_dir else ""))
     return result
@@ -198,8 +176,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     if free:
         lines += ["", "Label-free (no GT used; mean of pairs): photometric error of the right view warped to the left, "
                   "left-right consistency, share of pixels at the disparity range limits.", "",
-                  "| method | photometric | LR consistency % | at range limit % |", "|---|---|---|---|"]
+                  "| method | photometric | LR consistency % | at range limit % | pixels answered % |", "|---|---|---|---|---|"]
         for name, f in free.items():
-            lines.append(f"| {name} | {f['photometric']:.4f} | {_fmt(f['lr_consistency'], 100)} | "
-                         f"{_fmt(f['at_range_limit'], 100)} |")
+            lines.append(f"| {name} | {_fmt(f['photometric'], digits=4)} | {_fmt(f['lr_consistency'], 100)} | "
+                         f"{_fmt(f['at_range_limit'], 100)} | {_fmt(f.get('share', 1.0), 100, 1)} |")
     return "\n".join(lines) + "\n"

@@ -179,12 +179,14 @@ def two_view_pairs(root: Path, name: str) -> list[PairFiles]:
 
 
 def folder_pairs(root: Path) -> list[PairFiles]:
-    """Generic: <root>/left/NAME.*, <root>/right/NAME.*, <root>/disparity/NAME.(pfm|png|npy)."""
-    _require(root, "left", "right", "disparity", hint="expected left/, right/ and disparity/ folders with matching names")
+    """Generic: <root>/left/NAME.*, <root>/right/NAME.*, <root>/disparity/NAME.(pfm|png|npy). Without a
+    disparity/ folder the pairs have no GT (label-free evaluation; training refuses them)."""
+    _require(root, "left", "right", hint="expected left/, right/ (and disparity/) folders with matching names")
+    has_gt = (root / "disparity").is_dir()
     pairs = []
     for left in sorted(p for p in (root / "left").iterdir() if p.is_file()):
         rights = sorted((root / "right").glob(left.stem + ".*"))
-        disps = sorted((root / "disparity").glob(left.stem + ".*"))
+        disps = sorted((root / "disparity").glob(left.stem + ".*")) if has_gt else [None]
         if not rights or not disps:
             raise DatasetError(f"{root}: {left.name} lacks a right image or a disparity with the same name")
         pairs.append(PairFiles(left, rights[0], disps[0], sample_id=f"folder/{left.stem}"))

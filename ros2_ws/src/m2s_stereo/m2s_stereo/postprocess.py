@@ -31,12 +31,14 @@ class Processed:
     confidence: np.ndarray | None  # HxW float32 in [0, 1] (None: the model has none)
     masked_confidence: int  # pixels below the confidence threshold (set invalid)
     masked_lr: int  # pixels the left-right check did not confirm (set invalid)
+    raw: np.ndarray | None = None  # the model's disparity before any masking or filtering (``keep_raw`` only)
 
 
 class FramePostprocess:
     """Steps 2-4 with their settings from the node's parameter values (``update`` on a change)."""
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(self, values: dict[str, Any], keep_raw: bool = False) -> None:
+        self.keep_raw = keep_raw  # evaluation: also the unmasked disparity (a copy per frame; the node needs none)
         self.filter: TemporalFilter | None = None
         self.values: dict[str, Any] = {}
         self.update(values)
@@ -60,6 +62,7 @@ class FramePostprocess:
         v, filt = self.values, self.filter  # read once: ros2 param set may replace them from another thread
         out = runtime.infer_with_confidence(left, right)
         disparity = out.disparity  # a fresh array from the runtime: masked in place; <= 0 is invalid too
+        raw = disparity.copy() if self.keep_raw else None
         confidence = out.confidence
         masked_lr = masked_conf = 0
         if v[P.LR_CHECK]:
@@ -74,7 +77,7 @@ class FramePostprocess:
             np.copyto(disparity, np.float32(np.nan), where=low)
         if filt is not None:
             disparity = filt(disparity, confidence)  # it reads <= 0 as no measurement itself
-        return Processed(disparity, confidence, masked_conf, masked_lr)
+        return Processed(disparity, confidence, masked_conf, masked_lr, raw)
 
 
 def defaults() -> dict[str, Any]:

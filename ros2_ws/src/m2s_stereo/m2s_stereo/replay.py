@@ -41,7 +41,7 @@ from calib.console import (
     run_command,
 )
 from calib.errors import CalibrationError
-from calib.figures import stereo_result_figure
+from calib.figures import Panel, confidence_panel, disparity_panel, image_panel, panel_figure, stereo_result_figure
 from calib.metrics import (
     MetricAccumulator,
     SparsificationAccumulator,
@@ -51,6 +51,7 @@ from calib.metrics import (
     sparsification_plot,
 )
 from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
+from calib.sgbm import sgbm_disparity
 from m2s_stereo import params as P
 from m2s_stereo.bag_tools import BagError, Frame, read_frames
 from m2s_stereo.postprocess import FramePostprocess, defaults
@@ -92,9 +93,41 @@ class Evaluation:
         self.flicker: list[float] = []
         self.scene_starts: list[int] = []  # indices into per_frame where the GT changed
 
+    def camera_max_disparity(self, frame: Frame, runtime: Any) -> float | None:
+        """The model's maximum disparity in the camera's pixels (the node scales it the same way): the
+        model's is at the exported input width."""
+        if self.max_disparity is None:
+            return None
+        size = getattr(runtime, "input_size", None)
+        return float(self.max_disparity) * (frame.left.shape[1] / size[1] if size else 1.0)
+
+    def _label_free(self, frame: Frame, published: np.ndarray, predicted: np.ndarray, runtime: Any,
+                    raw: np.ndarray | None) -> dict[str, Any]:
+        """Label-free figures on the published pixels (with their share of the image), on all the model's
+        pixels (before the confidence / LR masks), and of OpenCV SGBM on the same pair, the baseline."""
+        right_view = runtime.infer_right_view(frame.left, frame.right).disparity if runtime is not None else None
+        limit = self.camera_max_disparity(frame, runtime)
+        lf = label_free_metrics(frame.left, frame.right, published, right_view, limit)
+        figures: dict[str, Any] = {k: lf[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in lf}
+        figures["published_share"] = float(predicted.mean())
+        if runtime is not None:
+            full = raw if raw is not None else runtime.infer(frame.left, frame.right)
+            every = label_free_metrics(frame.left, frame.right, full, right_view, limit)
+            figures.update({f"{k}_all": every[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in every})
+        search = int(np.ceil(limit)) if limit else 192
+        sgbm = sgbm_disparity(frame.left, frame.right, search)
+        sgbm_right = sgbm_disparity(frame.right[:, ::-1], frame.left[:, ::-1], search)[:, ::-1]
+        base = label_free_metrics(frame.left, frame.right, sgbm, np.ascontiguousarray(sgbm_right), limit)
+        figures.update({f"sgbm_{k}": base[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in base})
+        figures["sgbm_share"] = float(np.isfinite(sgbm).mean())
+        if "unscorable" in lf:
+            figures["unscorable"] = lf["unscorable"]
+        return figures
+
     def add(self, frame: Frame, disp: np.ndarray, index: int, runtime: Any = None,
-            confidence: np.ndarray | None = None) -> dict[str, Any]:
-        """``disp`` as published: NaN (or <= 0) where the node gives no disparity."""
+            confidence: np.ndarray | None = None, raw: np.ndarray | None = None) -> dict[str, Any]:
+        """``disp`` as published: NaN (or <= 0) where the node gives no disparity; ``raw``: the model's
+        disparity before the node's masks (computed with ``runtime`` when not given)."""
         row: dict[str, Any] = {"frame": index, "stamp_ns": frame.stamp_ns}
         gt = frame.gt_disparity
         if gt is None and frame.gt_depth is not None:
@@ -114,14 +147,11 @@ class Evaluation:
                 self.depth.append(d)
                 row.update(d)
         if gt is None or self.label_free_always:
-            right_view = runtime.infer_right_view(frame.left, frame.right).disparity if runtime is not None else None
-            lf = label_free_metrics(frame.left, frame.right, np.where(predicted, disp, np.nan), right_view,
-                                    self.max_disparity)
-            figures = {k: lf[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in lf}
+            figures = self._label_free(frame, np.where(predicted, disp, np.nan), predicted, runtime, raw)
+            if "unscorable" in figures:  # NaN figures, left out of the means and counted, never a good score
+                self.unscorable.append(figures.pop("unscorable"))
+                row["unscorable"] = self.unscorable[-1]
             row.update(figures)
-            if "unscorable" in lf:  # NaN figures, left out of the means and counted, never a good score
-                row["unscorable"] = lf["unscorable"]
-                self.unscorable.append(lf["unscorable"])
             self.label_free.append(figures)
         self.per_frame.append(row)
         return row
@@ -202,7 +232,7 @@ def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, 
 
     values = node_values(params)
     runtime = load_runtime(model)
-    post = FramePostprocess(values)
+    post = FramePostprocess(values, keep_raw=True)
     warnings: list[str] = []
     ev = Evaluation(label_free, runtime.meta.get("max_disp"))
     preds = []
@@ -217,7 +247,7 @@ def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, 
         out = post(runtime, frame.left, frame.right)
         disp = np.where(out.disparity > 0, out.disparity, np.nan).astype(np.float32)
         confidence = out.confidence if values[P.PUBLISH_CONFIDENCE] else None
-        ev.add(frame, disp, i, runtime, confidence)
+        ev.add(frame, disp, i, runtime, confidence, raw=out.raw)
         preds.append((frame, disp, confidence))
     if not frames:
         raise BagError(no_frame_message(bag, warnings))
@@ -364,6 +394,23 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
             frame.camera.depth_to_disparity(frame.gt_depth) if frame.gt_depth is not None else None)
         if gt is not None:
             shown.append((frame, disp, confidence, gt))
+    no_gt = [(f, d, c) for f, d, c in preds if f.gt_disparity is None and f.gt_depth is None]
+    if no_gt:  # what the model does on a camera without ground truth: pictures, on one scale per sequence
+        with np.errstate(invalid="ignore"):
+            finite = np.concatenate([d[np.isfinite(d) & (d > 0)] for _, d, _ in no_gt[:examples]] + [np.zeros(0)])
+        vmax_free = float(np.percentile(finite, 99)) if finite.size else None
+        for k, (frame, disp, confidence) in enumerate(no_gt[:examples]):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                depth = frame.camera.disparity_to_depth(np.where(np.isfinite(disp) & (disp > 0), disp, np.nan))
+            depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float32)
+            far = float(np.nanpercentile(depth, 95)) if np.isfinite(depth).any() else 1.0
+            panels = [image_panel(frame.left, "left image"), disparity_panel(disp, "disparity (published)", vmax_free),
+                      Panel(depth, "depth (published)", "depth", 0.0, far, "depth (m)")]
+            if confidence is not None:
+                panels.append(confidence_panel(confidence))
+            published = float(np.mean(np.isfinite(disp) & (disp > 0)))
+            panel_figure(out / f"result_{k}.png", f"frame {k}, no ground truth: {100 * published:.0f} % published",
+                         panels, columns=2)
     with np.errstate(invalid="ignore"):  # one disparity scale for every example of the sequence
         values = [g[np.isfinite(g) & (g > 0)] for *_, g in shown]
     vmax = float(np.percentile(np.concatenate(values), 99)) if values and sum(v.size for v in values) else None
@@ -444,14 +491,24 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
         lines.append(f"- depth: abs-rel {acc['depth']['abs_rel']:.4f}, delta<1.25 {100 * acc['depth']['delta1']:.1f} %")
     if "label_free" in acc:
         lf = acc["label_free"]
-        parts = [f"photometric error {lf['photometric']:.4f} (0.85 (1 - SSIM) / 2 + 0.15 L1 of the right view warped "
-                 "to the left, on the pixels the disparity says are visible)",
-                 f"{100 * lf['at_range_limit']:.2f} % at the disparity range limits"]
-        if "lr_consistency" in lf:
-            parts.insert(1, f"left-right consistency {100 * lf['lr_consistency']:.1f} %")
+        def figures(prefix: str = "", suffix: str = "") -> str:
+            got = [f"photometric {lf[f'{prefix}photometric{suffix}']:.4f}"]
+            if f"{prefix}lr_consistency{suffix}" in lf:
+                got.append(f"LR consistency {100 * lf[f'{prefix}lr_consistency{suffix}']:.1f} %")
+            got.append(f"{100 * lf[f'{prefix}at_range_limit{suffix}']:.2f} % at the range limits")
+            return ", ".join(got)
+
+        parts = [f"on the published pixels ({100 * lf.get('published_share', float('nan')):.1f} % of the image): "
+                 + figures()]
+        if "photometric_all" in lf:
+            parts.append("on all the model's pixels: " + figures(suffix="_all"))
+        if "sgbm_photometric" in lf:
+            parts.append(f"OpenCV SGBM ({100 * lf['sgbm_share']:.1f} % of the pixels answered): " + figures("sgbm_"))
+        parts.append("photometric = 0.85 (1 - SSIM) / 2 + 0.15 L1 of the right view warped to the left, on the pixels "
+                     "the disparity says are visible; range limit in the camera's pixels")
         if lf.get("unscorable_frames"):
             parts.append(f"{lf['unscorable_frames']} frame(s) not scored (e.g. {lf['unscorable_reason']})")
-        lines.append(f"- label-free ({lf['frames']} frames): " + ", ".join(parts))
+        lines.append(f"- label-free ({lf['frames']} frames): " + "; ".join(parts))
     lines += [f"- warning: {w}" for w in result.get("warnings", [])]
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     return result
