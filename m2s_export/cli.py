@@ -74,6 +74,32 @@ def fp32_plan(onnx_path: str, args: argparse.Namespace) -> dict:
     return decision["fp16"]
 
 
+def _depth_range(args: argparse.Namespace, meta: dict) -> dict:
+    """What the export can measure: its maximum disparity at the export width, and with --camera the nearest
+    depth on that camera (the node scales the disparity to the camera's width): said, and kept in the sidecar."""
+    max_disp = float(meta.get("max_disp", 0))
+    out = {"max_disparity_px_at_export_width": max_disp, "export_width": args.width}
+    if not args.camera:
+        print(f"depth range: max disparity {max_disp:g} px at {args.width} px width; nearest depth on a camera = "
+              f"f B / ({max_disp:g} x camera width / {args.width}) (give --camera DIR to have it computed)",
+              file=sys.stderr)
+        return out
+    from calib import StereoCamera
+    from m2s_export.metadata import read_sidecar, write_sidecar
+
+    camera = StereoCamera.from_dir(args.camera)
+    at_camera = max_disp * camera.left.width / args.width
+    near = camera.focal_px * camera.baseline_m / at_camera
+    out.update({"camera": str(args.camera), "camera_size": list(camera.image_size),
+                "max_disparity_px_at_camera": at_camera, "nearest_depth_m": near})
+    print(f"depth range on {args.camera} ({camera.left.width}x{camera.left.height}, f B = "
+          f"{camera.focal_px * camera.baseline_m:.4g} px m): from {near:.3g} m (a maximum disparity of {at_camera:.0f} px "
+          "at the camera's width) to the node's max_depth; nearer surfaces come out too far or missing", file=sys.stderr)
+    sidecar = read_sidecar(args.onnx) or {}
+    write_sidecar(args.onnx, {**sidecar, "depth_range": out})
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     result: dict = {}
@@ -86,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
                            calib_images=args.calib_images, calib_pairs=args.calib_pairs)
         result["onnx"] = {"path": args.onnx, "sidecar": args.onnx + ".json", **meta["export_report"]}
         result["onnx"].pop("op_types", None)
+        result["depth_range"] = _depth_range(args, meta)
         if "fp16_check" in meta:
             check = meta["fp16_check"]
             result["fp16_check"] = {k: check[k] for k in ("mean_abs_diff_px", "p99_abs_diff_px", "max_abs_diff_px",
@@ -183,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-fp16-drift", action="store_true",
                    help="build an FP16 engine (--trt) even if the fp16 check exceeded mean 0.05 px / p99 0.5 px / any "
                         "non-finite; the ONNX export itself only records the check's verdict (onnxruntime runs fp32)")
+    p.add_argument("--camera", metavar="DIR",
+                   help="calibration directory (left.yaml / right.yaml): state the nearest depth the export can measure "
+                        "on that camera, in the output and the sidecar")
     p.add_argument("--calib-images", nargs=2, metavar=("LEFT_GLOB", "RIGHT_GLOB"),
                    help="your own rectified pairs (quoted globs, paired by the wildcard part) for the FP16 analysis "
                         "and check, beside Aloe and two texture pairs")

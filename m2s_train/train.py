@@ -37,7 +37,7 @@ from m2s_train.checkpoints import (
 )
 from m2s_train.config import check_fields, num, to_dict
 from m2s_train.data.augment import AugmentConfig
-from m2s_train.data.stereo_datasets import build_dataset
+from m2s_train.data.stereo_datasets import beyond_range_share, build_dataset
 from m2s_train.errors import ConfigError
 from m2s_train.losses import sequence_loss
 from m2s_train.models import create_model, load_model, model_config
@@ -45,6 +45,7 @@ from m2s_train.models.published import derived_card, read_card
 from m2s_train.models.registry import check_state_fits, checkpoint_model_config
 
 log = logging.getLogger(__name__)
+RANGE_WARNING_SHARE = 0.01  # more labelled pixels than this beyond max_disp: the training is told
 
 CONFIDENCE_PREFIX = "confidence_head."  # parameters of the learned confidence head (m2s_train.models.igev)
 
@@ -221,6 +222,12 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
         augment = AugmentConfig(crop=tuple(config.crop))
         dataset = build_dataset("+".join(config.datasets), augment, seed=config.seed)
     batches = EpochBatches(dataset, config, info)
+    out_of_range = beyond_range_share(dataset, model_cfg.max_disp) if info.main else None
+    if out_of_range and out_of_range["share"] > RANGE_WARNING_SHARE:
+        log.warning("%.1f %% of the labelled pixels (%d sampled pairs) are at or beyond the model's maximum disparity "
+                    "%g px and are left out of the loss: the model never learns those near surfaces. Choose a model "
+                    "with a larger max_disp, synthesize at a smaller size (--max-side), or a narrower --depth-range",
+                    100 * out_of_range["share"], out_of_range["pairs"], model_cfg.max_disp)
 
     clip_groups = [[p for n, p in model.named_parameters() if n.startswith(CONFIDENCE_PREFIX) == head]
                    for head in (False, True)]
@@ -325,7 +332,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     summary = {"steps": step, "seconds": round(seconds, 2), "world_size": info.world, "device": str(info.device),
                "max_weight_difference_across_ranks": divergence,
                "first_loss": history[0]["loss"] if history else None, "last_loss": history[-1]["loss"] if history else None,
-               "checkpoint": str(final) if final else None}
+               "checkpoint": str(final) if final else None,
+               **({"labels_beyond_max_disp": out_of_range} if out_of_range else {})}
     if info.main:
         write_json_atomic(out / "train_summary.json", {**summary, "config": full_config})
     return summary

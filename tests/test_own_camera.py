@@ -96,3 +96,29 @@ def test_training_eval_gives_sgbm_a_label_free_row_without_a_disparity_folder(ca
     free = json.loads(res.stdout)[0]["label_free"]
     assert set(free) == {"model", "sgbm"} and 0 < free["sgbm"]["photometric"] < 1 and 0 < free["sgbm"]["share"] <= 1
     assert "| sgbm |" in (root / "ev" / "00_folder" / "metrics.md").read_text()
+
+
+def test_synthesis_training_and_export_say_what_the_model_can_measure(camera_world):
+    """synth --bag on the camera's own footage with a range the model can hold (and the warning when it cannot),
+    pretrain --init, before / after label-free, the export's measurable depth interval, a replay."""
+    root = camera_world
+    fb = FX * BASELINE  # 17.25 px m: 0.2 m is 86 px at 256 px width, beyond igev-tiny's 64; 0.5 m is 35 px
+    common = ["--init", "ckpt", "--steps", 2, "--batch-size", 1, "--crop", 64, 128, "--num-workers", 0]
+    for name, near in (("near", 0.2), ("fits", 0.5)):
+        _run("m2s_train.cli", "synth", "--bag", "bag", "--topic", "left/image_rect", "--depth-range", near, 5.0,
+             "--out", f"synth_{name}", "--quiet", cwd=root)
+        res = _run("m2s_train.cli", "pretrain", *common, "--dataset", f"synth:synth_{name}", "--out", f"pre_{name}",
+                   "--quiet", cwd=root)
+        summary = json.loads((root / f"pre_{name}" / "train_summary.json").read_text())["labels_beyond_max_disp"]
+        warned = "at or beyond the model's maximum disparity 64 px" in res.stderr
+        assert warned == (name == "near") and (summary["share"] > 0.01) == (name == "near"), (name, summary)
+    step = sorted((root / "pre_fits" / "checkpoints").glob("step_*"))[-1]
+    res = _run("m2s_export.cli", "--checkpoint", step, "--onnx", "after.onnx", "--height", 96, "--width", 128,
+               "--camera", "cam", "--no-fp16-check", "--no-verify", "--quiet", cwd=root)
+    depth = json.loads(res.stdout)["depth_range"]
+    assert depth["nearest_depth_m"] == pytest.approx(fb / (64 * W / 128)) and "from 0.135 m" in res.stderr
+    for name, model in (("before", "model.onnx"), ("after", "after.onnx")):  # label-free before / after, and SGBM
+        _run("m2s_stereo.replay", "--bag", "bag", "--model", model, "--out", f"rep_{name}", "--mode", "offline",
+             "--quiet", cwd=root)
+        lf = json.loads((root / f"rep_{name}" / "report.json").read_text())["accuracy"]["label_free"]
+        assert np.isfinite(lf["photometric_all"]) and np.isfinite(lf["sgbm_photometric"])

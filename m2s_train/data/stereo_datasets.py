@@ -28,7 +28,7 @@ from m2s_train.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_LABELS", "build_dataset", "check_labels", "label_census", "make_item", "read_disparity",
+__all__ = ["MIN_LABELS", "beyond_range_share", "build_dataset", "check_labels", "label_census", "make_item", "read_disparity",
            "read_kitti_disparity", "read_pfm"]
 
 
@@ -274,6 +274,24 @@ def check_labels(dataset: Dataset, max_disp: float, progress: bool = False) -> d
         log.warning("%d of %d image(s) have fewer than %d usable labelled pixels: the sparse loss learns nothing "
                     "from them", poor, len(counts), MIN_LABELS)
     return census
+
+
+def beyond_range_share(dataset: Dataset, max_disp: float, samples: int = 32) -> dict[str, Any] | None:
+    """The share of the labelled pixels at or beyond ``max_disp`` px (they are dropped from the loss) on up to
+    ``samples`` evenly spaced pairs (unaugmented), or None for a dataset that cannot ``load`` its pairs."""
+    base = getattr(dataset, "base", dataset)  # the S2DKD wrapper trains on its base dataset's labels
+    if not hasattr(base, "load") or not len(base):
+        return None
+    idx = np.unique(np.linspace(0, len(base) - 1, min(samples, len(base))).round().astype(int))
+    labelled = beyond = 0
+    for i in idx:
+        disp = np.asarray(base.load(int(i))[2], np.float32)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(disp) & (disp > 0)
+            labelled += int(ok.sum())
+            beyond += int((ok & (disp >= max_disp)).sum())
+    return {"pairs": int(idx.size), "labelled": labelled, "beyond": beyond,
+            "share": beyond / labelled if labelled else 0.0, "max_disp": float(max_disp)}
 
 
 _SCALES = {"full": 1.0, "half": 0.5, "quarter": 0.25}

@@ -273,3 +273,24 @@ def test_a_warning_whose_numbers_change_is_still_throttled(onnx_model):
         assert len(logged) == 2 and logged[0].startswith("no image for ") and logged[1].startswith("a different"), logged
     finally:
         h.close()
+
+
+def test_the_node_says_what_depths_the_model_can_measure_on_the_camera(onnx_model):
+    """On a 640 px camera with f B = 451 x 0.075 the model measures nothing nearer than f B / (its maximum
+    disparity x 640 / its export width); a min_depth set nearer than that is named (the default is not)."""
+    from calib import StereoCamera
+
+    camera = StereoCamera.ideal(640, 480, focal_px=451.0, baseline_m=0.075)
+    for min_depth, level in ((0.05, "warning"), (None, "info"), (0.5, "info")):
+        h = Harness(onnx_model, **({"min_depth": min_depth} if min_depth is not None else {}))
+        try:
+            said = []
+            h.node.get_logger = lambda: SimpleNamespace(warning=lambda m: said.append(("warning", m)),
+                                                        info=lambda m: said.append(("info", m)))
+            width = h.node.runtime.input_size[1]
+            near, far = h.node.measurable_range(camera)
+            assert near == pytest.approx(451.0 * 0.075 / (h.node.max_disparity * 640 / width)) and far == 50.0
+            h.node._announce_range(camera)
+            assert len(said) == 1 and said[0][0] == level and f"from {near:.3g} m" in said[0][1], said
+        finally:
+            h.close()

@@ -316,7 +316,30 @@ class StereoNode(Node):
                 raise CalibrationError(f"camera_info on {self.topics['left/camera_info']} / "
                                        f"{self.topics['right/camera_info']}: {exc}") from None
             self._camera_key = key
+            self._announce_range(self._camera)
         return self._camera
+
+    def measurable_range(self, camera: StereoCamera) -> tuple[float, float]:
+        """(nearest, farthest) depth in m this model can give on ``camera``: f B / its maximum disparity in
+        the camera's pixels (the exported width's, scaled), and the max_depth parameter."""
+        size = getattr(self.runtime, "input_size", None)
+        max_disp = self.max_disparity * (camera.left.width / size[1] if size else 1.0)
+        return camera.focal_px * camera.baseline_m / max_disp, float(self.values[P.MAX_DEPTH])
+
+    def _announce_range(self, camera: StereoCamera) -> None:
+        """Say once per camera what depths the model can measure on it, and warn when min_depth asks for more
+        (anything nearer comes out wrong: too far, or missing)."""
+        near, far = self.measurable_range(camera)
+        text = (f"on this camera ({camera.left.width}x{camera.left.height}, f B = "
+                f"{camera.focal_px * camera.baseline_m:.4g} px m) the model measures depth from {near:.3g} m (its maximum "
+                f"disparity) to {far:g} m (max_depth)")
+        configured = self.values[P.MIN_DEPTH] != P.BY_NAME[P.MIN_DEPTH].default  # the default asks for nothing
+        if configured and float(self.values[P.MIN_DEPTH]) < near:
+            self.get_logger().warning(f"{text}; min_depth {self.values[P.MIN_DEPTH]:g} m asks for nearer: a surface "
+                                      f"nearer than {near:.3g} m comes out too far or missing (a model with a larger "
+                                      "max disparity, or a larger export size, measures nearer)")
+        else:
+            self.get_logger().info(text)
 
     # -- worker -------------------------------------------------------------------------------------
     def _work(self) -> None:
