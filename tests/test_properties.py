@@ -70,8 +70,8 @@ def test_metrics_on_any_input_are_rates_or_null_never_a_fake_score(gt, data):
 
 
 # -- round 3: the geometry validators (calib.checks) on random NaN / inf / degenerate input -----------------
-floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
-small = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
+any_f64 = st.floats(allow_nan=True, allow_infinity=True, width=64)
+small_f64 = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
 
 
 def _proper(T: np.ndarray) -> bool:
@@ -81,9 +81,9 @@ def _proper(T: np.ndarray) -> bool:
 
 
 @SETTINGS
-@given(st.one_of(hnp.arrays(np.float64, (4, 4), elements=floats),
-                 st.builds(lambda q, t, flip: _pose(q, t, flip), st.lists(small, min_size=4, max_size=4),
-                           st.lists(small, min_size=3, max_size=3), st.booleans())))
+@given(st.one_of(hnp.arrays(np.float64, (4, 4), elements=any_f64),
+                 st.builds(lambda q, t, flip: _pose(q, t, flip), st.lists(small_f64, min_size=4, max_size=4),
+                           st.lists(small_f64, min_size=3, max_size=3), st.booleans())))
 def test_a_pose_is_a_rigid_motion_or_a_clear_error(T):
     from calib.checks import check_pose
     from calib.errors import CalibrationError
@@ -112,7 +112,7 @@ def _pose(q, t, flip):
 
 
 @SETTINGS
-@given(st.lists(floats, min_size=3, max_size=3), st.lists(floats, min_size=4, max_size=4))
+@given(st.lists(any_f64, min_size=3, max_size=3), st.lists(any_f64, min_size=4, max_size=4))
 def test_a_quaternion_pose_is_proper_or_a_clear_error(t, q):
     from calib.checks import quaternion_pose
     from calib.errors import CalibrationError
@@ -126,7 +126,7 @@ def test_a_quaternion_pose_is_proper_or_a_clear_error(t, q):
 
 
 @SETTINGS
-@given(st.lists(floats, min_size=4, max_size=4), st.integers(1, 4096), st.integers(1, 4096))
+@given(st.lists(any_f64, min_size=4, max_size=4), st.integers(1, 4096), st.integers(1, 4096))
 def test_intrinsics_are_a_camera_of_that_size_or_a_clear_error(fxycxy, width, height):
     from calib.camera import CameraInfo
     from calib.errors import CalibrationError
@@ -143,7 +143,7 @@ def test_intrinsics_are_a_camera_of_that_size_or_a_clear_error(fxycxy, width, he
 
 
 @SETTINGS
-@given(floats, floats, st.floats(min_value=1e-3, max_value=1e4), st.integers(1, 8192),
+@given(any_f64, any_f64, st.floats(min_value=1e-3, max_value=1e4), st.integers(1, 8192),
        st.one_of(st.none(), st.floats(min_value=1, max_value=1024)))
 def test_a_depth_range_is_representable_or_a_clear_error(lo, hi, fb, width, max_disp):
     from calib.checks import check_depth_range
@@ -158,7 +158,7 @@ def test_a_depth_range_is_representable_or_a_clear_error(lo, hi, fb, width, max_
 
 
 @SETTINGS
-@given(hnp.arrays(np.float64, st.tuples(st.integers(0, 40), st.just(3)), elements=floats))
+@given(hnp.arrays(np.float64, st.tuples(st.integers(0, 40), st.just(3)), elements=any_f64))
 def test_lidar_points_give_labels_the_image_can_hold(points):
     from calib import StereoCamera
 
