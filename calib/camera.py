@@ -400,13 +400,5 @@ class StereoCamera:
     def ideal(cls, width: int, height: int, focal_px: float, baseline_m: float,
               cx: float | None = None, cy: float | None = None) -> StereoCamera:
         """An already-rectified, distortion-free pair (synthetic data, tests, datasets given as f and B)."""
-        cx = (width - 1) / 2.0 if cx is None else cx
-        cy = (height - 1) / 2.0 if cy is None else cy
-        k = np.array([[focal_px, 0, cx], [0, focal_px, cy], [0, 0, 1]], dtype=np.float64)
-        p_left = np.hstack([k, np.zeros((3, 1))])
-        p_right = p_left.copy()
-        p_right[0, 3] = -focal_px * baseline_m
-        return cls(
-            CameraInfo(width, height, k, np.zeros(5), np.eye(3), p_left, "plumb_bob", "left"),
-            CameraInfo(width, height, k, np.zeros(5), np.eye(3), p_right, "plumb_bob", "right"),
-        )
+        return cls.pinhole(width, height, fx=focal_px, fy=focal_px, cx=(width - 1) / 2.0 if cx is None else cx,
+                           cy=(height - 1) / 2.0 if cy is None else cy, baseline_m=baseline_m)

@@ -13,9 +13,9 @@ Who calls what:
 - :func:`check_projection`: every :class:`calib.CameraInfo` (YAML, ``camera_info`` messages in the node,
   bags and replay, KITTI calibration files).
 - :func:`check_baseline`: every :class:`calib.StereoCamera`.
-- :func:`near_limit` / :func:`check_depth_range`: LiDAR labels (points nearer than a disparity of the
-  image width are dropped and counted) and ``m2s-train synth --depth-range`` (refused up front when
-  its near end cannot be represented).
+- :func:`check_depth_range`: ``m2s-train synth --depth-range`` (refused up front when its near end cannot be
+  represented). LiDAR points nearer than a disparity of the image width are dropped and counted by
+  :func:`calib.geometry.points_to_sparse_disparity`.
 """
 
 from __future__ import annotations
@@ -127,11 +127,6 @@ def check_baseline(baseline_m: float, name: str = "stereo camera") -> float:
     return float(baseline_m)
 
 
-def near_limit(fb: float, width: int) -> float:
-    """The nearest depth (m) a pair of ``width`` px can see in both views: disparity = image width."""
-    return float(fb) / float(width)
-
-
 def check_depth_range(min_depth: float, max_depth: float, *, fb: float, width: int, max_disp: float | None = None,
                       name: str = "--depth-range") -> None:
     """Refuse a depth range whose near end needs a disparity the image (``width`` px) or the model
@@ -149,4 +144,4 @@ def check_depth_range(min_depth: float, max_depth: float, *, fb: float, width: i
 
 
 __all__ = ["BASELINE_RANGE_M", "check_baseline", "check_depth_range", "check_pose", "check_projection",
-           "check_rotation", "near_limit", "quaternion_pose"]
+           "check_rotation", "quaternion_pose"]

@@ -68,17 +68,13 @@ def decode_image(data: bytes | np.ndarray, where: str) -> np.ndarray:
     return image
 
 
-def _read_any(path: str | os.PathLike) -> np.ndarray:
+def read_unchanged(path: str | os.PathLike) -> np.ndarray:
+    """An image file as stored (bit depth and channels kept, OpenCV's BGR order), checked as every read is."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image file not found: {path}")
     # imdecode on the bytes (not imread) so that non-ASCII paths work and errors stay ours.
     return decode_image(np.fromfile(str(path), dtype=np.uint8), str(path))
-
-
-def read_unchanged(path: str | os.PathLike) -> np.ndarray:
-    """An image file as stored (bit depth and channels kept, OpenCV's BGR order), checked as every read is."""
-    return _read_any(path)
 
 
 def _to_uint8(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
@@ -95,7 +91,7 @@ def _to_uint8(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image as RGB uint8 HxWx3: gray is replicated, alpha dropped, 16-bit scaled to 8-bit."""
-    image = _to_uint8(_read_any(path), path)
+    image = _to_uint8(read_unchanged(path), path)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     channels = image.shape[2]

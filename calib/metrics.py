@@ -344,6 +344,8 @@ def nan_mean(values: Any) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
+LABEL_FREE_FIGURES = ("photometric", "lr_consistency", "at_range_limit")  # the figures of label_free_metrics
+
 TEXTURE_GRADIENT = 4.0 / 255.0  # a grey-level step that block matching (and SSIM) can lock onto
 MIN_TEXTURED_FRACTION = 0.01  # fewer textured pixels than this: nothing to score a disparity by
 IDENTICAL_VIEWS = 0.5 / 255.0  # mean |left - right| below half a grey level: one image on both topics

@@ -187,6 +187,11 @@ def bag_topics(path: Path, warnings: list[str] | None = None) -> dict[str, str]:
         reader.close()
 
 
+def resolve_topic(topics: Any, name: str) -> str | None:
+    """The bag's spelling of topic ``name`` (with or without the leading slash), or None."""
+    return next((c for c in (name, "/" + name.lstrip("/"), name.lstrip("/")) if c in topics), None)
+
+
 def stereo_camera_info_topics(path: Path, left: str | None = None, right: str | None = None) -> tuple[str, str]:
     """The left and right ``sensor_msgs/CameraInfo`` topics of a bag: the given ones (checked), or the one
     topic of that type whose name has a ``left`` / ``right`` part (``/zed/left/camera_info``,
@@ -198,7 +203,7 @@ def stereo_camera_info_topics(path: Path, left: str | None = None, right: str | 
     chosen = []
     for side, given in (("left", left), ("right", right)):
         if given is not None:
-            name = next((c for c in (given, "/" + given.lstrip("/"), given.lstrip("/")) if c in topics), None)
+            name = resolve_topic(topics, given)
             if name is None or topics[name] != "sensor_msgs/msg/CameraInfo":
                 raise BagError(f"{path} has no CameraInfo topic '{given}' (CameraInfo topics: {', '.join(infos) or 'none'})")
             chosen.append(name)
@@ -263,5 +268,5 @@ def stamp_ns(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
 
-__all__ = ["BagError", "bag_topics", "first_messages", "open_reader", "raw_messages", "salvage_mcap", "salvage_sqlite",
-           "stamp_ns", "stereo_camera_info_topics", "typestore"]
+__all__ = ["BagError", "bag_topics", "first_messages", "open_reader", "raw_messages", "resolve_topic", "salvage_mcap",
+           "salvage_sqlite", "stamp_ns", "stereo_camera_info_topics", "typestore"]

@@ -213,5 +213,5 @@ def claim_report_dir(out: str | os.PathLike, *, overwrite: bool, markers: tuple[
     shutil.rmtree(out)
 
 
-__all__ = ["claim_output_file", "claim_report_dir", "dumps_json", "json_safe", "load_npy", "read_json", "staged_directory", "write_bytes_atomic",
-           "write_bytes_if_absent", "write_json_atomic", "write_text_atomic"]
+__all__ = ["claim_output_file", "claim_report_dir", "dumps_json", "json_safe", "load_npy", "read_json", "staged_directory",
+           "write_bytes_atomic", "write_bytes_if_absent", "write_json_atomic", "write_text_atomic"]

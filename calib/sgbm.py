@@ -39,4 +39,10 @@ def fill_invalid(disp: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["fill_invalid", "sgbm_disparity"]
+def sgbm_right_view(left: np.ndarray, right: np.ndarray, max_disp: int = 192) -> np.ndarray:
+    """SGBM's disparity of the right view (on the mirrored, swapped pair), for the left-right consistency
+    of the label-free figures; NaN where it gives no answer."""
+    return np.ascontiguousarray(sgbm_disparity(right[:, ::-1], left[:, ::-1], max_disp)[:, ::-1])
+
+
+__all__ = ["fill_invalid", "sgbm_disparity", "sgbm_right_view"]

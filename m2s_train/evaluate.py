@@ -24,12 +24,13 @@ from calib.metrics import (
     MetricAccumulator,
     SparsificationAccumulator,
     disparity_metrics,
+    LABEL_FREE_FIGURES,
     label_free_metrics,
     nan_mean,
     sparsification_plot,
 )
 from calib.safe_files import write_json_atomic, write_text_atomic
-from calib.sgbm import fill_invalid, sgbm_disparity  # noqa: F401  (re-exported: m2s_train.evaluate.sgbm_disparity)
+from calib.sgbm import fill_invalid, sgbm_disparity, sgbm_right_view  # noqa: F401  (re-exported: m2s_train.evaluate.sgbm_disparity)
 from m2s_train.data.stereo_datasets import build_dataset
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,7 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
                 lf = label_free_metrics(_rgb(item["left"]), _rgb(item["right"]), preds["model"], mirrored,
                                         model.config.max_disp)
                 free.append({"sample_id": item["sample_id"],
-                             **{k: lf[k] for k in ("photometric", "lr_consistency", "at_range_limit", "unscorable")
-                                if k in lf}})
+                             **{k: lf[k] for k in (*LABEL_FREE_FIGURES, "unscorable") if k in lf}})
                 if "unscorable" in lf:
                     log.warning("%s: no label-free score: %s", item["sample_id"], lf["unscorable"])
                 if out_dir and i < error_maps:
@@ -98,11 +98,9 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
             timing.setdefault("sgbm", []).append(time.perf_counter() - t0)
             preds["sgbm"] = fill_invalid(raw)
             if label_free:  # the baseline on the same figures: SGBM's own answers, its right view from the mirrored pair
-                mirrored = sgbm_disparity(right[:, ::-1], left[:, ::-1], max_disp)[:, ::-1]
-                lf = label_free_metrics(left, right, raw, np.ascontiguousarray(mirrored), max_disp)
+                lf = label_free_metrics(left, right, raw, sgbm_right_view(left, right, max_disp), max_disp)
                 free_sgbm.append({"sample_id": item["sample_id"], "share": float(np.isfinite(raw).mean()),
-                                  **{k: lf[k] for k in ("photometric", "lr_consistency", "at_range_limit", "unscorable")
-                                     if k in lf}})
+                                  **{k: lf[k] for k in (*LABEL_FREE_FIGURES, "unscorable") if k in lf}})
         for name, pred in preds.items():
             rows[name].add(pred, gt, sample_id=item["sample_id"])
             if name in confs:
@@ -120,7 +118,7 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
                                 f"{name} on {dataset_spec}")
     for name, rows_free in (("model", free), ("sgbm", free_sgbm)):
         if rows_free:
-            keys = ("photometric", "lr_consistency", "at_range_limit") + (("share",) if name == "sgbm" else ())
+            keys = LABEL_FREE_FIGURES + (("share",) if name == "sgbm" else ())
             methods[name]["label_free"] = {k: nan_mean([r[k] for r in rows_free]) for k in keys}
             if unscorable := sum("unscorable" in r for r in rows_free):
                 methods[name]["label_free"]["unscorable_pairs"] = unscorable

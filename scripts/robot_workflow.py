@@ -120,10 +120,10 @@ def main() -> int:
                            "--out", out / "drive_synth", *size, "--resume"))
     report["synthesis"] = {"written": synth["written"], "frames": synth.get("frames")}
     # 3. LiDAR labels: only where the drive has a LiDAR (a stereo-only recording skips 3 and the fine-tuning)
-    from calib.rosbag_io import bag_topics
+    from calib.rosbag_io import bag_topics, resolve_topic
 
     topics = bag_topics(drive)
-    has_lidar = any(t.strip("/") == args.cloud.strip("/") for t in topics)
+    has_lidar = resolve_topic(topics, args.cloud) is not None
     if has_lidar:
         if not (out / "drive_labels").exists():
             run("m2s-bag", "labels", "--bag", drive, "--cloud", args.cloud, "--out", out / "drive_labels")

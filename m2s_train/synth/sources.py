@@ -124,9 +124,10 @@ def _decode(msg: Any, msgtype: str, where: str) -> np.ndarray:
 
 def _topic_name(topics: dict[str, str], topic: str) -> str:
     """The bag's name of ``topic`` (with or without the leading slash)."""
-    for candidate in (topic, "/" + topic.lstrip("/"), topic.lstrip("/")):
-        if candidate in topics:
-            return candidate
+    from calib.rosbag_io import resolve_topic
+
+    if (name := resolve_topic(topics, topic)) is not None:
+        return name
     listing = ", ".join(f"{t} ({m.rsplit('/', 1)[-1]})" for t, m in sorted(topics.items())) or "none"
     raise DataError(f"the bag has no topic '{topic}'; it has: {listing}")
 

@@ -23,7 +23,7 @@ from calib import StereoCamera
 from calib.checks import check_pose, quaternion_pose
 from calib.errors import CalibrationError
 from calib.ros_image import EncodingError, image_problem, image_to_array, image_to_rgb8
-from calib.rosbag_io import BagError, raw_messages, typestore  # BagError re-exported: the stereo bag tools raise it
+from calib.rosbag_io import BagError, raw_messages, resolve_topic, typestore  # BagError re-exported: the stereo bag tools raise it
 from calib.safe_files import load_npy, staged_directory
 
 LEFT, RIGHT = "left/image_rect", "right/image_rect"
@@ -623,7 +623,7 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
         raise BagError(f"{out} exists: choose a new directory (labels are never overwritten)")
     ts = typestore()
     topics, stream = raw_messages(bag, None)
-    name = next((c for c in (cloud_topic, "/" + cloud_topic.lstrip("/"), cloud_topic.lstrip("/")) if c in topics), None)
+    name = resolve_topic(topics, cloud_topic)
     if name is None:
         raise BagError(f"{bag} has no topic '{cloud_topic}' (it has {', '.join(sorted(topics)) or 'none'})")
     clouds: list[tuple[int, Any]] = []
@@ -641,7 +641,7 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
     stamps = np.asarray([c[0] for c in clouds], np.int64)
     rows: list[dict[str, Any]] = []
     skipped = 0
-    total_front = total_points = total_raw = total_labels = total_near = 0
+    total_front = total_points = total_raw = 0
     with staged_directory(out) as stage:
         for sub in ("left", "right", "disparity"):
             (stage / sub).mkdir(parents=True)
@@ -659,9 +659,7 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
                 labels = frame.camera.lidar_to_disparity(points, extrinsic, window=window)
             except CalibrationError as exc:
                 raise BagError(f"cannot label the pair at {frame.stamp_ns}: {exc}") from None
-            total_raw += int(np.asarray(cloud.data).size // max(int(cloud.point_step), 1))
-            total_labels += int(np.isfinite(labels.disparity).sum())
-            total_near += labels.too_near
+            total_raw += int(cloud.width) * int(cloud.height)
             total_points += len(points)
             total_front += len(points) - labels.behind
             stem = f"{frame.stamp_ns:019d}"
@@ -680,9 +678,10 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
                            "frame, T_cam_lidar)")
         if not rows:
             raise BagError(f"no stereo pair of {bag} has a cloud within {max_dt} s ({skipped} pair(s) skipped)")
-        if not total_labels:  # nothing to train on: say why instead of writing an empty dataset
+        if not any(r["labels"] for r in rows):  # nothing to train on: say why instead of writing an empty dataset
+            near = sum(r["too_near"] for r in rows)
             raise BagError(f"no LiDAR label in any of the {len(rows)} pair(s): the clouds hold {total_raw} points, "
-                           f"{total_points} of them finite, {total_front} in front of the camera ({total_near} nearer "
+                           f"{total_points} of them finite, {total_front} in front of the camera ({near} nearer "
                            f"than f B / width), none inside the image; check the cloud topic and the extrinsic")
         summary = {"bag": str(bag), "cloud_topic": name, "frames": len(rows), "skipped_no_cloud": skipped,
                    "extrinsic_T_cam_lidar": np.asarray(extrinsic).tolist(), "per_frame": rows,

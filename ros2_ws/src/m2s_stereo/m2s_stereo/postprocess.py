@@ -80,9 +80,16 @@ class FramePostprocess:
         return Processed(disparity, confidence, masked_conf, masked_lr, raw)
 
 
+def disparity_scale(runtime: Any, width: int) -> float:
+    """How much wider an image ``width`` px wide is than the runtime's input (1 for a runtime that runs at
+    the image's own size): its disparities, and its maximum disparity, scale by this."""
+    size = getattr(runtime, "input_size", None)
+    return width / size[1] if size else 1.0
+
+
 def defaults() -> dict[str, Any]:
     """The node's default parameter values (what the offline replay uses unless told otherwise)."""
     return {p.name: p.default for p in P.PARAMS}
 
 
-__all__ = ["FramePostprocess", "Processed", "defaults"]
+__all__ = ["FramePostprocess", "Processed", "defaults", "disparity_scale"]

@@ -46,15 +46,16 @@ from calib.metrics import (
     MetricAccumulator,
     SparsificationAccumulator,
     disparity_metrics,
+    LABEL_FREE_FIGURES,
     label_free_metrics,
     nan_mean,
     sparsification_plot,
 )
-from calib.safe_files import dumps_json, write_json_atomic, write_text_atomic
-from calib.sgbm import sgbm_disparity
+from calib.safe_files import claim_report_dir, dumps_json, write_json_atomic, write_text_atomic
+from calib.sgbm import sgbm_disparity, sgbm_right_view
 from m2s_stereo import params as P
 from m2s_stereo.bag_tools import BagError, Frame, read_frames
-from m2s_stereo.postprocess import FramePostprocess, defaults
+from m2s_stereo.postprocess import FramePostprocess, defaults, disparity_scale
 
 log = logging.getLogger("m2s-eval-bag")
 
@@ -98,8 +99,7 @@ class Evaluation:
         model's is at the exported input width."""
         if self.max_disparity is None:
             return None
-        size = getattr(runtime, "input_size", None)
-        return float(self.max_disparity) * (frame.left.shape[1] / size[1] if size else 1.0)
+        return float(self.max_disparity) * disparity_scale(runtime, frame.left.shape[1])
 
     def _label_free(self, frame: Frame, published: np.ndarray, predicted: np.ndarray, runtime: Any,
                     raw: np.ndarray | None) -> dict[str, Any]:
@@ -108,17 +108,16 @@ class Evaluation:
         right_view = runtime.infer_right_view(frame.left, frame.right).disparity if runtime is not None else None
         limit = self.camera_max_disparity(frame, runtime)
         lf = label_free_metrics(frame.left, frame.right, published, right_view, limit)
-        figures: dict[str, Any] = {k: lf[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in lf}
+        figures: dict[str, Any] = {k: lf[k] for k in LABEL_FREE_FIGURES if k in lf}
         figures["published_share"] = float(predicted.mean())
         if runtime is not None:
             full = raw if raw is not None else runtime.infer(frame.left, frame.right)
             every = label_free_metrics(frame.left, frame.right, full, right_view, limit)
-            figures.update({f"{k}_all": every[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in every})
+            figures.update({f"{k}_all": every[k] for k in LABEL_FREE_FIGURES if k in every})
         search = int(np.ceil(limit)) if limit else 192
         sgbm = sgbm_disparity(frame.left, frame.right, search)
-        sgbm_right = sgbm_disparity(frame.right[:, ::-1], frame.left[:, ::-1], search)[:, ::-1]
-        base = label_free_metrics(frame.left, frame.right, sgbm, np.ascontiguousarray(sgbm_right), limit)
-        figures.update({f"sgbm_{k}": base[k] for k in ("photometric", "at_range_limit", "lr_consistency") if k in base})
+        base = label_free_metrics(frame.left, frame.right, sgbm, sgbm_right_view(frame.left, frame.right, search), limit)
+        figures.update({f"sgbm_{k}": base[k] for k in LABEL_FREE_FIGURES if k in base})
         figures["sgbm_share"] = float(np.isfinite(sgbm).mean())
         if "unscorable" in lf:
             figures["unscorable"] = lf["unscorable"]
@@ -515,8 +514,6 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
 
 
 def _main(args: argparse.Namespace) -> int:
-    from calib.safe_files import claim_report_dir
-
     claim_report_dir(args.out, overwrite=args.overwrite, markers=("report.json",))  # before the (slow) replay
     bag = Path(args.bag)
     params = dict(args.param or [])

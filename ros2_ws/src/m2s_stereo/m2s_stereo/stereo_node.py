@@ -45,7 +45,7 @@ from m2s_stereo.dds import (
 from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth, Status
 from m2s_stereo.image_codec import BufferPool
 from m2s_stereo.outputs import float_image, frame_messages, warm_up
-from m2s_stereo.postprocess import FramePostprocess
+from m2s_stereo.postprocess import FramePostprocess, disparity_scale
 from m2s_stereo.sync import JUMP_BACK_NS, PairOrder, PairSynchronizer, mf_slop, stamp_ns
 
 MSGS = SimpleNamespace(Image=Image, DisparityImage=DisparityImage, PointCloud2=PointCloud2, PointField=PointField)
@@ -322,8 +322,7 @@ class StereoNode(Node):
     def measurable_range(self, camera: StereoCamera) -> tuple[float, float]:
         """(nearest, farthest) depth in m this model can give on ``camera``: f B / its maximum disparity in
         the camera's pixels (the exported width's, scaled), and the max_depth parameter."""
-        size = getattr(self.runtime, "input_size", None)
-        max_disp = self.max_disparity * (camera.left.width / size[1] if size else 1.0)
+        max_disp = self.max_disparity * disparity_scale(self.runtime, camera.left.width)
         return camera.focal_px * camera.baseline_m / max_disp, float(self.values[P.MAX_DEPTH])
 
     def _announce_range(self, camera: StereoCamera) -> None:
@@ -407,7 +406,7 @@ class StereoNode(Node):
         if v[P.LR_CHECK]:
             self.health.sample("masked_lr_pct", 100.0 * frame.masked_lr / frame.disparity.size)
         disparity = frame.disparity
-        scale = left.shape[1] / (self.runtime.input_size[1] if getattr(self.runtime, "input_size", None) else left.shape[1])
+        scale = disparity_scale(self.runtime, left.shape[1])
         outgoing = []  # the frame's messages, published together (never half a frame, see destroy_node)
         if want_conf and frame.confidence is not None:
             data, view = self.buffers.take("confidence", frame.confidence.size * 4)

@@ -38,18 +38,16 @@ def mf_slop(slop: float) -> float:
 
 class PairOrder:
     """Pairs in stamp order, whatever synchroniser made them: :meth:`check` says ``"ok"``, ``"old"``
-    (an older or equal pair after a newer one: drop it; counted in ``out_of_order``) or ``"reset"`` (time
+    (an older or equal pair after a newer one: drop it; the node counts it) or ``"reset"`` (time
     went back by more than :data:`JUMP_BACK_NS`: accept it and start the order over; counted in ``resets``)."""
 
     def __init__(self) -> None:
         self.last: int | None = None
-        self.out_of_order = 0
         self.resets = 0
 
     def check(self, t: int) -> str:
         if self.last is not None and t <= self.last:
             if self.last - t <= JUMP_BACK_NS:
-                self.out_of_order += 1
                 return "old"
             self.resets += 1
             self.last = t
