@@ -163,9 +163,9 @@ def temporal_table(checkpoint: Path, out: Path, frames: int, noise: float, shift
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a pre-trained checkpoint (default: bench_pretrain.py's, trained if absent)")
-    parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.py's --out")
-    parser.add_argument("--steps", type=int, default=600, help="bench_pretrain.py's --steps when it has to train")
+    parser.add_argument("--checkpoint", help="a pre-trained checkpoint (default: bench_pretrain.pretrain()'s, trained if absent)")
+    parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.pretrain()'s folder")
+    parser.add_argument("--steps", type=int, default=600, help="bench_pretrain.pretrain()'s steps when it has to train")
     parser.add_argument("--frames", type=int, default=12, help="temporal: frames per static scene")
     parser.add_argument("--noise", type=float, default=3.0, help="temporal: sensor noise, grey levels (std)")
     parser.add_argument("--shift", type=int, default=8, help="temporal: the scene change, px")

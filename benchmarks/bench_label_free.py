@@ -50,7 +50,7 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.py's data folder")
+    parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.pretrain()'s data folder")
     parser.add_argument("--model", default="igev-tiny")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--every", type=int, default=50, help="a checkpoint every N steps (all are kept)")

@@ -189,7 +189,7 @@ def gradient_diagnosis(init: Path, train_set: Path, teacher_dir: Path, sparsify:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.py's data folder")
+    parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain", help="bench_pretrain.pretrain()'s data folder")
     parser.add_argument("--model", default="igev-tiny")
     parser.add_argument("--max-disp", type=int, default=128)
     parser.add_argument("--warmup-steps", type=int, default=150, help="dense pre-training before the ladder")

@@ -61,9 +61,9 @@ def run(model: torch.nn.Module, seq: list, iters: int, warm: bool) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a pre-trained checkpoint (default: bench_pretrain.py's, trained if absent)")
+    parser.add_argument("--checkpoint", help="a pre-trained checkpoint (default: bench_pretrain.pretrain()'s, trained if absent)")
     parser.add_argument("--pretrain-out", default="/tmp/m2s_bench_pretrain")
-    parser.add_argument("--steps", type=int, default=600, help="bench_pretrain.py's --steps when it has to train")
+    parser.add_argument("--steps", type=int, default=600, help="bench_pretrain.pretrain()'s steps when it has to train")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--noise", type=float, default=3.0)
     parser.add_argument("--shift", type=int, default=8)

@@ -10,8 +10,8 @@ from typing import Any
 
 from m2s_train.checkpoints import check_run_dir
 from m2s_train.config import to_dict
-from m2s_train.data.augment import AugmentConfig
 from m2s_train.data.stereo_datasets import build_dataset, check_labels
+from m2s_train.errors import ConfigError
 from m2s_train.s2dkd import (
     AlignConfig,
     DistillationDataset,
@@ -54,12 +54,16 @@ def cache_mono(config: FinetuneConfig, progress: bool = True) -> dict[str, Any]:
 def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
                  device: str = "auto", progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     tc = config.train
+    augment = tc.augmentation()
+    if augment.spatial:
+        raise ConfigError("train.augment.scale_prob must be 0 for fine-tuning: the spatial scale is not defined for "
+                          "the teacher maps and sparse labels S2DKD crops alongside the pair")
     check_run_dir(Path(out), resume=resume, overwrite=overwrite)  # before the (slow) teacher cache
     base = build_dataset("+".join(tc.datasets))
     max_disp = training_model(tc)[1].max_disp
     check_labels(base, max_disp, progress)  # labels that cannot train anything: refused before any step
     cache = teacher_cache(config, base, progress)[0] if config.s2dkd.enabled else None
-    dataset = DistillationDataset(base, cache, AugmentConfig(crop=tuple(tc.crop)), max_disp,
+    dataset = DistillationDataset(base, cache, augment, max_disp,
                                   sparsify=config.sparsify, align=config.align, seed=tc.seed)
 
     def loss_fn(output, batch, model_cfg):

@@ -59,6 +59,9 @@ class TrainConfig:
     init: str | None = None
     datasets: list[str] = field(default_factory=lambda: ["synth:data/synth"])
     crop: list[int] = num(factory=lambda: [256, 512], ge=32)  # height, width
+    # augmentation settings beyond the crop (m2s_train.data.augment.AugmentConfig fields: photometric
+    # jitter, spatial scale, occlusion patches); {} keeps its defaults
+    augment: dict[str, Any] = field(default_factory=dict)
     batch_size: int = num(4, ge=1)  # per process
     steps: int = num(200_000, ge=1)
     lr: float = num(2e-4, gt=0)
@@ -80,6 +83,21 @@ class TrainConfig:
         check_fields(self)
         if len(self.crop) != 2:
             raise ValueError(f"crop must be [height, width], got {self.crop}")
+        self.augmentation()  # names a wrong augment key or value now, not at the first batch
+
+    def augmentation(self) -> AugmentConfig:
+        """The augmentation of the training samples: ``crop`` and the ``augment`` settings."""
+        if "crop" in self.augment:
+            raise ValueError("augment.crop: the crop is the top-level 'crop' setting")
+        known = {f.name for f in dataclasses.fields(AugmentConfig)}
+        unknown = sorted(set(self.augment) - known)
+        if unknown:
+            raise ValueError(f"augment.{unknown[0]} is not an augmentation setting; known: {', '.join(sorted(known - {'crop'}))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}
+        try:
+            return AugmentConfig(crop=tuple(self.crop), **values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"augment: {exc}") from None
 
 
 DEFAULT_MODEL = "igev-rt"
@@ -219,8 +237,7 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     model_cfg = model.config
 
     if dataset is None:
-        augment = AugmentConfig(crop=tuple(config.crop))
-        dataset = build_dataset("+".join(config.datasets), augment, seed=config.seed)
+        dataset = build_dataset("+".join(config.datasets), config.augmentation(), seed=config.seed)
     batches = EpochBatches(dataset, config, info)
     out_of_range = beyond_range_share(dataset, model_cfg.max_disp) if info.main else None
     if out_of_range and out_of_range["share"] > RANGE_WARNING_SHARE:
@@ -245,7 +262,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     if resume and checkpoint is None:
         log.warning("--resume: no checkpoint in %s, starting from step 0", out)
     if checkpoint is not None:
-        saved = checkpoint.config
+        # a setting added since the checkpoint was saved is compared at its default (e.g. augment: {})
+        saved = {**to_dict(TrainConfig()), **checkpoint.config}
         if saved != full_config:
             changed = sorted(k for k in set(saved) | set(full_config) if saved.get(k) != full_config.get(k))
             raise ConfigError(f"{checkpoint.path} was trained with another config (differs in: {', '.join(changed)}); "

@@ -23,7 +23,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from calib.disparity_io import read_disparity, read_kitti_disparity, read_pfm
 from calib.image_io import read_rgb
-from m2s_train.data.augment import AugmentConfig, color_jitter, random_crop
+from m2s_train.data.augment import AugmentConfig, color_jitter, eraser, random_crop, random_scale
 from m2s_train.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,15 @@ def make_item(left: np.ndarray, right: np.ndarray, disparity: np.ndarray, noc: n
         if m.shape != disparity.shape:
             raise DatasetError(f"{sample_id}: {name} map {m.shape[::-1]} does not match the images {left.shape[1::-1]}")
     if augment is not None:
-        if augment.crop is not None:
+        if augment.spatial:
+            if maps:
+                raise DatasetError(f"{sample_id}: the spatial scale augmentation is not defined for datasets with "
+                                   f"extra maps ({', '.join(names)}); set augment.scale_prob to 0")
+            left, right, disparity, noc = random_scale(rng, augment, left, right, disparity, noc)  # and crops
+        elif augment.crop is not None:
             left, right, disparity, noc, *maps = random_crop(rng, augment.crop, left, right, disparity, noc, *maps)
         left, right = color_jitter(rng, left, right, augment)
+        right = eraser(rng, augment, right)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(disparity) & (disparity > 0)
     disp = np.where(valid, disparity, 0).astype(np.float32)

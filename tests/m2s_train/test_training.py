@@ -283,3 +283,28 @@ class TestRunsAreNeverLost:
         bad.write_text("lr: .nan\n")
         with pytest.raises(ConfigError, match=r"t.yaml.lr: expected a finite number"):
             load_config(TrainConfig, bad)
+
+
+def test_augment_settings_reach_the_samples_and_older_runs_still_resume(synth_dataset, tmp_path):
+    """``augment`` (scale, eraser) changes what the network sees; a run saved before the setting existed
+    resumes with it at its default, and not with another value."""
+    import json
+
+    plain = _config(synth_dataset, steps=6, checkpoint_every=3)
+    augmented = _config(synth_dataset, steps=6, checkpoint_every=3,
+                        augment={"scale_prob": 1.0, "scale_log2": [0.3, 0.4], "stretch_prob": 1.0, "eraser_prob": 1.0})
+    from m2s_train.data.stereo_datasets import build_dataset
+
+    a = build_dataset(f"synth:{synth_dataset}", plain.augmentation(), seed=0)[0]
+    b = build_dataset(f"synth:{synth_dataset}", augmented.augmentation(), seed=0)[0]
+    assert a["left"].shape == b["left"].shape == (3, 64, 96)
+    assert not torch.equal(a["right"], b["right"]) and not torch.equal(a["disparity"], b["disparity"])
+
+    train(plain, tmp_path / "old", progress=False, stop_after=4)  # checkpoint at step 3, as an older version saved it
+    saved = tmp_path / "old" / "checkpoints" / "step_00000003" / "train.json"
+    record = json.loads(saved.read_text())
+    del record["config"]["augment"]
+    saved.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="differs in: augment"):
+        train(augmented, tmp_path / "old", progress=False, resume=True)
+    assert train(plain, tmp_path / "old", progress=False, resume=True)["steps"] == 6

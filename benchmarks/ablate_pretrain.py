@@ -1,0 +1,140 @@
+"""The CPU recipe's ablation: each lever's effect on held-out synthesized pairs, over seeds.
+
+    python benchmarks/ablate_pretrain.py [--levers recipe lr-5e-4 ...] [--seeds 0 1] [--steps 600]
+                                         [--jobs 2] [--out /tmp/m2s_ablate]
+
+Every row is the recipe (``configs/train/cpu_recipe.yaml``, data as ``bench_pretrain.py`` makes it)
+with one lever changed, trained ``--steps`` steps per seed and evaluated on the held-out
+synthesized pairs (photos the training never saw). Runs go ``--jobs`` at a time, one thread each
+(on 2 cores two one-thread runs do ~1.4x the work of one two-thread run); finished runs are reused.
+Real pairs (Aloe) are never loaded here: the recipe's choices are made on these figures alone.
+Prints mean ± standard deviation (range) over seeds and seconds per step; writes ``ablation.json``/``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pretrain import RECIPE, fmt, recipe_config, recipe_data, spread  # noqa: E402
+
+from calib.safe_files import write_json_atomic  # noqa: E402
+from m2s_train.evaluate import evaluate  # noqa: E402
+from m2s_train.models import load_model  # noqa: E402
+from m2s_train.train import latest_checkpoint, train  # noqa: E402
+
+# name: (what changes against the recipe, TrainConfig overrides, synthesized variants per photo or None)
+LEVERS: dict[str, tuple[str, dict, int | None]] = {
+    "recipe": ("configs/train/cpu_recipe.yaml as it is", {}, None),
+    "1-variant": ("one synthesis per photo instead of four", {}, 1),
+    "lr-5e-4": ("peak learning rate 5e-4 (the bench's before the recipe)", {"lr": 5e-4}, None),
+    "lr-1e-3": ("peak learning rate 1e-3", {"lr": 1e-3}, None),
+    "lr-2e-3": ("peak learning rate 2e-3", {"lr": 2e-3}, None),
+    "scale": ("+ spatial scale 2^[-0.2, 0.4] with stretch (p 0.8 each)",
+              {"augment": {"scale_prob": 0.8, "stretch_prob": 0.8}}, None),
+    "eraser": ("+ occlusion patches on the right view (p 0.5)", {"augment": {"eraser_prob": 0.5}}, None),
+    "no-photometric": ("no photometric jitter", {"augment": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
+                                                             "gamma": [1.0, 1.0], "asymmetric_prob": 0.0}}, None),
+    "batch-2": ("batch 2 (half the pixels per step)", {"batch_size": 2}, None),
+    "fast-context": ("context from the matching features, one GRU, no cost attention (RT-IGEV++-style)",
+                     {"model_overrides": {"context_source": "features", "gru_levels": 1, "cost_attention": False}}, None),
+}
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def run_one(lever: str, seed: int, steps: int, out: Path, variants: int, holdout: int) -> dict:
+    """Train and evaluate one (lever, seed) in this process; returns (and saves) its row."""
+    _, overrides, lever_variants = LEVERS[lever]
+    train_specs, test_spec = recipe_data(out / "data", lever_variants or variants, holdout)
+    config = recipe_config(RECIPE, train_specs, seed, steps)
+    config = type(config)(**merge(config.__dict__, {**overrides, "checkpoint_every": steps, "keep_checkpoints": 1}))
+    run_dir = out / "runs" / f"{lever}_seed{seed}"
+    t0 = time.perf_counter()
+    summary = train(config, run_dir, overwrite=True, progress=False, device="cpu")
+    seconds = time.perf_counter() - t0
+    result = evaluate(load_model(latest_checkpoint(run_dir)), test_spec, progress=False)["methods"]["model"]["pixel"]
+    row = {"lever": lever, "seed": seed, "steps": steps, "seconds_per_step": seconds / steps,
+           "last_loss": summary["last_loss"], "epe": result["epe"], "bad3": result["bad3"]}
+    write_json_atomic(out / "results" / f"{lever}_seed{seed}_{steps}.json", row)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS), metavar="LEVER",
+                        help=f"rows to run (default: all): {', '.join(LEVERS)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--variants", type=int, default=4, help="the recipe's syntheses per photo (default: 4)")
+    parser.add_argument("--holdout", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each (default: 2)")
+    parser.add_argument("--out", default="/tmp/m2s_ablate")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no training: the table from the runs already in --out (a row says how many seeds it has)")
+    parser.add_argument("--one", nargs=2, metavar=("LEVER", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = Path(args.out)
+    if args.one:
+        torch.set_num_threads(1)
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.steps, out, args.variants, args.holdout)))
+        return 0
+
+    if not args.report_only:
+        for lever in args.levers:  # every dataset once, before the parallel runs
+            recipe_data(out / "data", LEVERS[lever][2] or args.variants, args.holdout)
+
+    def job(lever_seed: tuple[str, int]) -> dict | None:
+        lever, seed = lever_seed
+        saved = out / "results" / f"{lever}_seed{seed}_{args.steps}.json"
+        if not saved.exists() and args.report_only:
+            return None
+        if not saved.exists():
+            command = [sys.executable, __file__, "--one", lever, str(seed), "--steps", str(args.steps),
+                       "--variants", str(args.variants), "--holdout", str(args.holdout), "--out", str(out)]
+            done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{lever} seed {seed} failed:\n{done.stderr[-2000:]}")
+        row = json.loads(saved.read_text())
+        print(f"  {lever} seed {seed}: EPE {row['epe']:.2f} px, bad-3 {100 * row['bad3']:.1f} %", file=sys.stderr)
+        return row
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = [r for r in pool.map(job, [(lever, seed) for lever in args.levers for seed in args.seeds]) if r]
+
+    lines = ["| lever | change against the recipe | seeds | held-out EPE px | held-out bad-3 % | s/step (1 thread, 2 jobs) |",
+             "|---|---|---|---|---|---|"]
+    table = {}
+    for lever in args.levers:
+        mine = [r for r in rows if r["lever"] == lever]
+        if not mine:
+            continue
+        epe, bad3 = spread([r["epe"] for r in mine]), spread([r["bad3"] for r in mine])
+        speed = spread([r["seconds_per_step"] for r in mine])
+        table[lever] = {"change": LEVERS[lever][0], "epe": epe, "bad3": bad3, "seconds_per_step": speed}
+        seeds = ", ".join(str(r["seed"]) for r in mine)
+        lines.append(f"| {lever} | {LEVERS[lever][0]} | {seeds} | {fmt(epe)} | {fmt(bad3, 100, 1)} | {speed['mean']:.2f} |")
+    text = "\n".join(lines) + f"\n\n{args.steps} steps per run; held-out " \
+                              f"synthesized pairs only ({args.holdout} photos x {args.variants} variants)."
+    print("\n" + text)
+    write_json_atomic(out / "ablation.json", {"steps": args.steps, "seeds": args.seeds, "rows": table})
+    (out / "ablation.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
