@@ -98,11 +98,17 @@ def frame_messages(types: Any, camera: StereoCamera, disparity: np.ndarray, head
 
 def warm_up(types: Any) -> str:
     """Build every output of a tiny frame once, so that the first real frame does not pay for
-    compiling (or loading the cached) output pass; returns the backend in use (numba / numpy)."""
+    compiling (or loading the cached) output pass; returns the backend in use (numba / numpy).
+
+    Twice: with the point cloud and without it. Its packed-rgb channel is a strided view, the empty
+    stand-in of a frame without points a contiguous one, and numba compiles each layout on its own
+    (about a second on a fresh install): a node publishing disparity only (a replay, a listener that
+    wants no points) used to compile on its first frame and drop the pairs that came meanwhile."""
     camera = StereoCamera.ideal(4, 2, focal_px=2.0, baseline_m=0.1)
-    frame_messages(types, camera, np.ones((2, 4), np.float32), types.Image().header, disparity_out=True,
-                   depth_out=True, points_out=True, colors=np.zeros((2, 4, 3), np.uint8), organized=True, stride=1,
-                   min_depth=None, max_depth=None, max_disparity=1.0)
+    for points in (True, False):
+        frame_messages(types, camera, np.ones((2, 4), np.float32), types.Image().header, disparity_out=True,
+                       depth_out=True, points_out=points, colors=np.zeros((2, 4, 3), np.uint8), organized=True,
+                       stride=1, min_depth=None, max_depth=None, max_disparity=1.0)
     return fill_outputs_backend()
 
 

@@ -118,6 +118,7 @@ class StereoNode(Node):
         if problems:
             raise ValueError("invalid parameters: " + "; ".join(problems))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        loaded_here = runtime is None
         if runtime is None:
             extra = {"execution": self.values[P.ONNX_EXECUTION]} if self.values[P.MODEL_PATH].endswith(".onnx") else {}
             runtime = load_runtime(self.values[P.MODEL_PATH], backend=self.values[P.BACKEND], **extra)
@@ -137,6 +138,12 @@ class StereoNode(Node):
         self._input_subs: list[Any] = []
         self.sync: PairSynchronizer | None = None
         self.sync_backend = "m2s"
+        # ready before subscribing: a publisher that starts when the subscription matches (a bag replay, a camera)
+        # must not meet a node still compiling its output pass (seconds with a cold numba cache, e.g. the first
+        # start after an install) or running the runtime's first, slow inference: those frames would be dropped
+        self.output_backend = warm_up(MSGS)
+        if loaded_here and hasattr(self.runtime, "warmup"):
+            self.runtime.warmup(runs=1)
         reliable = QoSProfile(depth=self.values[P.QUEUE_SIZE], reliability=ReliabilityPolicy.RELIABLE)
         self.input_qos = reliable if self.values[P.QOS] == "reliable" else qos_profile_sensor_data
         self._subscribe_inputs(self.input_qos)
@@ -156,7 +163,6 @@ class StereoNode(Node):
         self._camera_key: Any = None
         self._camera: StereoCamera | None = None
         self._bad_info_logged: set[str] = set()
-        self.output_backend = warm_up(MSGS)  # compile/load the output pass now, not on the first frame
         self.postprocess = FramePostprocess(self.values)
         self.has_confidence = bool(getattr(self.runtime, "has_confidence", True))
         if not self.has_confidence:
