@@ -146,13 +146,14 @@ def main() -> int:
         train(config, run_dir, resume=True, progress=True, device="cpu")
         if fresh:
             write_json_atomic(timing, {"train_s": time.perf_counter() - t0, "threads": args.threads})
-        seconds = json.loads(timing.read_text())["train_s"] if timing.exists() else None
+        timed = json.loads(timing.read_text()) if timing.exists() else {}
+        seconds, threads = timed.get("train_s"), timed.get("threads")
         model = load_model(latest_checkpoint(run_dir))
         evaluated = {name: evaluate(model, spec, sgbm=not sgbm, progress=False) for name, spec in tests.items()}
         results = {name: pixel(result, "model") for name, result in evaluated.items()}
         # SGBM once, over the model's disparity range (the same search range for both)
         sgbm = sgbm or {name: pixel(result, "sgbm") for name, result in evaluated.items()}
-        runs.append({"seed": seed, "steps": config.steps, "train_s": seconds, **results})
+        runs.append({"seed": seed, "steps": config.steps, "train_s": seconds, "threads": threads, **results})
         took = f"{seconds / 60:.1f} min" if seconds else "time not known (resumed)"
         print(f"seed {seed}: {config.steps} steps, {took}; "
               + "; ".join(f"{n} EPE {r['epe']:.2f} px bad-3 {100 * r['bad3']:.1f} %" for n, r in results.items()),
@@ -167,11 +168,11 @@ def main() -> int:
         report["summary"][name] = {"epe": epe, "bad3": bad3}
         lines.append(f"| {name} | {fmt(epe)} | {fmt(bad3, 100, 1)} | {sgbm[name]['epe']:.2f} | "
                      f"{100 * sgbm[name]['bad3']:.1f} |")
-    times = [r["train_s"] for r in runs if r["train_s"]]
-    if times:
-        report["summary"]["train_minutes"] = spread([t / 60 for t in times])
-        lines.append(f"\ntraining: {fmt(report['summary']['train_minutes'], digits=1)} min per run on {args.threads} "
-                     "thread(s)")
+    timed = [r for r in runs if r["train_s"]]
+    if timed:  # each run's time with the threads it had (runs side by side on one thread each are not idle figures)
+        report["summary"]["train_minutes"] = {r["seed"]: r["train_s"] / 60 for r in timed}
+        lines.append("\ntraining: " + ", ".join(f"seed {r['seed']} {r['train_s'] / 60:.1f} min on {r['threads']} thread(s)"
+                                             for r in timed))
     table = "\n".join(lines)
     print("\n" + table)
     out.mkdir(parents=True, exist_ok=True)
