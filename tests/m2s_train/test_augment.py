@@ -6,11 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from m2s_train.config import load_config
-from m2s_train.data.augment import AugmentConfig, random_scale
-from m2s_train.data.stereo_datasets import make_item
-from m2s_train.errors import ConfigError, DatasetError
-from m2s_train.train import TrainConfig
+pytest.importorskip("torch", reason="the training datasets need torch: pip install 'mono2stereo[training]'")
+
+from m2s_train.config import load_config  # noqa: E402
+from m2s_train.data.augment import AugmentConfig, random_scale  # noqa: E402
+from m2s_train.data.stereo_datasets import make_item  # noqa: E402
+from m2s_train.errors import ConfigError, DatasetError  # noqa: E402
+from m2s_train.train import TrainConfig  # noqa: E402
 
 D0 = 12.0  # the pair's true disparity, px
 
