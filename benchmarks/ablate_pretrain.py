@@ -30,23 +30,31 @@ from bench_pretrain import RECIPE, fmt, recipe_config, recipe_data, spread  # no
 from calib.safe_files import write_json_atomic  # noqa: E402
 from m2s_train.evaluate import evaluate  # noqa: E402
 from m2s_train.models import load_model  # noqa: E402
+from m2s_train.synth.photo_sets import photo_files, require_photo_sets  # noqa: E402
 from m2s_train.train import latest_checkpoint, train  # noqa: E402
 
-# name: (what changes against the recipe, TrainConfig overrides, synthesized variants per photo or None)
-LEVERS: dict[str, tuple[str, dict, int | None]] = {
-    "recipe": ("configs/train/cpu_recipe.yaml as it is", {}, None),
-    "1-variant": ("one synthesis per photo instead of four", {}, 1),
-    "lr-5e-4": ("peak learning rate 5e-4 (the bench's before the recipe)", {"lr": 5e-4}, None),
-    "lr-1e-3": ("peak learning rate 1e-3", {"lr": 1e-3}, None),
-    "lr-2e-3": ("peak learning rate 2e-3", {"lr": 2e-3}, None),
+# name: (what changes against the recipe, TrainConfig overrides, data changes: {"variants": K} syntheses per
+# photo instead of the recipe's, {"photos": True} adds the Debian photo sets to the training photos)
+LEVERS: dict[str, tuple[str, dict, dict]] = {
+    "recipe": ("configs/train/cpu_recipe.yaml as it is", {}, {}),
+    "1-variant": ("one synthesis per photo instead of four", {}, {"variants": 1}),
+    "debian-photos": ("+ 24 Debian photographs on the training side (m2s_train.synth.photo_sets)", {}, {"photos": True}),
+    "1-variant+photos": ("one synthesis per photo, + the 24 Debian photographs", {}, {"variants": 1, "photos": True}),
+    "lr-5e-4": ("peak learning rate 5e-4 (the bench's before the recipe)", {"lr": 5e-4}, {}),
+    "lr-1e-3": ("peak learning rate 1e-3", {"lr": 1e-3}, {}),
+    "lr-2e-3": ("peak learning rate 2e-3", {"lr": 2e-3}, {}),
     "scale": ("+ spatial scale 2^[-0.2, 0.4] with stretch (p 0.8 each)",
-              {"augment": {"scale_prob": 0.8, "stretch_prob": 0.8}}, None),
-    "eraser": ("+ occlusion patches on the right view (p 0.5)", {"augment": {"eraser_prob": 0.5}}, None),
+              {"augment": {"scale_prob": 0.8, "stretch_prob": 0.8}}, {}),
+    "eraser": ("+ occlusion patches on the right view (p 0.5)", {"augment": {"eraser_prob": 0.5}}, {}),
     "no-photometric": ("no photometric jitter", {"augment": {"brightness": 0.0, "contrast": 0.0, "saturation": 0.0,
-                                                             "gamma": [1.0, 1.0], "asymmetric_prob": 0.0}}, None),
-    "batch-2": ("batch 2 (half the pixels per step)", {"batch_size": 2}, None),
+                                                             "gamma": [1.0, 1.0], "asymmetric_prob": 0.0}}, {}),
+    "wide-crop": ("crop 96x352 instead of 128x256 (3 % more pixels; more pixels whose match is inside the crop)",
+                  {"crop": [96, 352]}, {}),
+    "wider": ("cost volume of 8 groups (aggregation base 8) and feature backbone width 0.5 instead of 4 and 0.25",
+              {"model_overrides": {"groups": 8, "cost_base": 8, "backbone_width": 0.5}}, {}),
+    "batch-2": ("batch 2 (half the pixels per step)", {"batch_size": 2}, {}),
     "fast-context": ("context from the matching features, one GRU, no cost attention (RT-IGEV++-style)",
-                     {"model_overrides": {"context_source": "features", "gru_levels": 1, "cost_attention": False}}, None),
+                     {"model_overrides": {"context_source": "features", "gru_levels": 1, "cost_attention": False}}, {}),
 }
 
 
@@ -57,10 +65,18 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def lever_data(lever: str, out: Path, variants: int, holdout: int) -> tuple[list[str], str]:
+    data = LEVERS[lever][2]
+    extra = photo_files(require_photo_sets()) if data.get("photos") else None
+    # the held-out pairs are the recipe's (its variants), whatever the lever does to the training side
+    return recipe_data(out / "data", data.get("variants", variants), holdout, extra_photos=extra,
+                       holdout_variants=variants)
+
+
 def run_one(lever: str, seed: int, steps: int, out: Path, variants: int, holdout: int) -> dict:
     """Train and evaluate one (lever, seed) in this process; returns (and saves) its row."""
-    _, overrides, lever_variants = LEVERS[lever]
-    train_specs, test_spec = recipe_data(out / "data", lever_variants or variants, holdout)
+    overrides = LEVERS[lever][1]
+    train_specs, test_spec = lever_data(lever, out, variants, holdout)
     config = recipe_config(RECIPE, train_specs, seed, steps)
     config = type(config)(**merge(config.__dict__, {**overrides, "checkpoint_every": steps, "keep_checkpoints": 1}))
     run_dir = out / "runs" / f"{lever}_seed{seed}"
@@ -69,7 +85,8 @@ def run_one(lever: str, seed: int, steps: int, out: Path, variants: int, holdout
     seconds = time.perf_counter() - t0
     result = evaluate(load_model(latest_checkpoint(run_dir)), test_spec, progress=False)["methods"]["model"]["pixel"]
     row = {"lever": lever, "seed": seed, "steps": steps, "seconds_per_step": seconds / steps,
-           "last_loss": summary["last_loss"], "epe": result["epe"], "bad3": result["bad3"]}
+           "last_loss": summary["last_loss"], "epe": result["epe"], "bad3": result["bad3"],
+           "train": train_specs, "holdout": test_spec}
     write_json_atomic(out / "results" / f"{lever}_seed{seed}_{steps}.json", row)
     return row
 
@@ -96,7 +113,7 @@ def main() -> int:
 
     if not args.report_only:
         for lever in args.levers:  # every dataset once, before the parallel runs
-            recipe_data(out / "data", LEVERS[lever][2] or args.variants, args.holdout)
+            lever_data(lever, out, args.variants, args.holdout)
 
     def job(lever_seed: tuple[str, int]) -> dict | None:
         lever, seed = lever_seed

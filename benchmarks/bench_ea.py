@@ -34,7 +34,7 @@ from m2s_train.synth.pipeline import SynthConfig, run_synthesis
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent / "scripts"))
-from bench_pretrain import BENCH_SYNTH, pretrain  # noqa: E402
+from bench_pretrain import RECIPE_SYNTH, pretrain  # noqa: E402
 from bench_s2dkd import dense_eval  # noqa: E402
 from quickstart import quickstart_photos  # noqa: E402
 
@@ -55,14 +55,14 @@ def main() -> int:
     torch.set_num_threads(2)
     out = Path(args.out)
     photos = quickstart_photos(require_opencv_examples())
-    base = {**BENCH_SYNTH, **({"depth.model": args.depth_model} if args.depth_model else {})}
+    base = {"depth.model": args.depth_model} if args.depth_model else {}
     t0 = time.perf_counter()
     sets = {}
     for name, edge_aware in (("EA", True), ("naive", False)):
-        config = load_config(SynthConfig, None, {**base, "inpaint.edge_aware": edge_aware})
+        config = load_config(SynthConfig, RECIPE_SYNTH, {**base, "inpaint.edge_aware": edge_aware})
         run_synthesis(photos[: -args.holdout], out / f"synth_{name}", config, resume=True, progress=False)
         sets[name] = out / f"synth_{name}"
-    test_config = load_config(SynthConfig, None, {**base, "inpaint.method": "ns"})
+    test_config = load_config(SynthConfig, RECIPE_SYNTH, {**base, "inpaint.method": "ns"})
     run_synthesis(photos[-args.holdout :], out / "synth_test_ns", test_config, resume=True, progress=False)
     print(f"synthesized {len(photos)} photos three ways in {time.perf_counter() - t0:.0f} s")
     tests = {"held-out synthesized (NS fill)": f"synth:{out / 'synth_test_ns'}", "Aloe half (real)": "aloe:half"}

@@ -46,15 +46,16 @@ def row(result: dict, method: str) -> str:
     return f"EPE {p['epe']:6.2f} px  bad-3 {100 * p['bad3']:5.1f} %  D1 {100 * p['d1']:5.1f} %"
 
 
-BENCH_SYNTH = {"max_side": 512, "disparity.min_max_disparity": 24.0, "disparity.max_max_disparity": 120.0,
-               "disparity.overshoot_max": 128.0}
+RECIPE = ROOT / "configs" / "train" / "cpu_recipe.yaml"
+RECIPE_SYNTH = ROOT / "configs" / "synth" / "cpu_recipe.yaml"  # the benches' synthesis settings too
+ALOE = "aloe:half"
 
 
 def synthesize(out: Path, holdout: int, overrides: dict | None = None) -> tuple[Path, Path]:
-    """The bench's data (resumable): opencv-doc photos synthesized into ``out/synth_train`` and, for the last
-    ``holdout`` photos, ``out/synth_test``."""
+    """The older benches' data (resumable): one synthesis (``configs/synth/cpu_recipe.yaml``, seed 0) of the
+    opencv-doc photos into ``out/synth_train`` and, for the last ``holdout`` photos, ``out/synth_test``."""
     photos = quickstart_photos(require_opencv_examples())
-    synth = load_config(SynthConfig, None, {**BENCH_SYNTH, **(overrides or {})})
+    synth = load_config(SynthConfig, RECIPE_SYNTH, overrides)
     t0 = time.perf_counter()
     run_synthesis(photos[:-holdout], out / "synth_train", synth, resume=True, progress=False)
     run_synthesis(photos[-holdout:], out / "synth_test", synth, resume=True, progress=False)
@@ -78,25 +79,26 @@ def pretrain(out: Path, model: str = "igev-tiny", max_disp: int = 128, steps: in
     return latest_checkpoint(out / "run"), summary
 
 
-RECIPE = ROOT / "configs" / "train" / "cpu_recipe.yaml"
-RECIPE_SYNTH = ROOT / "configs" / "synth" / "cpu_recipe.yaml"
-ALOE = "aloe:half"
-
-
-def recipe_data(out: Path, variants: int, holdout: int, synth_config: Path = RECIPE_SYNTH) -> tuple[list[str], str]:
-    """The recipe's data (resumable): ``variants`` syntheses of the training photos (seeds 0..K-1) and of
-    the ``holdout`` held-out photos; returns the training dataset specs and the held-out spec."""
+def recipe_data(out: Path, variants: int, holdout: int, synth_config: Path = RECIPE_SYNTH,
+                extra_photos: list[Path] | None = None, holdout_variants: int = 4) -> tuple[list[str], str]:
+    """The recipe's data (resumable): ``variants`` syntheses of the training photos (seeds 0..K-1) and
+    ``holdout_variants`` of the ``holdout`` held-out photos, whatever the training side uses, so that every
+    lever is measured on the same held-out pairs; ``extra_photos`` (the Debian photo sets) join the training
+    side only. Returns the training dataset specs and the held-out spec."""
     photos = quickstart_photos(require_opencv_examples())
+    sets = [(photos[:-holdout], "synth_train", variants), (photos[-holdout:], "synth_test", holdout_variants)]
+    if extra_photos:
+        sets.append((list(extra_photos), "synth_extra", variants))
     train_specs, test_specs = [], []
     t0 = time.perf_counter()
-    for k in range(variants):
+    for k in range(max(variants, holdout_variants)):
         config = load_config(SynthConfig, synth_config, {"seed": k})
-        for subset, target, specs in ((photos[:-holdout], out / f"synth_train_v{k}", train_specs),
-                                      (photos[-holdout:], out / f"synth_test_v{k}", test_specs)):
-            run_synthesis(subset, target, config, resume=True, progress=False)
-            specs.append(f"synth:{target}")
-    print(f"{len(photos) - holdout} training and {holdout} held-out photos, {variants} variants each: "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for subset, name, count in sets:
+            if k < count:
+                run_synthesis(subset, out / f"{name}_v{k}", config, resume=True, progress=False)
+                (test_specs if name == "synth_test" else train_specs).append(f"synth:{out / f'{name}_v{k}'}")
+    print(f"{len(photos) - holdout + len(extra_photos or [])} training photos x {variants} variants, "
+          f"{holdout} held-out photos x {holdout_variants}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return train_specs, "+".join(test_specs)
 
 
@@ -126,6 +128,7 @@ def main() -> int:
     parser.add_argument("--synth-config", default=str(RECIPE_SYNTH))
     parser.add_argument("--variants", type=int, default=4, help="syntheses per photo, seeds 0..K-1 (default: 4)")
     parser.add_argument("--holdout", type=int, default=8, help="held-out photos (default: 8, the last ones)")
+    parser.add_argument("--holdout-variants", type=int, default=4, help="syntheses per held-out photo (default: 4)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     parser.add_argument("--steps", type=int, help="override the recipe's steps")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training (default: 2)")
@@ -133,7 +136,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    train_specs, test_spec = recipe_data(out, args.variants, args.holdout, Path(args.synth_config))
+    train_specs, test_spec = recipe_data(out, args.variants, args.holdout, Path(args.synth_config),
+                                         holdout_variants=args.holdout_variants)
     tests = {"held-out synthetic": test_spec, "Aloe half (real)": ALOE}
 
     runs, sgbm = [], {}

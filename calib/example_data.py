@@ -63,6 +63,31 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
 
 
+def download_deb(package: str, work: Path, apt_update: bool) -> Path:
+    """``apt-get download PACKAGE`` into ``work``; the .deb file."""
+    for tool in ("apt-get", "dpkg-deb", "tar"):
+        if shutil.which(tool) is None:
+            raise DataError(f"cannot fetch {package}: '{tool}' is not available (Debian/Ubuntu only)")
+    result = _run(["apt-get", "download", package], work)
+    if result.returncode != 0 and apt_update:
+        _run(["apt-get", "update"], work)
+        result = _run(["apt-get", "download", package], work)
+    debs = sorted(work.glob(f"{package}_*.deb"))
+    if result.returncode != 0 or not debs:
+        raise DataError(f"'apt-get download {package}' failed: {result.stderr.strip()[-500:]}")
+    return debs[0]
+
+
+def extract_deb(deb: Path, members: list[str], extract: Path) -> None:
+    """Extract the members (tar wildcards, paths without the leading ./) of a .deb into ``extract``."""
+    extract.mkdir(parents=True, exist_ok=True)
+    unpack = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    tar = subprocess.run(["tar", "-x", "-C", str(extract), "--wildcards", *(f"./{m}" for m in members)],
+                         stdin=unpack.stdout, capture_output=True, text=True, check=False)
+    if unpack.wait() != 0 or tar.returncode != 0:
+        raise DataError(f"extracting {deb.name} failed: {tar.stderr.strip()[-500:]}")
+
+
 def fetch_opencv_examples(apt_update: bool = False) -> Path:
     """Download ``opencv-doc`` with apt and extract its ``examples/data`` into the cache.
 
@@ -73,39 +98,19 @@ def fetch_opencv_examples(apt_update: bool = False) -> Path:
     found = find_opencv_examples()
     if found is not None:
         return found
-    for tool in ("apt-get", "dpkg-deb", "tar"):
-        if shutil.which(tool) is None:
-            raise DataError(f"cannot fetch opencv-doc: '{tool}' is not available (Debian/Ubuntu only)")
     target = cache_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".opencv-doc-") as tmp:
         work = Path(tmp)
-        result = _run(["apt-get", "download", "opencv-doc"], work)
-        if result.returncode != 0 and apt_update:
-            _run(["apt-get", "update"], work)
-            result = _run(["apt-get", "download", "opencv-doc"], work)
-        debs = sorted(work.glob("opencv-doc_*.deb"))
-        if result.returncode != 0 or not debs:
-            raise DataError(f"'apt-get download opencv-doc' failed: {result.stderr.strip()[-500:]}")
+        deb = download_deb("opencv-doc", work, apt_update)
         extract = work / "extract"
-        extract.mkdir()
-        deb = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(debs[0])], stdout=subprocess.PIPE)
-        tar = _run_tar(deb, extract)
-        if deb.wait() != 0 or tar.returncode != 0:
-            raise DataError(f"extracting {debs[0].name} failed: {tar.stderr.strip()[-500:]}")
+        extract_deb(deb, [f"{DEB_DATA_DIR}/*"], extract)
         if not _usable(extract / DEB_DATA_DIR):
-            raise DataError(f"{debs[0].name} does not contain the expected files {', '.join(MARKERS)}")
+            raise DataError(f"{deb.name} does not contain the expected files {', '.join(MARKERS)}")
         if target.exists():
             shutil.rmtree(target)
         os.replace(extract, target)
     return target / DEB_DATA_DIR
-
-
-def _run_tar(deb: subprocess.Popen, extract: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["tar", "-x", "-C", str(extract), "--wildcards", f"./{DEB_DATA_DIR}/*"],
-        stdin=deb.stdout, capture_output=True, text=True, check=False,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
