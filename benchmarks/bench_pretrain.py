@@ -33,6 +33,7 @@ from calib.safe_files import write_json_atomic
 from m2s_train.config import load_config
 from m2s_train.evaluate import evaluate
 from m2s_train.models import load_model
+from m2s_train.synth.photo_sets import photo_files, require_photo_sets
 from m2s_train.synth.pipeline import SynthConfig, run_synthesis
 from m2s_train.train import TrainConfig, latest_checkpoint, train
 
@@ -129,6 +130,8 @@ def main() -> int:
     parser.add_argument("--variants", type=int, default=4, help="syntheses per photo, seeds 0..K-1 (default: 4)")
     parser.add_argument("--holdout", type=int, default=8, help="held-out photos (default: 8, the last ones)")
     parser.add_argument("--holdout-variants", type=int, default=4, help="syntheses per held-out photo (default: 4)")
+    parser.add_argument("--debian-photos", action="store_true",
+                        help="add the 24 Debian photographs (python -m m2s_train.synth.photo_sets fetch) to the training side")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
     parser.add_argument("--steps", type=int, help="override the recipe's steps")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training (default: 2)")
@@ -136,7 +139,8 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    train_specs, test_spec = recipe_data(out, args.variants, args.holdout, Path(args.synth_config),
+    extra = photo_files(require_photo_sets()) if args.debian_photos else None
+    train_specs, test_spec = recipe_data(out, args.variants, args.holdout, Path(args.synth_config), extra,
                                          holdout_variants=args.holdout_variants)
     tests = {"held-out synthetic": test_spec, "Aloe half (real)": ALOE}
 
