@@ -357,9 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="EPE / D1 / bad-1,2,3 of a checkpoint (and OpenCV SGBM) on datasets with GT",
         description="Per-image and aggregate metrics; writes metrics.json and metrics.md per dataset (and error "
-                    "maps) under --out. 'aloe' is the built-in real Middlebury pair from opencv-doc ('aloe:half').")
+                    "maps) under --out. 'aloe' and 'motorcycle' are built-in real Middlebury pairs (opencv-doc's Aloe, "
+                    "scikit-image's Motorcycle; ':half' halves them).")
     p.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + model.json)")
-    p.add_argument("--dataset", action="append", required=True, help="kind:path[:half] or aloe[:half]; repeatable")
+    p.add_argument("--dataset", action="append", required=True, help="kind:path[:half], aloe[:half] or motorcycle[:half]; repeatable")
     p.add_argument("--iters", type=positive_int, help="GRU iterations (default: the model's valid_iters)")
     p.add_argument("--sgbm", action="store_true", help="also evaluate OpenCV StereoSGBM on the same pairs")
     p.add_argument("--label-free", action="store_true",

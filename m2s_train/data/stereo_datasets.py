@@ -9,6 +9,7 @@ naming what is missing. ``build_dataset("kitti2015:/data/kitti")`` makes one fro
 from __future__ import annotations
 
 import bisect
+import importlib.util
 import logging
 import re
 from collections.abc import Sequence
@@ -220,6 +221,37 @@ class AloeDataset(StereoPairs):
         return np.where(gt > 0, gt.astype(np.float32), np.nan).astype(np.float32)
 
 
+def motorcycle_pairs() -> list[PairFiles]:
+    """Middlebury 2014 Motorcycle as scikit-image ships it: 741x500, 1/4 of the full size, GT disparity up to
+    ~60 px in ``motorcycle_disp.npz`` (NaN = unknown). A second real pair, used to validate choices so that
+    Aloe stays a test pair."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise DatasetError("the Motorcycle pair comes with scikit-image: pip install scikit-image "
+                           "(it is in the 'training' extra)")
+    data = Path(next(iter(spec.submodule_search_locations))) / "data"
+    files = [data / n for n in ("motorcycle_left.png", "motorcycle_right.png", "motorcycle_disp.npz")]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DatasetError(f"scikit-image's data folder {data} lacks {', '.join(missing)}")
+    return [PairFiles(*files, sample_id="motorcycle")]
+
+
+class MotorcycleDataset(StereoPairs):
+    """The real Motorcycle pair of scikit-image; its GT is a float array in an .npz (NaN or inf = unknown)."""
+
+    def __init__(self, augment: AugmentConfig | None = None, seed: int = 0, scale: float = 1.0) -> None:
+        super().__init__(motorcycle_pairs(), "motorcycle", augment, seed, scale)
+
+    def read_gt(self, pair: PairFiles) -> np.ndarray:
+        try:
+            with np.load(pair.disparity, allow_pickle=False) as data:
+                gt = np.asarray(data[data.files[0]], np.float32)
+        except (OSError, ValueError, IndexError) as exc:
+            raise DatasetError(f"cannot read {pair.disparity}: {exc}") from None
+        return np.where(np.isfinite(gt) & (gt > 0), gt, np.nan).astype(np.float32)
+
+
 class Concat(ConcatDataset):
     """Concatenated datasets that keep ``load(i)`` and ``set_epoch``."""
 
@@ -306,7 +338,8 @@ _SCALES = {"full": 1.0, "half": 0.5, "quarter": 0.25}
 def build_dataset(spec: str, augment: AugmentConfig | None = None, seed: int = 0) -> Dataset:
     """``kind:path[:resolution]`` (resolution full|half|quarter), joined with ``+``.
 
-    Kinds: synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder; and ``aloe[:half]``.
+    Kinds: synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder; and the real pairs
+    ``aloe[:half]`` (opencv-doc) and ``motorcycle[:half]`` (scikit-image), which take no path.
     """
     parts = [p for p in spec.split("+") if p]
     if len(parts) > 1:
@@ -316,8 +349,12 @@ def build_dataset(spec: str, augment: AugmentConfig | None = None, seed: int = 0
         raise DatasetError(f"dataset spec '{spec}' must look like kind:path[:half]")
     kind, path, res = match.group(1), match.group(2), match.group(3) or "full"
     scale = _SCALES[res]
-    if kind == "aloe":
-        return AloeDataset(augment, seed, scale if path is None else _SCALES.get(path, scale))
+    if kind in ("aloe", "motorcycle"):
+        if path is not None and path not in _SCALES:
+            raise DatasetError(f"'{spec}': {kind} is a built-in pair and takes no path, only a resolution "
+                               f"({kind}, {kind}:half or {kind}:quarter)")
+        real = AloeDataset if kind == "aloe" else MotorcycleDataset
+        return real(augment, seed, scale if path is None else _SCALES[path])
     if not path:
         raise DatasetError(f"dataset '{kind}' needs a path: {kind}:/path/to/data")
     root = Path(path)
@@ -336,5 +373,5 @@ def build_dataset(spec: str, augment: AugmentConfig | None = None, seed: int = 0
         "folder": lambda: folder_pairs(root),
     }
     if kind not in builders:
-        raise DatasetError(f"unknown dataset kind '{kind}'; use one of synth, aloe, {', '.join(builders)}")
+        raise DatasetError(f"unknown dataset kind '{kind}'; use one of synth, aloe, motorcycle, {', '.join(builders)}")
     return StereoPairs(builders[kind](), kind, augment, seed, scale)
