@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from calib.errors import DataError
@@ -113,28 +114,34 @@ def fetch_opencv_examples(apt_update: bool = False) -> Path:
     return target / DEB_DATA_DIR
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calib.example_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def fetch_cli(argv: list[str] | None, *, prog: str, doc: str | None, what: str, find: Callable[[], Path | None],
+              fetch: Callable[[bool], Path], describe: Callable[[Path], str] = str) -> int:
+    """The ``fetch`` / ``where`` command line of a data set fetched from Debian packages."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="find the data, downloading opencv-doc into the cache if needed")
-    fetch.add_argument("--apt-update", action="store_true", help="run 'apt-get update' if the download fails")
-    fetch.add_argument("--optional", action="store_true", help="exit 0 with a warning when it cannot be had")
-    sub.add_parser("where", help="print the data directory, or exit 1 if absent")
+    fetch_cmd = sub.add_parser("fetch", help=f"find {what}, downloading the package(s) into the cache if needed")
+    fetch_cmd.add_argument("--apt-update", action="store_true", help="run 'apt-get update' if a download fails")
+    fetch_cmd.add_argument("--optional", action="store_true", help="exit 0 with a warning when it cannot be had")
+    sub.add_parser("where", help="print the folder, or exit 1 if absent")
     args = parser.parse_args(argv)
     if args.command == "where":
-        found = find_opencv_examples()
+        found = find()
         if found is None:
-            print("opencv-doc example data not found", file=sys.stderr)
+            print(f"error: {what} not found", file=sys.stderr)
             return 1
         print(found)
         return 0
     try:
-        print(fetch_opencv_examples(apt_update=args.apt_update))
+        print(describe(fetch(args.apt_update)))
     except DataError as exc:
         print(f"{'warning' if args.optional else 'error'}: {exc}", file=sys.stderr)
         return 0 if args.optional else 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return fetch_cli(argv, prog="python -m calib.example_data", doc=__doc__, what="the opencv-doc example data",
+                     find=find_opencv_examples, fetch=fetch_opencv_examples)
 
 
 if __name__ == "__main__":

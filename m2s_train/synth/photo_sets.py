@@ -19,7 +19,6 @@ directory and renamed into place, so an interrupted fetch leaves no half set.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -31,7 +30,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from calib.errors import DataError
-from calib.example_data import download_deb, extract_deb
+from calib.example_data import download_deb, extract_deb, fetch_cli
 
 MATE_NATURE = "usr/share/backgrounds/mate/nature"
 PLASMA = "usr/share/wallpapers"
@@ -176,27 +175,10 @@ def fetch_photo_sets(apt_update: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m m2s_train.synth.photo_sets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch = sub.add_parser("fetch", help="find the photos, downloading the packages into the cache if needed")
-    fetch.add_argument("--apt-update", action="store_true", help="run 'apt-get update' if a download fails")
-    sub.add_parser("where", help="print the folder, or exit 1 if absent")
-    args = parser.parse_args(argv)
-    if args.command == "where":
-        found = find_photo_sets()
-        if found is None:
-            print(f"error: no photo sets in {photos_dir()}", file=sys.stderr)
-            return 1
-        print(found)
-        return 0
-    try:
-        folder = fetch_photo_sets(apt_update=args.apt_update)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{len(photo_files(folder))} photos in {folder} (sources and licences: {folder / 'SOURCES.md'})")
-    return 0
+    return fetch_cli(argv, prog="python -m m2s_train.synth.photo_sets", doc=__doc__,
+                     what=f"the photo sets ({photos_dir()})", find=find_photo_sets, fetch=fetch_photo_sets,
+                     describe=lambda folder: f"{len(photo_files(folder))} photos in {folder} "
+                                             f"(sources and licences: {folder / 'SOURCES.md'})")
 
 
 if __name__ == "__main__":

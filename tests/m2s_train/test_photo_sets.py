@@ -92,4 +92,4 @@ def test_absent_photo_sets_say_how_to_get_them(tmp_path, monkeypatch):
         photo_sets.require_photo_sets()
     done = subprocess.run([sys.executable, "-m", "m2s_train.synth.photo_sets", "where"], capture_output=True, text=True,
                           env={**os.environ, "M2S_CACHE_DIR": str(tmp_path)})
-    assert done.returncode == 1 and done.stderr.startswith("error: no photo sets in")
+    assert done.returncode == 1 and done.stderr.startswith("error: the photo sets (") and "not found" in done.stderr
