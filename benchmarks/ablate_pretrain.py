@@ -26,13 +26,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_pretrain import RECIPE, fmt, recipe_config, recipe_data, spread  # noqa: E402
+from bench_pretrain import RECIPE, fmt, recipe_data, spread  # noqa: E402
 
 from calib.safe_files import write_json_atomic  # noqa: E402
 from m2s_train.evaluate import evaluate  # noqa: E402
+from m2s_train.config import load_config  # noqa: E402
 from m2s_train.models import load_model  # noqa: E402
 from m2s_train.synth.photo_sets import photo_files, require_photo_sets  # noqa: E402
-from m2s_train.train import latest_checkpoint, train  # noqa: E402
+from m2s_train.train import TrainConfig, latest_checkpoint, train  # noqa: E402
 
 # The real validation pair: Middlebury Motorcycle as scikit-image ships it (741x500, GT up to 60 px). Aloe
 # stays the test pair of bench_pretrain.py; it is never loaded here.
@@ -63,10 +64,15 @@ LEVERS: dict[str, tuple[str, dict, dict]] = {
 }
 
 
-def merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
+def dotted(overrides: dict, prefix: str = "") -> dict:
+    """Nested overrides as load_config's dotted keys: {"augment": {"eraser_prob": 0.5}} -> {"augment.eraser_prob": 0.5},
+    so a lever changes one key of a mapping (model_overrides, augment) and keeps the recipe's others."""
+    out = {}
     for key, value in overrides.items():
-        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 
@@ -82,8 +88,8 @@ def run_one(lever: str, seed: int, steps: int, out: Path, variants: int, holdout
     """Train and evaluate one (lever, seed) in this process; returns (and saves) its row."""
     overrides = LEVERS[lever][1]
     train_specs, test_spec = lever_data(lever, out, variants, holdout)
-    config = recipe_config(RECIPE, train_specs, seed, steps)
-    config = type(config)(**merge(config.__dict__, {**overrides, "checkpoint_every": steps, "keep_checkpoints": 1}))
+    config = load_config(TrainConfig, RECIPE, {"datasets": train_specs, "seed": seed, "steps": steps,
+                                               "checkpoint_every": steps, "keep_checkpoints": 1, **dotted(overrides)})
     run_dir = out / "runs" / f"{lever}_seed{seed}"
     t0 = time.perf_counter()
     summary = train(config, run_dir, overwrite=True, progress=False, device="cpu")
