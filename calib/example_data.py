@@ -19,7 +19,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from calib.errors import DataError
@@ -30,9 +31,26 @@ SYSTEM_DIR = Path("/") / DEB_DATA_DIR
 MARKERS = ("aloeL.jpg", "aloeR.jpg", "aloeGT.png", "left01.jpg", "right01.jpg")
 
 
+def cache_root() -> Path:
+    """``$M2S_CACHE_DIR``, default ``~/.cache/mono2stereo``: where fetched data sets live."""
+    return Path(os.environ.get("M2S_CACHE_DIR") or Path.home() / ".cache" / "mono2stereo")
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("M2S_CACHE_DIR") or Path.home() / ".cache" / "mono2stereo"
-    return Path(root) / "opencv-doc"
+    return cache_root() / "opencv-doc"
+
+
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """A temporary work folder beside ``target``; whatever the caller leaves in ``work / "staged"`` replaces
+    ``target`` when the block ends without an error, so an interrupted fetch never leaves a half-filled folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
+        work = Path(tmp)
+        yield work
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(work / "staged", target)
 
 
 def _usable(directory: Path) -> bool:
@@ -100,17 +118,11 @@ def fetch_opencv_examples(apt_update: bool = False) -> Path:
     if found is not None:
         return found
     target = cache_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".opencv-doc-") as tmp:
-        work = Path(tmp)
+    with staged(target) as work:
         deb = download_deb("opencv-doc", work, apt_update)
-        extract = work / "extract"
-        extract_deb(deb, [f"{DEB_DATA_DIR}/*"], extract)
-        if not _usable(extract / DEB_DATA_DIR):
+        extract_deb(deb, [f"{DEB_DATA_DIR}/*"], work / "staged")
+        if not _usable(work / "staged" / DEB_DATA_DIR):
             raise DataError(f"{deb.name} does not contain the expected files {', '.join(MARKERS)}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(extract, target)
     return target / DEB_DATA_DIR
 
 

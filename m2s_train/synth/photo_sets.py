@@ -20,17 +20,15 @@ directory and renamed into place, so an interrupted fetch leaves no half set.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
 from calib.errors import DataError
-from calib.example_data import download_deb, extract_deb, fetch_cli
+from calib.example_data import cache_root, download_deb, extract_deb, fetch_cli, staged
 
 MATE_NATURE = "usr/share/backgrounds/mate/nature"
 PLASMA = "usr/share/wallpapers"
@@ -54,8 +52,7 @@ PHOTO_SETS = (
 
 
 def photos_dir() -> Path:
-    root = os.environ.get("M2S_CACHE_DIR") or Path.home() / ".cache" / "mono2stereo"
-    return Path(root) / "photos"
+    return cache_root() / "photos"
 
 
 def find_photo_sets() -> Path | None:
@@ -151,10 +148,8 @@ def fetch_photo_sets(apt_update: bool = False) -> Path:
     if found is not None:
         return found
     target = photos_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".photos-") as tmp:
-        work = Path(tmp)
-        folder = work / "photos"
+    with staged(target) as work:
+        folder = work / "staged"
         folder.mkdir()
         entries = []
         for photo_set in PHOTO_SETS:
@@ -168,9 +163,6 @@ def fetch_photo_sets(apt_update: bool = False) -> Path:
         lines += [f"| {e['file']} | {e['package']} ({e['version']}) | {e['path']} | "
                   f"{e['copyright'] or '-'}{'; ' + e['author'] if e['author'] else ''} | {e['license']} |" for e in entries]
         (folder / "SOURCES.md").write_text("\n".join(lines) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(folder, target)
     return target
 
 
