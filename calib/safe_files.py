@@ -182,36 +182,175 @@ def staged_directory(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def claim_output_file(path: str | os.PathLike, *, overwrite: bool, flag: str) -> None:
-    """Refuse to replace an existing output file unless ``overwrite`` (the flag that names it in the
-    message: ``--onnx``). With ``overwrite`` the old file stays until the new one is complete
-    (written atomically by the caller)."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise DataError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another name")
+def claim_output_file(path: str | os.PathLike, *, overwrite: bool, flag: str,
+                      companions: tuple[str | os.PathLike, ...] = (),
+                      inputs: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Refuse to replace an existing output file, or one of the ``companions`` written with it (an ONNX's
+    sidecar), unless ``overwrite`` (the flag that names it in the message: ``--onnx``). With ``overwrite``
+    the old file stays until the new one is complete (written atomically by the caller); a directory in its
+    place is never replaced (a link is replaced as a link: its target is not written)."""
+    for given in inputs:
+        source = Path(given).resolve()
+        if _is_within(Path(path).resolve(), source):
+            raise DataError(f"{flag} {path} is (or is inside) this command's own input {given}: choose another name")
+    for target in (Path(path), *map(Path, companions)):
+        if target.is_dir() and not target.is_symlink():
+            raise DataError(f"{flag} {path}: {target} is a directory; it is never replaced: choose another name")
+        if target.exists() and not overwrite:
+            what = f"{flag} {path}" if target == Path(path) else f"{target} (written with {flag} {path})"
+            raise DataError(f"{what} exists: pass --overwrite to replace it, or choose another name")
 
 
-def claim_report_dir(out: str | os.PathLike, *, overwrite: bool, markers: tuple[str, ...]) -> None:
-    """The rule of every report directory (``--out``): a new or empty one is used; one that holds a
-    report of this tool (any of ``markers``, at most two levels down) is refused unless ``overwrite``,
-    which deletes it first, so none of its old figures is left beside the new metrics; a directory
-    holding anything else is never deleted."""
+OUTPUT_MANIFEST = ".m2s-output.json"
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def refuse_dangerous_target(out: str | os.PathLike, *, inputs: tuple[str | os.PathLike, ...] = (),
+                            flag: str = "--out") -> None:
+    """The folders no command may delete from, whatever they hold: ``/``, the home directory, the working
+    directory or one above it, a symlink (its target is someone else's), and a folder that holds (or is)
+    one of the command's ``inputs``. Raises :class:`DataError`; deletes nothing."""
     out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise DataError(f"--out {out} exists and is not a directory")
-    if not any(out.iterdir()):
-        return
-    found = [p for m in markers for p in (*out.glob(m), *out.glob(f"*/{m}"))]
-    if not found:
-        raise DataError(f"--out {out} exists and holds files that are not a report of this tool: choose a new or "
-                        "empty directory (it is never deleted)")
-    if not overwrite:
-        raise DataError(f"--out {out} holds an earlier report ({found[0].relative_to(out)}): pass --overwrite to "
-                        "delete it and write the new one, or choose another --out")
-    shutil.rmtree(out)
+    if out.is_symlink():
+        raise DataError(f"{flag} {out} is a symbolic link (to {os.readlink(out)}): nothing is deleted through a link; "
+                        "give the real directory, or a new one")
+    real = out.resolve()
+    home = Path.home().resolve()
+    cwd = Path.cwd().resolve()
+    if real == Path(real.anchor) or real == home or _is_within(cwd, real):
+        what = "the root directory" if real == Path(real.anchor) else "your home directory" if real == home else \
+            "the working directory" if real == cwd else "a directory above the working directory"
+        raise DataError(f"{flag} {out} is {what}: a command never deletes from it; choose a new --out")
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        source = Path(given).expanduser()
+        if source.exists() and _is_within(source.resolve(), real):
+            raise DataError(f"{flag} {out} holds this command's own input {given}: choose another --out (the input "
+                            "is never deleted)")
 
 
-__all__ = ["claim_output_file", "claim_report_dir", "dumps_json", "json_safe", "load_npy", "read_json", "staged_directory",
+class OwnedOutput:
+    """The one rule of every output directory a command writes (``--out``), with or without ``--overwrite``.
+
+    - A new or empty directory is used as it is.
+    - A directory this command wrote earlier is recognised by its manifest (``.m2s-output.json``: the tool
+      and the files it wrote). Without ``overwrite`` it is refused. With it, :meth:`clear` deletes exactly
+      the files the manifest lists, and only when the caller has checked its inputs; anything else in the
+      folder (a user's notes, a sub-folder) is kept.
+    - A directory holding anything else (no manifest, another tool's manifest) is refused: nothing is
+      deleted. So are the targets :func:`refuse_dangerous_target` names, when something would be deleted.
+
+    :meth:`begin` records the files the run finds there (kept); :meth:`finish` writes the manifest of what
+    the run added. A run killed before :meth:`finish` leaves a manifest marked incomplete, whose ``kept``
+    list tells the next ``--overwrite`` what was there before it.
+    """
+
+    def __init__(self, out: str | os.PathLike, *, tool: str, overwrite: bool,
+                 inputs: tuple[str | os.PathLike, ...] = (), flag: str = "--out") -> None:
+        self.out, self.tool, self.flag = Path(out), tool, flag
+        self.inputs = tuple(i for i in inputs if i is not None)
+        self.to_delete: list[Path] = []
+        self.kept: list[str] = []
+        out = self.out
+        if not out.exists() and not out.is_symlink():
+            return
+        if not out.is_dir():
+            raise DataError(f"{flag} {out} exists and is not a directory")
+        entries = [p.name for p in out.iterdir()]
+        if not entries:
+            return
+        manifest = self._manifest()
+        if manifest is None:
+            shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+            raise DataError(f"{flag} {out} holds files that {tool} did not write ({shown}): choose a new or empty "
+                            f"directory (nothing in it is deleted)")
+        if manifest.get("tool") != tool:
+            raise DataError(f"{flag} {out} holds the output of {manifest.get('tool')!r}, not of {tool}: choose another "
+                            "directory (nothing in it is deleted)")
+        if not overwrite:
+            raise DataError(f"{flag} {out} holds an earlier output of {tool}: pass --overwrite to replace it, or choose "
+                            "another directory")
+        refuse_dangerous_target(out, inputs=self.inputs, flag=flag)
+        self.to_delete = self._owned(manifest)
+
+    def _manifest(self) -> dict[str, Any] | None:
+        path = self.out / OUTPUT_MANIFEST
+        if not path.is_file() or path.is_symlink():
+            return None
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise DataError(f"{path} is unreadable or corrupt: {self.tool} cannot tell its own files from others; "
+                            "delete the old output yourself or choose another directory") from None
+        return manifest if isinstance(manifest, dict) else None
+
+    def _owned(self, manifest: dict[str, Any]) -> list[Path]:
+        """The files (never followed through links, never outside ``out``) the manifest says this tool wrote."""
+        if manifest.get("complete"):
+            names = [str(n) for n in manifest.get("written", [])]
+        else:  # a killed run: everything that was not there before it
+            kept = {str(n) for n in manifest.get("kept", [])}
+            names = [n for n in _files_under(self.out) if n not in kept]
+        root = self.out.resolve()
+        owned = []
+        for name in names:
+            path = self.out / name
+            if ".." in Path(name).parts or Path(name).is_absolute() or not _is_within(path.resolve().parent, root):
+                continue  # a tampered manifest does not reach outside the folder
+            if path.is_symlink() or path.is_file():
+                owned.append(path)
+        return owned
+
+    def clear(self) -> None:
+        """Delete the earlier output's files (call it once the inputs are checked); the manifest goes last, so
+        an interrupted clear is finished by the next one. Folders left empty by it go too; others stay."""
+        if not self.to_delete:
+            return
+        folders = {p.parent for p in self.to_delete}
+        for path in self.to_delete:
+            path.unlink(missing_ok=True)
+        for folder in sorted(folders, key=lambda d: len(d.parts), reverse=True):
+            while folder != self.out and _is_within(folder, self.out):
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
+                folder = folder.parent
+        (self.out / OUTPUT_MANIFEST).unlink(missing_ok=True)
+        self.to_delete = []
+
+    def begin(self) -> None:
+        """Clear the earlier output, then mark the folder as being written by this tool."""
+        self.clear()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.kept = _files_under(self.out)
+        write_json_atomic(self.out / OUTPUT_MANIFEST, {"tool": self.tool, "complete": False, "kept": self.kept})
+
+    def finish(self) -> None:
+        """Record every file the run wrote (all files now there but those kept from before)."""
+        record_output(self.out, self.tool, kept=self.kept)
+
+
+def record_output(folder: str | os.PathLike, tool: str, kept: list[str] | tuple[str, ...] = ()) -> None:
+    """Write ``folder``'s manifest: every file in it but ``kept`` was written by ``tool`` (a complete output)."""
+    folder = Path(folder)
+    written = [n for n in _files_under(folder) if n not in set(kept)]
+    write_json_atomic(folder / OUTPUT_MANIFEST, {"tool": tool, "complete": True, "written": written})
+
+
+def _files_under(folder: Path) -> list[str]:
+    """Relative paths of the files (and links) under ``folder``, links not followed, the manifest excluded."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        found += [str((here / f).relative_to(folder)) for f in files]
+        found += [str((here / d).relative_to(folder)) for d in dirs if (here / d).is_symlink()]
+    return sorted(n for n in found if n != OUTPUT_MANIFEST)
+
+
+__all__ = ["OUTPUT_MANIFEST", "OwnedOutput", "claim_output_file", "record_output", "refuse_dangerous_target", "dumps_json", "json_safe", "load_npy", "read_json", "staged_directory",
            "write_bytes_atomic", "write_bytes_if_absent", "write_json_atomic", "write_text_atomic"]

@@ -35,7 +35,16 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ExportError(f"ONNX export needs {' and '.join('--' + m for m in missing)} (static input size, px)")
         from calib.safe_files import claim_output_file
 
-        claim_output_file(args.onnx, overwrite=args.overwrite, flag="--onnx")  # its sidecar goes with it
+        from m2s_export.metadata import sidecar_path
+
+        claim_output_file(args.onnx, overwrite=args.overwrite, flag="--onnx", companions=(sidecar_path(args.onnx),),
+                          inputs=(args.checkpoint,))
+        if Path(args.onnx).exists():  # --overwrite replaces only an ONNX this command wrote
+            _refuse_foreign_onnx(args.onnx)
+        if args.camera:  # a bad --camera fails before the export replaces anything
+            from calib import StereoCamera
+
+            StereoCamera.from_dir(args.camera)
         from m2s_train.models.registry import checkpoint_dir
 
         args.checkpoint = str(checkpoint_dir(args.checkpoint))  # a directory, or its model.safetensors
@@ -46,6 +55,20 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ExportError(f"--engine must end in .engine or .plan, got {args.engine}")
         if not args.checkpoint and not Path(args.onnx).is_file():
             raise ExportError(f"--onnx {args.onnx} not found (export it first with --checkpoint)")
+
+
+def _refuse_foreign_onnx(path: str) -> None:
+    """An existing ``--onnx`` is replaced only when it carries this project's export metadata."""
+    from m2s_export.errors import RuntimeBackendError
+    from m2s_export.metadata import FORMAT, onnx_metadata
+
+    try:
+        ours = onnx_metadata(path).get("format") == FORMAT
+    except RuntimeBackendError:  # unreadable, not ONNX, or ONNX without our metadata: not ours either way
+        ours = False
+    if not ours:
+        raise ExportError(f"--onnx {path} exists and is not a model m2s-export wrote (no {FORMAT} metadata): it is "
+                          "never replaced; choose another name")
 
 
 def fp32_plan(onnx_path: str, args: argparse.Namespace) -> dict:

@@ -11,7 +11,9 @@ Rules that keep a run of days from being lost:
 - a checkpoint is built in a temporary folder (every file fsynced) and renamed into place, so a
   kill leaves the previous checkpoints and at worst a stale temporary folder;
 - a new run refuses a directory that already holds one (``--resume`` continues it,
-  ``--overwrite`` deletes its checkpoints first, so two runs are never mixed);
+  ``--overwrite`` deletes the old run's own files -- ``step_*`` checkpoints, ``latest``, TensorBoard
+  event files, the summary -- once the new run's inputs have loaded, so two runs are never mixed and
+  nothing else in the folder is touched; never the ``--init`` the new run reads);
 - ``--resume`` takes the newest checkpoint that fully loads (weights against their config,
   optimizer state, train.json); damaged newer ones are reported and moved to ``unusable/``; when
   none loads it refuses instead of starting again from step 0 over the old run.
@@ -19,6 +21,7 @@ Rules that keep a run of days from being lost:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -30,7 +33,8 @@ from typing import Any
 
 import torch
 
-from calib.safe_files import read_json, write_json_atomic, write_text_atomic
+from calib.errors import Mono2StereoError
+from calib.safe_files import read_json, refuse_dangerous_target, write_json_atomic, write_text_atomic
 from m2s_train.errors import ConfigError
 from m2s_train.models import load_model, save_model
 
@@ -68,7 +72,7 @@ def holds_run(out: Path) -> bool:
     return bool(step_dirs(out)) or (out / "checkpoints" / "latest").exists() or (out / "train_summary.json").exists()
 
 
-def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool, init: str | os.PathLike | None = None) -> None:
     """Refuse to start a new run over an old one unless asked (checks only; call it before slow set-up)."""
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: resume a run, or discard it and start anew")
@@ -83,18 +87,55 @@ def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
         what = f"checkpoints up to {newest[-1].name}" if newest else "a finished run"
         raise ConfigError(f"{out} already holds a training run ({what}); pass --resume to continue it, "
                           "--overwrite to delete it and start again, or choose a new --out")
+    if overwrite and holds_run(out):
+        try:
+            refuse_dangerous_target(out)
+        except Mono2StereoError as exc:
+            raise ConfigError(f"--overwrite would delete the old run's files, but {exc}") from None
+        source = Path(init).resolve() if init else None
+        if source is not None and any(f.resolve() == source or source in f.resolve().parents
+                                      for f in owned_run_files(out)):
+            raise ConfigError(f"--init {init} is a checkpoint of the run in {out} that --overwrite would delete: copy "
+                              "it out of the run first, or write the new run to another --out")
 
 
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None:
-    """:func:`check_run_dir`, then with ``overwrite`` delete the old run (main process only)."""
-    check_run_dir(out, resume=resume, overwrite=overwrite)
-    if resume or not holds_run(out):
+_RUN_FILES = ("model.safetensors", "model.json", "state.pt", "train.json", "model_card.json", "MODEL_CARD.md")
+
+
+def owned_run_files(out: Path) -> list[Path]:
+    """The files a training run wrote into ``out`` (what ``--overwrite`` deletes): the ``step_*`` checkpoints'
+    files (and unfinished ``.tmp_step_*`` ones), ``checkpoints/latest``, TensorBoard event files and
+    ``train_summary.json``. A user's ``checkpoints/my_best/`` or ``tensorboard/notes.txt`` is not among them."""
+    files = []
+    root = out / "checkpoints"
+    if root.is_dir() and not root.is_symlink():
+        for d in root.iterdir():
+            if d.is_dir() and not d.is_symlink() and (_STEP_DIR.fullmatch(d.name) or re.fullmatch(r"\.tmp_step_\d+", d.name)):
+                files += [d / n for n in _RUN_FILES if (d / n).is_file() and not (d / n).is_symlink()]
+        if (root / "latest").is_file():
+            files.append(root / "latest")
+    board = out / "tensorboard"
+    if board.is_dir() and not board.is_symlink():
+        files += [f for f in board.glob("events.out.tfevents.*") if f.is_file() and not f.is_symlink()]
+    if (out / "train_summary.json").is_file():
+        files.append(out / "train_summary.json")
+    return files
+
+
+def discard_old_run(out: Path, *, main: bool) -> None:
+    """``--overwrite``: delete the old run's own files (:func:`owned_run_files`), and the folders that leaves
+    empty; call it once the new run's inputs have loaded. Main process only."""
+    files = owned_run_files(out)
+    if not main or not files:
         return
-    if main:
-        log.warning("--overwrite: deleting the previous run's checkpoints, TensorBoard logs and summary in %s", out)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-        (out / "train_summary.json").unlink(missing_ok=True)
+    log.warning("--overwrite: deleting the previous run's %d files (checkpoints, TensorBoard logs, summary) in %s; "
+                "nothing else in it", len(files), out)
+    for f in files:
+        f.unlink(missing_ok=True)
+    for folder in sorted({f.parent for f in files} | {out / "tensorboard", out / "checkpoints"},
+                         key=lambda d: len(d.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty
 
 
 def _fsync_files(directory: Path) -> None:
@@ -213,5 +254,5 @@ def find_resume_checkpoint(out: Path, *, main: bool = True) -> Checkpoint | None
     return chosen
 
 
-__all__ = ["Checkpoint", "CheckpointError", "check_run_dir", "find_resume_checkpoint", "holds_run", "latest_checkpoint",
-           "load_training_state", "prepare_run_dir", "read_checkpoint", "save_checkpoint", "step_dirs"]
+__all__ = ["Checkpoint", "CheckpointError", "check_run_dir", "discard_old_run", "find_resume_checkpoint", "holds_run", "latest_checkpoint",
+           "load_training_state", "owned_run_files", "read_checkpoint", "save_checkpoint", "step_dirs"]

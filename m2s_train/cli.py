@@ -188,7 +188,8 @@ def _run_flags(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the run's newest intact checkpoint (damaged newer ones are set aside)")
     p.add_argument("--overwrite", action="store_true",
-                   help="--out holds a run: delete its checkpoints, logs and summary, then start again")
+                   help="--out holds a run: delete its checkpoints, TensorBoard events and summary (nothing else) once the new "
+                        "run's init and data have loaded, then start again")
     p.add_argument("--steps", type=positive_int, help="total optimizer steps")
     p.add_argument("--batch-size", type=positive_int, help="pairs per step and process")
     p.add_argument("--crop", type=bounded_crop, nargs=2, metavar=("H", "W"), help="random crop size, px (>= 32)")
@@ -220,11 +221,19 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not args.checkpoint and not args.sgbm:
         raise ConfigError("nothing to evaluate: give --checkpoint DIR and/or --sgbm")
+    claim = None
     if args.out is not None:
-        from calib.safe_files import claim_report_dir
+        from calib.safe_files import OwnedOutput
 
-        claim_report_dir(args.out, overwrite=args.overwrite, markers=("metrics.json",))
+        claim = OwnedOutput(args.out, tool="m2s-train eval", overwrite=args.overwrite,
+                            inputs=(args.checkpoint, *(_dataset_path(s) for s in args.dataset)))
     model = load_model(args.checkpoint) if args.checkpoint else None
+    if claim is not None:  # the earlier report goes only once the inputs are known to be good
+        from m2s_train.data.stereo_datasets import build_dataset
+
+        for spec in args.dataset:
+            build_dataset(spec)
+        claim.begin()
     results = []
     for i, spec in enumerate(args.dataset):
         out = None if args.out is None else f"{args.out}/{i:02d}_{spec.split(':')[0]}"
@@ -234,8 +243,16 @@ def _eval(args: argparse.Namespace) -> int:
         results.append({"dataset": spec, **{k: v["pixel"] for k, v in result["methods"].items()},
                         **({"label_free": {k: v["label_free"] for k, v in result["methods"].items() if "label_free" in v}}
                            if args.label_free else {})})
+    if claim is not None:
+        claim.finish()
     print(dumps_json(results))
     return 0
+
+
+def _dataset_path(spec: str) -> str | None:
+    """The path of a ``kind:path`` dataset spec (None for a built-in pair such as ``aloe:quarter``)."""
+    kind, _, rest = spec.partition(":")
+    return rest if rest and ("/" in rest or Path(rest).exists()) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint directory to create (refused if it exists)")
     p.add_argument("--trained-on", help="what the weights were trained on, for the model card (default: from the "
                                         "published file name, e.g. sceneflow.pth -> Scene Flow only)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out (only once the new one is complete)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds a model this command imported: replace its files once the new one is complete "
+                        "(nothing else in --out is deleted)")
     add_common_flags(p)
     p.set_defaults(handler=_import)
 
@@ -368,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "disparity, left-right consistency (a second pass on the mirrored pair), range limits")
     p.add_argument("--out", help="directory for metrics.json / metrics.md / error maps")
     p.add_argument("--overwrite", action="store_true",
-                   help="--out holds an earlier report: delete it first (without this flag it is refused)")
+                   help="--out holds an earlier report of this command: replace the files it wrote, once the inputs "
+                        "are checked (nothing else in --out is deleted; without this flag it is refused)")
     p.add_argument("--error-maps", type=non_negative_int, default=0, metavar="N",
                    help="write error-map PNGs for the first N pairs")
     p.add_argument("--max-images", type=positive_int, help="evaluate at most N pairs per dataset")

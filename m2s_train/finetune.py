@@ -58,7 +58,7 @@ def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool
     if augment.spatial:
         raise ConfigError("train.augment.scale_prob must be 0 for fine-tuning: the spatial scale is not defined for "
                           "the teacher maps and sparse labels S2DKD crops alongside the pair")
-    check_run_dir(Path(out), resume=resume, overwrite=overwrite)  # before the (slow) teacher cache
+    check_run_dir(Path(out), resume=resume, overwrite=overwrite, init=tc.init)  # before the (slow) teacher cache
     base = build_dataset("+".join(tc.datasets))
     max_disp = training_model(tc)[1].max_disp
     check_labels(base, max_disp, progress)  # labels that cannot train anything: refused before any step

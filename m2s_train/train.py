@@ -32,7 +32,8 @@ from calib.safe_files import write_json_atomic
 from m2s_train.checkpoints import (
     find_resume_checkpoint,
     latest_checkpoint,
-    prepare_run_dir,
+    check_run_dir,
+    discard_old_run,
     save_checkpoint,
 )
 from m2s_train.config import check_fields, num, to_dict
@@ -215,13 +216,14 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     """Run (or resume) training; returns a summary. ``stop_after`` ends the run early (tests, kill simulation).
 
     ``out`` holding a run is refused unless ``resume`` (continue from its newest intact
-    checkpoint, see :mod:`m2s_train.checkpoints`) or ``overwrite`` (delete it first).
+    checkpoint, see :mod:`m2s_train.checkpoints`) or ``overwrite`` (delete the old run's own files once
+    the new run's init and data have loaded).
     ``loss_fn(output, batch, model_config)`` replaces the sequence loss (fine-tuning plugs S2DKD
     here); ``extra_config`` (its settings) is saved with checkpoints and checked on resume too.
     """
     out = Path(out)
     info = setup_distributed(device)
-    prepare_run_dir(out, resume=resume, overwrite=overwrite, main=info.main)
+    check_run_dir(out, resume=resume, overwrite=overwrite, init=config.init)  # deletes nothing
     name, model_config_ = training_model(config)
     config = dataclasses.replace(config, model=name)  # what train.json records and a resume compares
     torch.manual_seed(config.seed)  # same initial weights on every rank
@@ -239,6 +241,8 @@ def train(config: TrainConfig, out: str | os.PathLike, *, resume: bool = False, 
     if dataset is None:
         dataset = build_dataset("+".join(config.datasets), config.augmentation(), seed=config.seed)
     batches = EpochBatches(dataset, config, info)
+    if overwrite:  # the old run goes only now that the new one's weights and data have loaded
+        discard_old_run(out, main=info.main)
     out_of_range = beyond_range_share(dataset, model_cfg.max_disp) if info.main else None
     if out_of_range and out_of_range["share"] > RANGE_WARNING_SHARE:
         log.warning("%.1f %% of the labelled pixels (%d sampled pairs) are at or beyond the model's maximum disparity "

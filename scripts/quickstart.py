@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from calib.console import CliParser, add_common_flags, non_negative_float, non_negative_int, positive_int, run_command
+from calib.errors import DataError
 from calib.example_data import require_opencv_examples
 from calib.safe_files import dumps_json, write_json_atomic
 from calib.stereo_calibration import Board, calibrate_stereo
@@ -131,10 +132,9 @@ def run(args: argparse.Namespace) -> int:
     _step("5. make a rosbag2 (MCAP) of synthesized pairs with ground truth")
     from m2s_stereo.bag_tools import frames_from_synth, write_bag
     import itertools
-    import shutil
 
     bag = out / "bag"
-    shutil.rmtree(bag, ignore_errors=True)
+    remove_earlier_bag(bag)
     n = write_bag(bag, itertools.islice(frames_from_synth(synth_dir, 10.0, 1_700_000_000 * 10**9, None, 0.1),
                                         args.bag_frames), storage="mcap")
     print(f"   {n} frames -> {bag}", file=sys.stderr)
@@ -162,6 +162,22 @@ def run(args: argparse.Namespace) -> int:
     write_json_atomic(out / "summary.json", summary)
     print(dumps_json(summary, indent=2))
     return 0
+
+
+def remove_earlier_bag(bag: Path) -> None:
+    """The bag an earlier quickstart wrote (metadata.yaml and .mcap files, nothing else) goes before a new one;
+    a folder holding anything else is refused, never deleted."""
+    if not bag.exists() and not bag.is_symlink():
+        return
+    files = list(bag.iterdir()) if bag.is_dir() and not bag.is_symlink() else []
+    ours = bool(files) and all(f.is_file() and not f.is_symlink() and (f.name == "metadata.yaml" or f.suffix == ".mcap")
+                               for f in files)
+    if not ours:
+        raise DataError(f"{bag} is not a bag an earlier quickstart wrote (metadata.yaml + .mcap files only): move it "
+                        "away or choose another --out (it is not deleted)")
+    for f in files:
+        f.unlink()
+    bag.rmdir()
 
 
 def import_published(weights: str, arch: str, target: Path) -> Path:

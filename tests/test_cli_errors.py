@@ -57,6 +57,11 @@ def _snapshot(paths: list[Path]) -> dict[str, bytes | None]:
     return out
 
 
+def _manifest(folder: Path, tool: str, written: list[str]) -> None:
+    """The manifest a command writes beside its output (calib.safe_files.OwnedOutput.finish)."""
+    (folder / ".m2s-output.json").write_text(json.dumps({"tool": tool, "complete": True, "written": written}))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """Inputs every case can use: a checkpoint, a run with checkpoints, a dataset, bags, broken files."""
@@ -133,8 +138,10 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (w / "old_eval" / "00_synth").mkdir(parents=True)
     (w / "old_eval" / "00_synth" / "metrics.json").write_text("{}")
     (w / "old_eval" / "00_synth" / "error_model_0007.png").write_bytes(b"old figure")
+    _manifest(w / "old_eval", "m2s-train eval", ["00_synth/metrics.json", "00_synth/error_model_0007.png"])
     (w / "old_rep").mkdir()
     (w / "old_rep" / "report.json").write_text("{}")
+    _manifest(w / "old_rep", "m2s-eval-bag", ["report.json"])
     (w / "mine").mkdir()
     (w / "mine" / "thesis.tex").write_text("not a report")
     train(load_config(TrainConfig, None, {**base, "steps": 2}), w / "run_gone", progress=False)
@@ -240,15 +247,15 @@ def cases(w: Path) -> list[Case]:
                                                                                     str(w / "old.onnx.json")]),
         Case("eval over an earlier report", ["m2s-train", "eval", "--checkpoint", ck, "--dataset", ds, "--out",
                                              str(w / "old_eval")],
-             r"--out .*old_eval holds an earlier report \(00_synth/metrics\.json\): pass --overwrite",
+             r"--out .*old_eval holds an earlier output of m2s-train eval: pass --overwrite",
              unchanged=[str(w / "old_eval")]),
         Case("eval --overwrite over files that are no report", ["m2s-train", "eval", "--checkpoint", ck, "--dataset",
                                                                ds, "--out", str(w / "mine"), "--overwrite"],
-             r"holds files that are not a report of this tool: choose a new or empty directory",
+             r"mine holds files that m2s-train eval did not write \(thesis\.tex\): choose a new or empty directory",
              unchanged=[str(w / "mine")]),
         Case("eval-bag over an earlier report", ["m2s-eval-bag", "--bag", str(w / "bag_mismatch"), "--model", ck,
                                                  "--out", str(w / "old_rep"), "--mode", "offline"],
-             r"old_rep holds an earlier report \(report\.json\): pass --overwrite", unchanged=[str(w / "old_rep")],
+             r"old_rep holds an earlier output of m2s-eval-bag: pass --overwrite", unchanged=[str(w / "old_rep")],
              needs="ros"),
         Case("eval-bag names the cause of every skipped frame", ["m2s-eval-bag", "--bag", str(w / "bag_nan_p"),
                                                                   "--model", ck, "--out", str(w / "rep_nan"), "--mode",

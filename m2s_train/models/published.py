@@ -29,6 +29,8 @@ import logging
 import os
 import pickle
 import re
+import shutil
+import tempfile
 import time
 import zipfile
 from collections.abc import Mapping
@@ -38,11 +40,13 @@ from typing import Any
 
 import torch
 
-from calib.safe_files import staged_directory, write_json_atomic, write_text_atomic
+from calib.safe_files import OUTPUT_MANIFEST, OwnedOutput, record_output, write_json_atomic, write_text_atomic
 from m2s_train.errors import ConfigError
 from m2s_train.models.registry import create_model, save_model
 
 log = logging.getLogger(__name__)
+
+IMPORT_TOOL = "m2s-train import"
 
 # the leaves of a state dict below a module path
 _LEAF = r"(?P<leaf>weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -467,9 +471,8 @@ def import_checkpoint(path: str | os.PathLike, arch_name: str, out: str | os.Pat
         raise ConfigError(f"unknown architecture '{arch_name}'; importable: {', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[arch_name]
     src, out = Path(path), Path(out)
-    if out.exists() and not overwrite:
-        what = "a model" if (out / "model.safetensors").exists() else "files"
-        raise ConfigError(f"{out} already exists and holds {what}; choose a new --out or pass --overwrite to replace it")
+    # checked before anything is read or written; the old model goes only once the new one is complete
+    claim = OwnedOutput(out, tool=IMPORT_TOOL, overwrite=overwrite, inputs=(src,))
     state = read_published(src)
     model = create_model(arch.model, **arch.overrides)
     target = model.state_dict()
@@ -478,16 +481,22 @@ def import_checkpoint(path: str | os.PathLike, arch_name: str, out: str | os.Pat
     model.load_state_dict(converted, strict=True)
     model.eval()
     card = model_card(arch, model, src, sha256_of(src), mapped, len(state), trained_on)
-    if out.exists():  # --overwrite: the old directory goes only once the new one is complete
-        import shutil
-
-        with staged_directory(out.parent / f".{out.name}.new") as stage:
-            _write(model, card, stage)
-        shutil.rmtree(out)
-        os.rename(out.parent / f".{out.name}.new", out)
-    else:
-        with staged_directory(out) as stage:
-            _write(model, card, stage)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        new = stage / out.name
+        _write(model, card, new)
+        record_output(new, IMPORT_TOOL)
+        if not out.exists():
+            os.rename(new, out)  # the whole model appears at once
+        else:
+            claim.begin()
+            for item in sorted(new.iterdir()):
+                if item.name != OUTPUT_MANIFEST:
+                    os.replace(item, out / item.name)
+            claim.finish()
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     log.info("imported %s (%s) -> %s", src, arch.title, out)
     return ImportReport(out=str(out), model=arch.model, parameters=card["parameters"], **card["import"],
                         trained_on=card["trained_on"], sha256=card["source"]["sha256"])

@@ -285,7 +285,7 @@ class TestBadInput:
         assert _cli("import", files["rt-igev"], "--arch", "rt-igev", "--out", out).returncode == 0
         before = {p.name: p.read_bytes() for p in out.iterdir()}
         line = _one_error_line(_cli("import", files["igev"], "--arch", "igev", "--out", out))
-        assert "already exists" in line and "--overwrite" in line
+        assert "holds an earlier output of m2s-train import" in line and "--overwrite" in line
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         # asked: replaced, and only by a complete checkpoint
         assert _cli("import", files["igev"], "--arch", "igev", "--out", out, "--overwrite").returncode == 0

@@ -51,7 +51,7 @@ from calib.metrics import (
     nan_mean,
     sparsification_plot,
 )
-from calib.safe_files import claim_report_dir, dumps_json, write_json_atomic, write_text_atomic
+from calib.safe_files import OwnedOutput, dumps_json, write_json_atomic, write_text_atomic
 from calib.sgbm import sgbm_disparity, sgbm_right_view
 from m2s_stereo import params as P
 from m2s_stereo.bag_tools import BagError, Frame, read_frames
@@ -514,7 +514,8 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
 
 
 def _main(args: argparse.Namespace) -> int:
-    claim_report_dir(args.out, overwrite=args.overwrite, markers=("report.json",))  # before the (slow) replay
+    # checked before the (slow) replay; the earlier report is deleted only once the replay has succeeded
+    claim = OwnedOutput(args.out, tool="m2s-eval-bag", overwrite=args.overwrite, inputs=(args.bag, args.model))
     bag = Path(args.bag)
     params = dict(args.param or [])
     if args.mode == "offline":
@@ -522,7 +523,9 @@ def _main(args: argparse.Namespace) -> int:
     else:
         result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet,
                           params=params, label_free=args.label_free)
+    claim.begin()
     result = write_report(result, Path(args.out))
+    claim.finish()
     print(dumps_json({k: result[k] for k in ("mode", "frames", "answered", "dropped", "accuracy")}
                      | {"report": str(Path(args.out) / "report.md")}))
     if not result["answered"]:
@@ -566,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help=".engine, .onnx or checkpoint directory")
     p.add_argument("--out", required=True, help="report directory (report.json, report.md, PNG plots)")
     p.add_argument("--overwrite", action="store_true",
-                   help="--out holds an earlier report: delete it first (without this flag it is refused)")
+                   help="--out holds an earlier report of this command: replace the files it wrote, once the inputs "
+                        "are checked (nothing else in --out is deleted; without this flag it is refused)")
     p.add_argument("--mode", choices=["live", "offline"], default="live", help="live: through the node over DDS; offline: runtime only")
     p.add_argument("--rate", type=non_negative_float, default=1.0,
                    help="live: x recorded rate; 0 = as fast as the node answers")
