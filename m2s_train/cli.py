@@ -219,8 +219,8 @@ def _eval(args: argparse.Namespace) -> int:
     from m2s_train.evaluate import evaluate
     from m2s_train.models import load_model
 
-    if not args.checkpoint and not args.sgbm:
-        raise ConfigError("nothing to evaluate: give --checkpoint DIR and/or --sgbm")
+    if not args.checkpoint and not args.sgbm and not args.wls:
+        raise ConfigError("nothing to evaluate: give --checkpoint DIR and/or --sgbm / --wls")
     claim = None
     if args.out is not None:
         from calib.safe_files import OwnedOutput
@@ -237,7 +237,7 @@ def _eval(args: argparse.Namespace) -> int:
     results = []
     for i, spec in enumerate(args.dataset):
         out = None if args.out is None else f"{args.out}/{i:02d}_{spec.split(':')[0]}"
-        result = evaluate(model, spec, iters=args.iters, out=out, error_maps=args.error_maps, sgbm=args.sgbm,
+        result = evaluate(model, spec, iters=args.iters, out=out, error_maps=args.error_maps, sgbm=args.sgbm, wls=args.wls,
                           device=args.device, progress=not args.quiet, max_images=args.max_images,
                           label_free=args.label_free)
         results.append({"dataset": spec, **{k: v["pixel"] for k, v in result["methods"].items()},
@@ -381,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + model.json)")
     p.add_argument("--dataset", action="append", required=True, help="kind:path[:half], aloe[:half] or motorcycle[:half]; repeatable")
     p.add_argument("--iters", type=positive_int, help="GRU iterations (default: the model's valid_iters)")
-    p.add_argument("--sgbm", action="store_true", help="also evaluate OpenCV StereoSGBM on the same pairs")
+    p.add_argument("--sgbm", action="store_true",
+                   help="also evaluate OpenCV StereoSGBM on the same pairs, fairly configured: its search range the "
+                        "pair's GT maximum rounded up to 16 px (without GT: the model's range), the left band answered "
+                        "(the pair padded on the left by the range)")
+    p.add_argument("--wls", action="store_true",
+                   help="also SGBM + OpenCV's WLS filter (needs opencv-contrib-python-headless for cv2.ximgproc)")
     p.add_argument("--label-free", action="store_true",
                    help="also the figures that need no GT: photometric error of the right view warped by the "
                         "disparity, left-right consistency (a second pass on the mirrored pair), range limits")

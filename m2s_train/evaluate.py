@@ -1,4 +1,5 @@
-"""``m2s-train eval``: accuracy of a checkpoint (and optionally OpenCV SGBM) on datasets with GT."""
+"""``m2s-train eval``: accuracy of a checkpoint (and optionally the fair OpenCV SGBM, :mod:`calib.sgbm`) on
+datasets with GT, on all GT pixels and on the columns where SGBM's search over its range is possible."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from calib.metrics import (
     sparsification_plot,
 )
 from calib.safe_files import write_json_atomic, write_text_atomic
-from calib.sgbm import fill_invalid, sgbm_disparity, sgbm_right_view  # noqa: F401  (re-exported: m2s_train.evaluate.sgbm_disparity)
+from calib.sgbm import SGBM_PARAMETERS, WLS_PARAMETERS, SearchRange, fill_invalid, has_wls, sgbm_disparity, sgbm_right_view, sgbm_wls_disparity
 from m2s_train.data.stereo_datasets import build_dataset
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,14 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | None = None, out: str | os.PathLike | None = None,
              error_maps: int = 0, sgbm: bool = False, device: str = "cpu", progress: bool = True,
-             max_images: int | None = None, label_free: bool = False) -> dict[str, Any]:
+             max_images: int | None = None, label_free: bool = False, wls: bool = False) -> dict[str, Any]:
     """Evaluate on every pair of ``dataset_spec``; writes ``metrics.json`` + ``metrics.md`` into ``out``.
+
+    ``sgbm``: also the fair OpenCV SGBM (:mod:`calib.sgbm`: its search range is the pair's GT maximum
+    rounded up to 16, or without GT the model's range, 192 px without a model; the left band answered);
+    ``wls``: also SGBM + WLS (needs ``cv2.ximgproc``). Every method is scored on all GT pixels
+    (``pixel``) and on the columns x >= the pair's search range (``full_search``), where SGBM's
+    search is complete.
 
     ``label_free``: also the model's figures that need no GT (:func:`calib.metrics.label_free_metrics`;
     a second pass on the swapped, mirrored pair gives the right view for the left-right check), per
@@ -58,8 +65,14 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         model = model.to(device).eval()
         rows["model"] = MetricAccumulator()
         confidences["model"] = SparsificationAccumulator()
+    if wls and not has_wls():
+        sgbm_wls_disparity(np.zeros((16, 64), np.uint8), np.zeros((16, 64), np.uint8), 16)  # raises, naming the package
     if sgbm:
         rows["sgbm"] = MetricAccumulator()
+    if wls:
+        rows["sgbm_wls"] = MetricAccumulator()
+    full_search = {name: MetricAccumulator() for name in rows}
+    ranges: list[dict[str, Any]] = []
     out_dir = Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +81,11 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         item = dataset[i]
         gt = item["disparity"][0].numpy()
         gt = np.where(item["valid"][0].numpy(), gt, np.nan)
+        with np.errstate(invalid="ignore"):
+            has_gt = bool((gt > 0).any())
+        search = SearchRange.from_ground_truth(gt) if has_gt else SearchRange.covering(
+            max_disp, "the model's range" if model is not None else "the default 192 px (no GT, no model)")
+        ranges.append({"sample_id": item["sample_id"], "px": search.px, "from": search.source})
         preds, confs = {}, {}
         if model is not None:
             t0 = time.perf_counter()
@@ -94,15 +112,22 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
         if sgbm:
             left, right = _rgb(item["left"]), _rgb(item["right"])
             t0 = time.perf_counter()
-            raw = sgbm_disparity(left, right, max_disp)
+            raw = sgbm_disparity(left, right, search)
             timing.setdefault("sgbm", []).append(time.perf_counter() - t0)
             preds["sgbm"] = fill_invalid(raw)
             if label_free:  # the baseline on the same figures: SGBM's own answers, its right view from the mirrored pair
-                lf = label_free_metrics(left, right, raw, sgbm_right_view(left, right, max_disp), max_disp)
+                lf = label_free_metrics(left, right, raw, sgbm_right_view(left, right, search), max_disp)
                 free_sgbm.append({"sample_id": item["sample_id"], "share": float(np.isfinite(raw).mean()),
                                   **{k: lf[k] for k in (*LABEL_FREE_FIGURES, "unscorable") if k in lf}})
+        if wls:
+            t0 = time.perf_counter()
+            preds["sgbm_wls"] = fill_invalid(sgbm_wls_disparity(_rgb(item["left"]), _rgb(item["right"]), search))
+            timing.setdefault("sgbm_wls", []).append(time.perf_counter() - t0)
+        searchable = np.zeros(gt.shape, bool)
+        searchable[:, search.px:] = True
         for name, pred in preds.items():
             rows[name].add(pred, gt, sample_id=item["sample_id"])
+            full_search[name].add(pred, gt, mask=searchable, sample_id=item["sample_id"])
             if name in confs:
                 confidences[name].add(pred, gt, confs[name])
             if out_dir and i < error_maps:  # the confidence beside the error it should predict
@@ -110,7 +135,8 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
                 stereo_result_figure(out_dir / f"error_{name}_{i:04d}.png",
                                      f"{name} on {dataset_spec}, {item['sample_id']}: EPE {m['epe']:.2f} px, "
                                      f"bad-3 {100 * m['bad3']:.1f} %", _rgb(item["left"]), pred, gt, confs.get(name))
-    methods = {k: {**acc.summary(), "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))} for k, acc in rows.items()}
+    methods = {k: {**acc.summary(), "full_search": full_search[k].summary()["pixel"],
+                   "seconds_per_pair": float(np.median(timing.get(k, [np.nan])))} for k, acc in rows.items()}
     for name, acc in confidences.items():
         methods[name]["confidence"] = acc.summary()
         if out_dir and methods[name]["confidence"] is not None:
@@ -122,7 +148,8 @@ def evaluate(model: torch.nn.Module | None, dataset_spec: str, *, iters: int | N
             methods[name]["label_free"] = {k: nan_mean([r[k] for r in rows_free]) for k in keys}
             if unscorable := sum("unscorable" in r for r in rows_free):
                 methods[name]["label_free"]["unscorable_pairs"] = unscorable
-    result = {"dataset": dataset_spec, "images": n, "iters": iters, "methods": methods,
+    result = {"dataset": dataset_spec, "images": n, "iters": iters, "methods": methods, "search_range": ranges,
+              "sgbm_parameters": {**SGBM_PARAMETERS, **({"wls": WLS_PARAMETERS} if wls else {})} if (sgbm or wls) else None,
               "per_image": {k: acc.per_image for k, acc in rows.items()}}
     if free:
         result["per_image_label_free"] = free
@@ -151,12 +178,20 @@ def _fmt(value: float, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
+    ranges = result.get("search_range") or []
+    spans = sorted({r["px"] for r in ranges})
     lines = [f"# {result['dataset']} ({result['images']} pairs)", "",
-             "| method | EPE px | D1 % | bad-1 % | bad-2 % | bad-3 % | s/pair |", "|---|---|---|---|---|---|---|"]
+             "All GT pixels, and the columns x >= the search range (where a search over the whole range is possible); "
+             "SGBM's search range: " + (", ".join(f"{r['px']} px ({r['from']})" for r in ranges[:3]) +
+                                         (f", ... ({spans[0]}..{spans[-1]} px)" if len(ranges) > 3 else "") or "-") + ".",
+             "",
+             "| method | EPE px | D1 % | bad-1 % | bad-2 % | bad-3 % | x >= range: EPE px | bad-3 % | s/pair |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, m in result["methods"].items():
-        p = m["pixel"]
+        p, f = m["pixel"], m.get("full_search") or {"epe": float("nan"), "bad3": float("nan")}
         lines.append(f"| {name} | {_fmt(p['epe'], digits=3)} | {_fmt(p['d1'], 100)} | {_fmt(p['bad1'], 100)} | "
-                     f"{_fmt(p['bad2'], 100)} | {_fmt(p['bad3'], 100)} | {_fmt(m['seconds_per_pair'], digits=3)} |")
+                     f"{_fmt(p['bad2'], 100)} | {_fmt(p['bad3'], 100)} | {_fmt(f['epe'], digits=3)} | "
+                     f"{_fmt(f['bad3'], 100)} | {_fmt(m['seconds_per_pair'], digits=3)} |")
     confident = {k: m["confidence"] for k, m in result["methods"].items() if m.get("confidence")}
     if confident:
         lines += ["", "Confidence (sparsification, mean of images): AUC of the error of the most confident pixels over "

@@ -52,7 +52,7 @@ from calib.metrics import (
     sparsification_plot,
 )
 from calib.safe_files import OwnedOutput, dumps_json, write_json_atomic, write_text_atomic
-from calib.sgbm import sgbm_disparity, sgbm_right_view
+from calib.sgbm import SearchRange, sgbm_disparity, sgbm_right_view
 from m2s_stereo import params as P
 from m2s_stereo.bag_tools import BagError, Frame, read_frames
 from m2s_stereo.postprocess import FramePostprocess, defaults, disparity_scale
@@ -114,11 +114,14 @@ class Evaluation:
             full = raw if raw is not None else runtime.infer(frame.left, frame.right)
             every = label_free_metrics(frame.left, frame.right, full, right_view, limit)
             figures.update({f"{k}_all": every[k] for k in LABEL_FREE_FIGURES if k in every})
-        search = int(np.ceil(limit)) if limit else 192
+        # the fair baseline searches what the model can answer on this camera (192 px without a model)
+        search = SearchRange.covering(limit, "the model's range in the camera's pixels") if limit else \
+            SearchRange(192, "the default 192 px (no model range)")
         sgbm = sgbm_disparity(frame.left, frame.right, search)
         base = label_free_metrics(frame.left, frame.right, sgbm, sgbm_right_view(frame.left, frame.right, search), limit)
         figures.update({f"sgbm_{k}": base[k] for k in LABEL_FREE_FIGURES if k in base})
         figures["sgbm_share"] = float(np.isfinite(sgbm).mean())
+        figures["sgbm_search_px"] = search.px
         if "unscorable" in lf:
             figures["unscorable"] = lf["unscorable"]
         return figures
@@ -502,7 +505,9 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
         if "photometric_all" in lf:
             parts.append("on all the model's pixels: " + figures(suffix="_all"))
         if "sgbm_photometric" in lf:
-            parts.append(f"OpenCV SGBM ({100 * lf['sgbm_share']:.1f} % of the pixels answered): " + figures("sgbm_"))
+            parts.append(f"OpenCV SGBM (fair: search range {lf.get('sgbm_search_px', float('nan')):.0f} px, the model's "
+                         f"range on this camera, left band answered; {100 * lf['sgbm_share']:.1f} % of the pixels "
+                         "answered): " + figures("sgbm_"))
         parts.append("photometric = 0.85 (1 - SSIM) / 2 + 0.15 L1 of the right view warped to the left, on the pixels "
                      "the disparity says are visible; range limit in the camera's pixels")
         if lf.get("unscorable_frames"):
