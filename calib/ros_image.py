@@ -1,4 +1,4 @@
-"""sensor_msgs/Image -> numpy without cv_bridge (zero-copy where the layout allows).
+"""sensor_msgs/Image (and CompressedImage) -> numpy without cv_bridge (zero-copy where the layout allows).
 
 The one decoder of ROS image messages, used by the node, the bag tools and synthesis from a
 bag; numpy + OpenCV only, and duck-typed: any object with the Image fields (rclpy, rosbags)
@@ -96,4 +96,26 @@ def image_to_rgb8(msg: Any, mono16_max: int = 65535) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(arr), conversion)
 
 
-__all__ = ["ENCODINGS", "LAYOUTS", "EncodingError", "image_problem", "image_to_array", "image_to_rgb8"]
+def compressed_to_rgb8(msg: Any) -> np.ndarray:
+    """RGB uint8 HxWx3 of a ``sensor_msgs/CompressedImage`` (JPEG or PNG: ``image_transport``'s compressed
+    plugin, the usual way image topics are recorded); grey images come out as three equal channels."""
+    data = np.frombuffer(bytes(msg.data), np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise EncodingError(f"the compressed image (format '{getattr(msg, 'format', '?')}', {data.size} bytes) cannot be "
+                            "decoded as JPEG or PNG")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def message_to_rgb8(msg: Any, msgtype: str) -> np.ndarray:
+    """RGB uint8 HxWx3 of an Image (any supported encoding) or a CompressedImage message."""
+    if msgtype.endswith("CompressedImage"):
+        return compressed_to_rgb8(msg)
+    problem = image_problem(msg)
+    if problem is not None:
+        raise EncodingError(problem)
+    return np.ascontiguousarray(image_to_rgb8(msg))
+
+
+__all__ = ["ENCODINGS", "LAYOUTS", "EncodingError", "compressed_to_rgb8", "image_problem", "image_to_array",
+           "image_to_rgb8", "message_to_rgb8"]

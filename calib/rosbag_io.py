@@ -10,6 +10,7 @@ imported lazily (the ``ros`` extra); nothing here needs a ROS install.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,20 @@ def open_reader(path: Path) -> Any:
 
     if not path.exists():
         raise BagError(f"bag {path} not found")
+    if path.is_file() and _is_ros1_bag(path):
+        raise BagError(f"{path} is a ROS 1 bag: convert it to rosbag2 first (pip install rosbags; rosbags-convert "
+                       f"--src {path} --dst {path.with_suffix('')}), then give that folder")
     try:
         reader = Reader(path)
         reader.open()
     except Exception as exc:  # noqa: BLE001  (rosbags raises several error types for broken bags)
         raise BagError(f"cannot open bag {path}: {exc}") from None
     return reader
+
+
+def _is_ros1_bag(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(13) == b"#ROSBAG V2.0\n"
 
 
 def salvage_mcap(path: Path) -> Iterator[tuple[str, str, bytes]]:
@@ -192,29 +201,92 @@ def resolve_topic(topics: Any, name: str) -> str | None:
     return next((c for c in (name, "/" + name.lstrip("/"), name.lstrip("/")) if c in topics), None)
 
 
-def stereo_camera_info_topics(path: Path, left: str | None = None, right: str | None = None) -> tuple[str, str]:
-    """The left and right ``sensor_msgs/CameraInfo`` topics of a bag: the given ones (checked), or the one
-    topic of that type whose name has a ``left`` / ``right`` part (``/zed/left/camera_info``,
-    ``/stereo/right/camera_info``...); ambiguity is an error that lists the candidates."""
-    import re
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+SIDE_NAMES = {"left": ("left", "infra1"), "right": ("right", "infra2")}  # RealSense names its IR pair infra1/2
+_NOT_AN_IMAGE = re.compile(r"(^|[/_])(disparity|depth|points|confidence)([/_]|$)")
 
-    topics = bag_topics(path)
-    infos = sorted(t for t, m in topics.items() if m == "sensor_msgs/msg/CameraInfo")
+
+def _has_side(topic: str, side: str) -> bool:
+    return any(re.search(rf"(^|[/_]){name}([/_]|$)", topic.lower()) for name in SIDE_NAMES[side])
+
+
+def _given(topics: dict[str, str], name: str, types: tuple[str, ...], flag: str, where: str) -> str:
+    found = resolve_topic(topics, name)
+    if found is None or topics[found] not in types:
+        kind = " or ".join(t.rsplit("/", 1)[-1] for t in types)
+        candidates = sorted(t for t, m in topics.items() if m in types)
+        raise BagError(f"{where} has no {kind} topic '{name}' ({flag}; its {kind} topics: "
+                       f"{', '.join(candidates) or 'none'})")
+    return found
+
+
+def stereo_image_topics(topics: dict[str, str], where: str, left: str | None = None, right: str | None = None,
+                        default: tuple[str, str] = ("left/image_rect", "right/image_rect")) -> tuple[str, str]:
+    """The left and right image topics (``sensor_msgs/Image`` or ``CompressedImage``) of a bag whose ``topics``
+    are {name: type}: the given ones (``--left-image``/``--right-image``), else ``default`` (with or without the
+    leading slash), else the one image topic whose name has a ``left``/``infra1`` (``right``/``infra2``) part;
+    among several, the one rectified (``rect`` in its name), an Image before its ``/compressed`` twin.
+    Ambiguity, or nothing found, is an error that lists the candidates and the flag to use."""
     chosen = []
-    for side, given in (("left", left), ("right", right)):
+    for side, given, fallback in (("left", left, default[0]), ("right", right, default[1])):
+        flag = f"--{side}-image"
         if given is not None:
-            name = resolve_topic(topics, given)
-            if name is None or topics[name] != "sensor_msgs/msg/CameraInfo":
-                raise BagError(f"{path} has no CameraInfo topic '{given}' (CameraInfo topics: {', '.join(infos) or 'none'})")
-            chosen.append(name)
+            chosen.append(_given(topics, given, IMAGE_TYPES, flag, where))
             continue
-        found = [t for t in infos if re.search(rf"(^|[/_]){side}([/_]|$)", t.lower())]
+        named = resolve_topic(topics, fallback)
+        if named is not None and topics[named] in IMAGE_TYPES:
+            chosen.append(named)
+            continue
+        found = sorted(t for t, m in topics.items() if m in IMAGE_TYPES and _has_side(t, side)
+                       and not _NOT_AN_IMAGE.search(t.lower()))
+        narrowed = found
+        for keep in (lambda t: "rect" in t.lower(), lambda t: topics[t] == IMAGE_TYPES[0]):
+            if len(narrowed) > 1 and any(keep(t) for t in narrowed):
+                narrowed = [t for t in narrowed if keep(t)]
+        if len(narrowed) != 1:
+            images = sorted(t for t, m in topics.items() if m in IMAGE_TYPES)
+            what = "no" if not narrowed else f"{len(narrowed)} candidate"
+            raise BagError(f"{where} has {what} {side} image topic(s) ({', '.join(narrowed or images) or 'no image topic'}); "
+                           f"name it with {flag} TOPIC")
+        chosen.append(narrowed[0])
+    return chosen[0], chosen[1]
+
+
+def stereo_info_topics(topics: dict[str, str], where: str, images: tuple[str, str] | None = None,
+                       left: str | None = None, right: str | None = None,
+                       default: tuple[str, str] = ("left/camera_info", "right/camera_info")) -> tuple[str, str]:
+    """The left and right ``sensor_msgs/CameraInfo`` topics: the given ones (``--left-info``/``--right-info``),
+    else ``default``, else the ``camera_info`` beside each image topic (``/camera/infra1/image_rect_raw`` ->
+    ``/camera/infra1/camera_info``), else the one CameraInfo topic whose name has the side's part
+    (``/zed/left/camera_info``...); ambiguity is an error that lists the candidates."""
+    infos = sorted(t for t, m in topics.items() if m == INFO_TYPE)
+    chosen = []
+    for k, (side, given, fallback) in enumerate((("left", left, default[0]), ("right", right, default[1]))):
+        flag = f"--{side}-info"
+        if given is not None:
+            chosen.append(_given(topics, given, (INFO_TYPE,), flag, where))
+            continue
+        candidates = [fallback]
+        if images is not None:
+            base = images[k].rstrip("/").removesuffix("/compressed")
+            candidates.append(base.rsplit("/", 1)[0] + "/camera_info" if "/" in base.strip("/") else "camera_info")
+        named = next((n for c in candidates if (n := resolve_topic(topics, c)) and topics[n] == INFO_TYPE), None)
+        if named is not None:
+            chosen.append(named)
+            continue
+        found = [t for t in infos if _has_side(t, side)]
         if len(found) != 1:
             what = "no" if not found else f"{len(found)}"
-            raise BagError(f"{path} has {what} {side} CameraInfo topic(s) ({', '.join(found or infos) or 'none'}); name it "
-                           f"with --{side}-info TOPIC")
+            raise BagError(f"{where} has {what} {side} CameraInfo topic(s) ({', '.join(found or infos) or 'none'}); name "
+                           f"it with {flag} TOPIC")
         chosen.append(found[0])
     return chosen[0], chosen[1]
+
+
+def stereo_camera_info_topics(path: Path, left: str | None = None, right: str | None = None) -> tuple[str, str]:
+    """The left and right ``sensor_msgs/CameraInfo`` topics of the bag at ``path`` (:func:`stereo_info_topics`)."""
+    return stereo_info_topics(bag_topics(path), str(path), None, left, right)
 
 
 def first_messages(path: Path, topics: tuple[str, ...]) -> dict[str, Any]:
@@ -268,5 +340,6 @@ def stamp_ns(msg: Any) -> int:
     return int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
 
 
-__all__ = ["BagError", "bag_topics", "first_messages", "open_reader", "raw_messages", "resolve_topic", "salvage_mcap",
-           "salvage_sqlite", "stamp_ns", "stereo_camera_info_topics", "typestore"]
+__all__ = ["IMAGE_TYPES", "INFO_TYPE", "BagError", "bag_topics", "first_messages", "open_reader", "raw_messages", "resolve_topic", "salvage_mcap",
+           "salvage_sqlite", "stamp_ns", "stereo_camera_info_topics", "stereo_image_topics", "stereo_info_topics",
+           "typestore"]

@@ -25,7 +25,7 @@ from m2s_train.errors import ConfigError
 def _synth_frames(args: argparse.Namespace, written: list[Path]) -> tuple[list[Path], Path, dict]:
     """The images to synthesize from: photos (--images), or frames of a bag topic / a video, extracted once."""
     from m2s_train.synth.pipeline import image_root, list_images
-    from m2s_train.synth.sources import FrameSelection, extract_bag_frames, extract_video_frames
+    from m2s_train.synth.sources import FrameSelection, bag_image_topic, extract_bag_frames, extract_video_frames
 
     given = [flag for flag, value in (("--images", args.images), ("--bag", args.bag), ("--video", args.video)) if value]
     if len(given) != 1:
@@ -37,6 +37,7 @@ def _synth_frames(args: argparse.Namespace, written: list[Path]) -> tuple[list[P
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if args.bag:
+        args.topic = bag_image_topic(args.bag, args.topic)
         found = extract_bag_frames(args.bag, args.topic, args.out, selection, progress=not args.quiet, written=written)
     else:
         found = extract_video_frames(args.video, args.out, selection, progress=not args.quiet, written=written)
@@ -266,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "each rank takes its share of the images (RANK/WORLD_SIZE).")
     p.add_argument("--images", help="directory (recursive) or quoted glob of input photos")
     p.add_argument("--bag", help="a rosbag2 (sqlite3 or MCAP) recorded on the robot: synthesize from --topic")
-    p.add_argument("--topic", default="left/image_rect",
-                   help="--bag: the image topic (sensor_msgs/Image in any encoding the node takes, or CompressedImage)")
+    p.add_argument("--topic",
+                   help="--bag: the image topic (sensor_msgs/Image in any encoding the node takes, or CompressedImage; "
+                        "default: the stereo pair's left image, found as m2s-eval-bag finds it, or the only image topic)")
     p.add_argument("--video", help="a video file (OpenCV) to synthesize from")
     p.add_argument("--every", type=positive_int, default=1, help="--bag/--video: keep every N-th frame (default 1)")
     p.add_argument("--start", type=non_negative_float, default=0.0, help="--bag/--video: from S seconds in")

@@ -62,6 +62,9 @@ def main() -> int:
     p.add_argument("--bag", help="your drive (stereo topics + camera_info; a LiDAR topic for step 3)")
     p.add_argument("--holdout-bag", help="your held-out recording (with --bag)")
     p.add_argument("--cloud", default="lidar/points", help="the LiDAR topic of --bag")
+    for flag in ("left-image", "right-image", "left-info", "right-info"):
+        p.add_argument(f"--{flag}", metavar="TOPIC", help=f"the bags' {flag.replace('-', ' ')} topic (default: found by "
+                                                           "type and a left/right or infra1/infra2 part of its name)")
     p.add_argument("--base", help="checkpoint to start from, e.g. one made by 'm2s-train import' from the authors' "
                                   "IGEV-Stereo / RT-IGEV++ weights (default: made here from other photos); the "
                                   "base decides the model")
@@ -78,6 +81,8 @@ def main() -> int:
     if args.bag and not args.holdout_bag:
         p.error("--bag needs --holdout-bag (a recording the model is judged on and never trained on)")
     out.mkdir(parents=True, exist_ok=True)
+    topic_flags = [x for f in ("left_image", "right_image", "left_info", "right_info") if getattr(args, f)
+                   for x in (f"--{f.replace('_', '-')}", getattr(args, f))]
     steps = 6 if args.quick else args.steps
     size = ["--max-side", "160"] if args.quick else ["--max-side", "512"]
     crop = ["--crop", "64", "128"] if args.quick else ["--crop", "128", "256"]
@@ -116,7 +121,8 @@ def main() -> int:
 
     # 2. synthesis from the drive, matched to its camera and range
     lo, hi = args.depth_range
-    synth = json.loads(run("m2s-train", "synth", "--bag", drive, "--topic", "left/image_rect", "--depth-range", lo, hi,
+    topic = ["--topic", args.left_image] if args.left_image else []  # else the left image synth finds
+    synth = json.loads(run("m2s-train", "synth", "--bag", drive, *topic, "--depth-range", lo, hi,
                            "--out", out / "drive_synth", *size, "--resume"))
     report["synthesis"] = {"written": synth["written"], "frames": synth.get("frames")}
     # 3. LiDAR labels: only where the drive has a LiDAR (a stereo-only recording skips 3 and the fine-tuning)
@@ -126,7 +132,7 @@ def main() -> int:
     has_lidar = resolve_topic(topics, args.cloud) is not None
     if has_lidar:
         if not (out / "drive_labels").exists():
-            run("m2s-bag", "labels", "--bag", drive, "--cloud", args.cloud, "--out", out / "drive_labels")
+            run("m2s-bag", "labels", "--bag", drive, "--cloud", args.cloud, *topic_flags, "--out", out / "drive_labels")
         labels = json.loads((out / "drive_labels" / "labels.json").read_text())
         report["labels"] = {"frames": labels["frames"], "density": labels["density"]}
     else:
@@ -149,7 +155,7 @@ def main() -> int:
     stages = [("base", base), ("+ synthesis from the drive", pre)] + ([("+ LiDAR fine-tuning (S2DKD)", ft)] if ft else [])
     for name, model in stages:
         folder = out / "eval" / f"{len(rows)}"
-        run("m2s-eval-bag", "--bag", holdout, "--model", model, "--out", folder, "--mode", "offline", "--label-free",
+        run("m2s-eval-bag", "--bag", holdout, "--model", model, *topic_flags, "--out", folder, "--mode", "offline", "--label-free",
             "--param", "confidence_threshold=0", "--overwrite")  # a rerun redoes the figures of its models
         acc = json.loads((folder / "report.json").read_text())["accuracy"]
         rows[name] = {**acc.get("label_free", {}), **({"epe": acc["disparity"]["epe"], "bad3": acc["disparity"]["bad3"]}
@@ -160,7 +166,7 @@ def main() -> int:
     if not onnx.exists():
         run("m2s-export", "--checkpoint", ft or pre, "--onnx", onnx, "--height", 96 if args.quick else 256,
             "--width", 128 if args.quick else 320, "--no-fp16-check")
-    live = json.loads(run("m2s-eval-bag", "--bag", holdout, "--model", onnx, "--out", out / "replay", "--rate", "0",
+    live = json.loads(run("m2s-eval-bag", "--bag", holdout, "--model", onnx, *topic_flags, "--out", out / "replay", "--rate", "0",
                           "--overwrite"))
     report["replay"] = {k: live[k] for k in ("frames", "answered", "dropped")}
     report["seconds"] = round(time.perf_counter() - t0, 1)

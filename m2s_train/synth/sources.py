@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from calib.errors import DataError
-from calib.ros_image import EncodingError, image_problem, image_to_rgb8
+from calib.ros_image import EncodingError, message_to_rgb8
 from calib.safe_files import write_bytes_atomic
 from m2s_train.config import check_fields, num
 
@@ -108,16 +108,8 @@ def bag_image_topics(bag: Path) -> dict[str, str]:
 
 
 def _decode(msg: Any, msgtype: str, where: str) -> np.ndarray:
-    if msgtype.endswith("CompressedImage"):
-        image = cv2.imdecode(np.frombuffer(bytes(msg.data), np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DataError(f"{where}: the compressed image ('{msg.format}') cannot be decoded")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    problem = image_problem(msg)
-    if problem is not None:
-        raise DataError(f"{where}: {problem}")
     try:
-        return np.ascontiguousarray(image_to_rgb8(msg))
+        return message_to_rgb8(msg, msgtype)
     except EncodingError as exc:
         raise DataError(f"{where}: {exc}") from None
 
@@ -238,23 +230,38 @@ def remove_written(written: list[Path], root: Path) -> None:
             Path(folder).rmdir()
 
 
-def bag_camera(bag: str | Path, image_topic: str) -> Any:
-    """The stereo camera of a bag: the first ``camera_info`` of the left and right cameras next to
-    ``image_topic`` (``<ns>/left/...`` and ``<ns>/right/...``), as :class:`calib.StereoCamera`."""
+def bag_camera(bag: str | Path, image_topic: str | None = None) -> Any:
+    """The stereo camera of a bag: the first message of its left and right ``camera_info`` topics (found as
+    every bag reader finds them, :func:`calib.rosbag_io.stereo_info_topics`), as :class:`calib.StereoCamera`."""
     from calib import StereoCamera
-    from calib.rosbag_io import first_messages
+    from calib.rosbag_io import BagError, first_messages, stereo_info_topics
 
     bag = Path(bag)
     topics = bag_image_topics(bag)
-    infos = sorted(t for t, m in topics.items() if m == "sensor_msgs/msg/CameraInfo")
-    ns = image_topic.strip("/").split("left/")[0] if "left/" in image_topic else ""
-    wanted = {side: next((t for t in infos if t.strip("/").startswith(f"{ns}{side}/")), None) for side in ("left", "right")}
-    if None in wanted.values():
-        raise DataError(f"{bag} has no left and right camera_info next to '{image_topic}' (camera_info topics: "
-                        f"{', '.join(infos) or 'none'}); pass --camera DIR (left.yaml / right.yaml from m2s-calib)")
-    found = first_messages(bag, (wanted["left"], wanted["right"]))
-    return StereoCamera.from_msgs(found[wanted["left"]], found[wanted["right"]])
+    try:
+        left, right = stereo_info_topics(topics, str(bag))
+    except BagError as exc:
+        raise DataError(f"{exc} (or pass --camera DIR: left.yaml / right.yaml from m2s-calib)") from None
+    found = first_messages(bag, (left, right))
+    return StereoCamera.from_msgs(found[left], found[right])
 
 
-__all__ = ["FrameSelection", "bag_camera", "bag_image_topics", "extract_bag_frames", "extract_video_frames",
+def bag_image_topic(bag: str | Path, topic: str | None) -> str:
+    """The image topic to synthesize from: ``topic`` (with or without the leading slash), else the stereo pair's
+    left image as every bag reader finds it, else the bag's only image topic."""
+    from calib.rosbag_io import IMAGE_TYPES, BagError, stereo_image_topics
+
+    if topic is not None:
+        return topic
+    topics = bag_image_topics(Path(bag))
+    try:
+        return stereo_image_topics(topics, str(bag))[0]
+    except BagError as exc:
+        images = sorted(t for t, m in topics.items() if m in IMAGE_TYPES)
+        if len(images) == 1:
+            return images[0]
+        raise DataError(f"{exc}; give the image topic to synthesize from with --topic") from None
+
+
+__all__ = ["FrameSelection", "bag_camera", "bag_image_topic", "bag_image_topics", "extract_bag_frames", "extract_video_frames",
            "remove_written"]

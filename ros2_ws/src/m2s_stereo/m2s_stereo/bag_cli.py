@@ -32,6 +32,8 @@ from m2s_stereo.bag_tools import (
     BAG_ENCODINGS,
     FOLDER_LAYOUTS,
     BagError,
+    TopicNames,
+    add_topic_flags,
     bag_info,
     extrinsic_from_yaml,
     frames_from_folder,
@@ -79,13 +81,13 @@ def _make(args: argparse.Namespace) -> int:
 def _labels(args: argparse.Namespace) -> int:
     extrinsic = extrinsic_from_yaml(args.extrinsic) if args.extrinsic else None
     summary = lidar_labels(args.bag, args.cloud, args.out, extrinsic, max_dt=args.max_dt, window=args.window,
-                           progress=not args.quiet)
+                           progress=not args.quiet, names=TopicNames.from_args(args))
     print(dumps_json({k: v for k, v in summary.items() if k != "per_frame"} | {"out": args.out}))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    info = bag_info(args.bag)
+    info = bag_info(args.bag, TopicNames.from_args(args))
     print(dumps_json(info, indent=2))
     return 1 if info["problems"] else 0
 
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_flags(p)
     p.set_defaults(handler=_make)
     p = sub.add_parser("labels", help="sparse disparity GT for the bag's stereo pairs from its LiDAR (PointCloud2)")
-    p.add_argument("--bag", required=True, help="a stereo bag (left/right image_rect + camera_info) with a LiDAR topic")
+    p.add_argument("--bag", required=True, help="a stereo bag (left/right images + camera_info) with a LiDAR topic")
     p.add_argument("--cloud", required=True, help="the sensor_msgs/PointCloud2 topic")
     p.add_argument("--extrinsic", help="YAML with T_cam_lidar (4x4) or translation + rotation (quaternion x y z w): "
                    "LiDAR -> left camera optical frame (default: the bag's /tf_static)")
@@ -128,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=positive_int, default=5,
                    help="z-buffer window for points hidden from the camera by the LiDAR-camera parallax, px (odd)")
     p.add_argument("--out", required=True, help="new dataset directory (left/, right/, disparity/ KITTI PNGs, labels.json)")
+    add_topic_flags(p)
     add_common_flags(p)
     p.set_defaults(handler=_labels)
     p = sub.add_parser("info", help="topics, counts, rates, gaps and stamp problems of a bag (exit 1 on problems)")
     p.add_argument("bag")
+    add_topic_flags(p)
     add_common_flags(p)
     p.set_defaults(handler=_info)
     args = parser.parse_args(argv)

@@ -2,9 +2,11 @@
 
 Topics written by ``m2s-bag make``: ``left/image_rect``, ``right/image_rect`` (rgb8),
 ``left/camera_info``, ``right/camera_info`` and optionally ``gt/disparity`` (32FC1 px, NaN =
-unknown) or ``gt/depth`` (32FC1 m, sparse, NaN = unknown), all frames stamped alike.
-``read_frames`` regroups them by stamp; ``bag_info`` reports topics, rates, gaps and stamp
-problems. No ROS install and no torch needed.
+unknown) or ``gt/depth`` (32FC1 m, sparse, NaN = unknown), all frames stamped alike. Bags
+recorded by ``ros2 bag record`` are read too: leading slashes, a camera's own namespace and topic
+names (found by type and a left/right or infra1/infra2 part, or named with ``--left-image`` ...),
+CompressedImage, left/right stamps a few ms apart (``read_frames``). ``bag_info`` reports topics,
+rates, gaps and stamp problems. No ROS install and no torch needed.
 """
 
 from __future__ import annotations
@@ -22,8 +24,17 @@ import numpy as np
 from calib import StereoCamera
 from calib.checks import check_pose, quaternion_pose
 from calib.errors import CalibrationError
-from calib.ros_image import EncodingError, image_problem, image_to_array, image_to_rgb8
-from calib.rosbag_io import BagError, raw_messages, resolve_topic, typestore  # BagError re-exported: the stereo bag tools raise it
+from calib.ros_image import EncodingError, image_problem, image_to_array, message_to_rgb8
+from calib.rosbag_io import (  # BagError re-exported: the stereo bag tools raise it
+    BagError,
+    bag_topics,
+    raw_messages,
+    resolve_topic,
+    stamp_ns,
+    stereo_image_topics,
+    stereo_info_topics,
+    typestore,
+)
 from calib.safe_files import load_npy, staged_directory
 
 LEFT, RIGHT = "left/image_rect", "right/image_rect"
@@ -32,6 +43,7 @@ GT_DISP, GT_DEPTH = "gt/disparity", "gt/depth"
 REQUIRED = (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO)
 STEREO_TOPICS = (*REQUIRED, GT_DISP, GT_DEPTH)
 STORAGES = ("sqlite3", "mcap")
+PAIR_SLOP_S = 0.01  # the node's default approximate-sync slop (params.SLOP), s
 
 
 @dataclass
@@ -124,15 +136,16 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
     return n
 
 
-def _to_array(msg: Any, where: str = "image") -> np.ndarray:
-    """An image topic's message as RGB uint8 (any encoding the node takes), a 32FC1 one (GT) as float32 HxW."""
-    problem = image_problem(msg)
-    if problem is not None:
-        raise BagError(f"{where}: {problem}")
+def _to_array(msg: Any, where: str = "image", msgtype: str = "sensor_msgs/msg/Image") -> np.ndarray:
+    """An image topic's message (Image in any encoding the node takes, or CompressedImage) as RGB uint8, a 32FC1
+    one (GT) as float32 HxW."""
     try:
-        if msg.encoding == "32FC1":
+        if msgtype.endswith("/Image") and msg.encoding == "32FC1":
+            problem = image_problem(msg)
+            if problem is not None:
+                raise EncodingError(problem)
             return np.array(image_to_array(msg), dtype=np.float32)  # a native-order copy, not a view of the message
-        return np.ascontiguousarray(image_to_rgb8(msg))
+        return message_to_rgb8(msg, msgtype)
     except EncodingError as exc:
         raise BagError(f"{where}: {exc}") from None
 
@@ -147,66 +160,169 @@ def _camera(left: Any, right: Any) -> StereoCamera:
     return StereoCamera(one(left, "left"), one(right, "right"))
 
 
-def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: list[str] | None = None) -> Iterator[Frame]:
-    """Frames of a stereo bag, grouped by stamp, in stamp order.
+@dataclass(frozen=True)
+class TopicNames:
+    """The stereo topics a user names (``--left-image`` ...; None: found in the bag by
+    :func:`calib.rosbag_io.stereo_image_topics` / :func:`calib.rosbag_io.stereo_info_topics`)."""
 
-    Missing topics raise :class:`BagError`. A truncated bag yields its readable part and adds a
-    warning (to ``warnings`` when given); incomplete frames (a topic missing at a stamp) are
-    skipped and counted the same way.
+    left_image: str | None = None
+    right_image: str | None = None
+    left_info: str | None = None
+    right_info: str | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> TopicNames:
+        return cls(*(getattr(args, f, None) for f in ("left_image", "right_image", "left_info", "right_info")))
+
+
+def add_topic_flags(parser: Any) -> None:
+    """``--left-image/--right-image/--left-info/--right-info``: the flags of every command that reads a stereo bag."""
+    for side in ("left", "right"):
+        parser.add_argument(f"--{side}-image", metavar="TOPIC",
+                            help=f"the {side} image topic (Image or CompressedImage; default: left/image_rect, else the "
+                                 f"one image topic with a '{side}'{' or infra1' if side == 'left' else ' or infra2'} "
+                                 "part in its name)")
+    for side in ("left", "right"):
+        parser.add_argument(f"--{side}-info", metavar="TOPIC",
+                            help=f"the {side} camera_info topic (default: {side}/camera_info, else the one beside the "
+                                 f"{side} image topic)")
+
+
+def stereo_topics(path: str | os.PathLike, names: TopicNames | None = None,
+                  topics: dict[str, str] | None = None) -> dict[str, str]:
+    """{the bag's topic: its role} (:data:`LEFT`, :data:`RIGHT`, :data:`LEFT_INFO`, :data:`RIGHT_INFO`, and
+    :data:`GT_DISP` / :data:`GT_DEPTH` where present): leading slash or not, any namespace, named or found."""
+    names = names or TopicNames()
+    topics = bag_topics(Path(path)) if topics is None else topics
+    where = str(path)
+    images = stereo_image_topics(topics, where, names.left_image, names.right_image, default=(LEFT, RIGHT))
+    infos = stereo_info_topics(topics, where, images, names.left_info, names.right_info, default=(LEFT_INFO, RIGHT_INFO))
+    if images[0] == images[1] or infos[0] == infos[1]:
+        raise BagError(f"{where}: the left and right topics must differ (images {images[0]}, {images[1]}; camera_info "
+                       f"{infos[0]}, {infos[1]})")
+    mapping = {images[0]: LEFT, images[1]: RIGHT, infos[0]: LEFT_INFO, infos[1]: RIGHT_INFO}
+    for gt in (GT_DISP, GT_DEPTH):
+        if (found := resolve_topic(topics, gt)) is not None:
+            mapping[found] = gt
+    return mapping
+
+
+def _nearest(stamps: np.ndarray, t: int, slop_ns: int) -> int | None:
+    """Index of the stamp in sorted ``stamps`` nearest to ``t`` within ``slop_ns`` (ties: the earlier), or None."""
+    if not stamps.size:
+        return None
+    i = int(np.searchsorted(stamps, t))
+    best = min((j for j in (i - 1, i) if 0 <= j < stamps.size), key=lambda j: (abs(int(stamps[j]) - t), j))
+    return best if abs(int(stamps[best]) - t) <= slop_ns else None
+
+
+def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: list[str] | None = None,
+                names: TopicNames | None = None, slop_s: float = PAIR_SLOP_S) -> Iterator[Frame]:
+    """Frames of a stereo bag in left-stamp order: each left image with the right image nearest in stamp
+    (exact, or within ``slop_s`` as the node's approximate sync pairs them; each right used once) and the
+    camera_info nearest to each; GT at the left stamp.
+
+    Topics are found by :func:`stereo_topics`. Notes go to ``warnings`` (when given): pairs matched
+    approximately (with their stamp offsets), messages repeating a stamp (the first is kept), a truncated
+    bag (its readable part is used), images without a partner (skipped). ``keep_raw`` keeps each message's
+    CDR bytes by role for a replay over DDS; a CompressedImage is kept as the Image it decodes to.
     """
     path = Path(path)
     ts = typestore()
-    topics, stream = raw_messages(path, warnings)
-    missing = [t for t in REQUIRED if t not in topics]
-    if missing:
-        raise BagError(f"{path} lacks topic(s) {', '.join(missing)} (has {', '.join(sorted(topics)) or 'none'})")
-    pending: dict[int, dict[str, Any]] = defaultdict(dict)
+    mapping = stereo_topics(path, names, bag_topics(path))
+    _, stream = raw_messages(path, warnings)
+    by_role: dict[str, dict[int, tuple[Any, bytes, str]]] = defaultdict(dict)
     undecodable: dict[str, int] = {}
+    repeated: dict[str, int] = {}
     for topic, msgtype, raw in stream:
-        if topic not in STEREO_TOPICS:  # a robot's bag holds more (LiDAR, /tf, IMU...): not part of a frame
+        role = mapping.get(topic)
+        if role is None:  # a robot's bag holds more (LiDAR, /tf, IMU...): not part of a frame
             continue
         try:
             msg = ts.deserialize_cdr(raw, msgtype)
         except Exception:  # noqa: BLE001  (a cut message at the end of a salvaged file)
             undecodable[topic] = undecodable.get(topic, 0) + 1
             continue
-        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
-        pending[stamp][topic] = (msg, raw)
-    if undecodable and warnings is not None:
-        warnings.append("message(s) that cannot be decoded (cut or damaged) skipped: "
-                        + ", ".join(f"{n} on {t}" for t, n in undecodable.items()))
-    skipped = 0
-    lacking: set[str] = set()
-    for stamp in sorted(pending):
-        parts = pending[stamp]
-        if any(t not in parts for t in REQUIRED):
-            skipped += 1
-            lacking.update(t for t in REQUIRED if t not in parts)
+        stamp = stamp_ns(msg)
+        if stamp in by_role[role]:
+            repeated[topic] = repeated.get(topic, 0) + 1
             continue
+        by_role[role][stamp] = (msg, raw, msgtype)
+    note = warnings.append if warnings is not None else (lambda _text: None)
+    if undecodable:
+        note("message(s) that cannot be decoded (cut or damaged) skipped: "
+             + ", ".join(f"{n} on {t}" for t, n in undecodable.items()))
+    if repeated:
+        note("message(s) repeating a stamp already seen (a driver bug, a bag merged twice), the first kept: "
+             + ", ".join(f"{n} on {t}" for t, n in repeated.items()))
+    slop_ns = int(round(slop_s * 1e9))
+    sorted_stamps = {role: np.array(sorted(by_role[role]), np.int64) for role in (RIGHT, LEFT_INFO, RIGHT_INFO)}
+    used: set[int] = set()
+    offsets: list[int] = []
+    lacking: dict[str, int] = {}
+    role_topic = {role: topic for topic, role in mapping.items()}
+    for stamp in sorted(by_role[LEFT]):
+        j = _nearest(sorted_stamps[RIGHT], stamp, slop_ns)
+        if j is not None and int(sorted_stamps[RIGHT][j]) in used:  # taken by an earlier left: the next free one
+            free = sorted_stamps[RIGHT][[int(x) not in used for x in sorted_stamps[RIGHT]]]
+            k = _nearest(free, stamp, slop_ns)
+            j = None if k is None else int(np.searchsorted(sorted_stamps[RIGHT], free[k]))
+        found = {LEFT: stamp, RIGHT: None if j is None else int(sorted_stamps[RIGHT][j])}
+        for info, ref in ((LEFT_INFO, stamp), (RIGHT_INFO, found[RIGHT] if found[RIGHT] is not None else stamp)):
+            k = _nearest(sorted_stamps[info], ref, slop_ns)
+            found[info] = None if k is None else int(sorted_stamps[info][k])
+        missing = [role for role, t in found.items() if t is None]
+        if missing:
+            for role in missing:
+                lacking[role_topic[role]] = lacking.get(role_topic[role], 0) + 1
+            continue
+        used.add(found[RIGHT])
+        parts = {role: by_role[role][t] for role, t in found.items()}
+        for gt in (GT_DISP, GT_DEPTH):
+            if stamp in by_role.get(gt, {}):
+                parts[gt] = by_role[gt][stamp]
+        offsets.append(found[RIGHT] - stamp)
         try:
-            arrays = {t: _to_array(parts[t][0], f"frame {stamp}: {t}") if t in parts else None
-                      for t in (LEFT, RIGHT, GT_DISP, GT_DEPTH)}
+            arrays = {role: _to_array(parts[role][0], f"frame {stamp}: {role_topic[role]}", parts[role][2])
+                      if role in parts else None for role in (LEFT, RIGHT, GT_DISP, GT_DEPTH)}
             camera = _camera(parts[LEFT_INFO][0], parts[RIGHT_INFO][0])
         except (BagError, CalibrationError) as exc:
-            if warnings is not None:
-                warnings.append(f"skipped {exc}" if isinstance(exc, BagError) else f"skipped frame {stamp}: {exc}")
+            note(f"skipped {exc}" if isinstance(exc, BagError) else f"skipped frame {stamp}: {exc}")
             continue
-        yield Frame(stamp, arrays[LEFT], arrays[RIGHT], camera, arrays[GT_DISP], arrays[GT_DEPTH],
-                    {t: p[1] for t, p in parts.items()} if keep_raw else {})
-    if skipped and warnings is not None:
-        warnings.append(f"{skipped} incomplete frame(s) skipped (no message on {', '.join(sorted(lacking))} at their "
-                        "stamp)")
+        raw = {}
+        if keep_raw:
+            for role, (msg, data, msgtype) in parts.items():
+                if msgtype.endswith("CompressedImage"):  # the node subscribes to Image: replay what it decodes to
+                    data = bytes(ts.serialize_cdr(_image(ts, msg.header, arrays[role], "rgb8"), "sensor_msgs/msg/Image"))
+                raw[role] = data
+        yield Frame(stamp, arrays[LEFT], arrays[RIGHT], camera, arrays[GT_DISP], arrays[GT_DEPTH], raw)
+    unpaired_right = len(by_role[RIGHT]) - len(used)
+    if lacking:
+        note(f"{sum(lacking.values())} incomplete frame(s) skipped (no message within {1e3 * slop_s:g} ms of the "
+             f"left stamp on {', '.join(sorted(lacking))})")
+    if unpaired_right > 0 and by_role[LEFT]:
+        note(f"{unpaired_right} right image(s) without a left one within {1e3 * slop_s:g} ms: not used")
+    moved = [abs(o) for o in offsets if o]
+    if moved:
+        note(f"{len(moved)} of {len(offsets)} pair(s) matched approximately, as the node's approximate sync would "
+             f"(left/right stamps differ by median {np.median(moved) / 1e6:.1f} ms, max {max(moved) / 1e6:.1f} ms; "
+             f"slop {1e3 * slop_s:g} ms)")
 
 
-def bag_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Topics with message counts and rates, stamp gaps, and problems (missing topics, unequal
-    counts, non-monotonic stamps)."""
+def bag_info(path: str | os.PathLike, names: TopicNames | None = None) -> dict[str, Any]:
+    """Topics with message counts and rates, stamp gaps, the stereo topics found (``stereo_topics``), and
+    problems (stereo topics that cannot be found, unequal counts, non-monotonic stamps)."""
     path = Path(path)
     ts = typestore()
     stamps: dict[str, list[int]] = defaultdict(list)
     problems: list[str] = []
     types: dict[str, str] = {}
-    sizes: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)  # stamp -> topic -> (width, height)
+    sizes: dict[int, dict[str, tuple[int, int]]] = defaultdict(dict)  # stamp -> role -> (width, height)
+    try:
+        mapping = stereo_topics(path, names, bag_topics(path))
+    except BagError as exc:
+        mapping = {}
+        problems.append(str(exc))
     _, stream = raw_messages(path, problems)
     for topic, msgtype, raw in stream:
         types[topic] = msgtype
@@ -218,11 +334,12 @@ def bag_info(path: str | os.PathLike) -> dict[str, Any]:
         if not hasattr(msg, "header"):  # /tf_static and the like: counted, no stamp of their own
             stamps.setdefault(topic, [])
             continue
-        stamp = int(msg.header.stamp.sec) * 10**9 + int(msg.header.stamp.nanosec)
+        stamp = stamp_ns(msg)
         stamps[topic].append(stamp)
-        if topic in (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO):
-            sizes[stamp][topic] = (int(msg.width), int(msg.height))
-            if topic in (LEFT, RIGHT) and (problem := image_problem(msg)) is not None:
+        role = mapping.get(topic)
+        if role in (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO) and not msgtype.endswith("CompressedImage"):
+            sizes[stamp][role] = (int(msg.width), int(msg.height))
+            if role in (LEFT, RIGHT) and (problem := image_problem(msg)) is not None:
                 problems.append(f"{topic} at {stamp}: {problem}")
     problems += _size_problems(sizes)
     topics = {}
@@ -236,13 +353,12 @@ def bag_info(path: str | os.PathLike) -> dict[str, Any]:
         topics[topic] = {"type": types.get(topic), "count": len(s),
                          "rate_hz": float(1 / np.median(pos)) if pos.size else None,
                          "max_gap_s": float(pos.max()) if pos.size else None}
-    missing = [t for t in REQUIRED if t not in topics]
-    if missing:
-        problems.append(f"missing topic(s): {', '.join(missing)}")
-    counts = {topics[t]["count"] for t in REQUIRED if t in topics}
+    stereo = {role: topic for topic, role in mapping.items()}
+    counts = {topics[t]["count"] for r, t in stereo.items() if r in REQUIRED and t in topics}
     if len(counts) > 1:
-        problems.append("unequal message counts: " + ", ".join(f"{t}={topics[t]['count']}" for t in REQUIRED if t in topics))
-    return {"bag": str(path), "topics": topics, "problems": problems}
+        problems.append("unequal message counts: " + ", ".join(f"{stereo[r]}={topics[stereo[r]]['count']}"
+                                                              for r in REQUIRED if stereo.get(r) in topics))
+    return {"bag": str(path), "topics": topics, "stereo_topics": stereo, "problems": problems}
 
 
 def _size_problems(sizes: dict[int, dict[str, tuple[int, int]]], limit: int = 5) -> list[str]:
@@ -602,7 +718,8 @@ def extrinsic_from_tf(transforms: list[Any], camera_frame: str, lidar_frame: str
 
 
 def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLike, extrinsic: np.ndarray | None = None,
-                 max_dt: float = 0.05, window: int = 5, progress: bool = True) -> dict[str, Any]:
+                 max_dt: float = 0.05, window: int = 5, progress: bool = True,
+                 names: TopicNames | None = None) -> dict[str, Any]:
     """Sparse disparity GT for the stereo pairs of ``bag`` from its LiDAR topic: a ``folder`` dataset
     (``left/``, ``right/``, ``disparity/`` KITTI 16-bit PNGs, value / 256 px, 0 = no label) that
     ``m2s-train finetune --dataset folder:OUT`` reads, with ``labels.json`` per frame.
@@ -645,7 +762,7 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
     with staged_directory(out) as stage:
         for sub in ("left", "right", "disparity"):
             (stage / sub).mkdir(parents=True)
-        for k, frame in enumerate(tqdm(read_frames(bag, keep_raw=True), desc="labels", unit="pair", disable=not progress)):
+        for k, frame in enumerate(tqdm(read_frames(bag, keep_raw=True, names=names), desc="labels", unit="pair", disable=not progress)):
             i = int(np.argmin(np.abs(stamps - frame.stamp_ns)))
             if abs(int(stamps[i]) - frame.stamp_ns) > max_dt * 1e9:
                 skipped += 1

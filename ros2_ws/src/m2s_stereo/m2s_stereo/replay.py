@@ -54,7 +54,7 @@ from calib.metrics import (
 from calib.safe_files import OwnedOutput, dumps_json, write_json_atomic, write_text_atomic
 from calib.sgbm import SearchRange, sgbm_disparity, sgbm_right_view
 from m2s_stereo import params as P
-from m2s_stereo.bag_tools import BagError, Frame, read_frames
+from m2s_stereo.bag_tools import BagError, Frame, TopicNames, add_topic_flags, read_frames
 from m2s_stereo.postprocess import FramePostprocess, defaults, disparity_scale
 
 log = logging.getLogger("m2s-eval-bag")
@@ -227,7 +227,7 @@ def node_values(params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, Any] | None = None,
-                label_free: bool = False) -> dict[str, Any]:
+                label_free: bool = False, names: TopicNames | None = None) -> dict[str, Any]:
     """The runtime on every pair of ``bag`` through the node's post-processing (``params``: node parameters).
     ``label_free``: the label-free figures on frames with GT too (they are always computed without)."""
     from m2s_export.runtime import load_runtime
@@ -239,7 +239,7 @@ def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, 
     ev = Evaluation(label_free, runtime.meta.get("max_disp"))
     preds = []
     frames = 0
-    for i, frame in enumerate(tqdm(read_frames(bag, warnings=warnings), desc="offline", unit="pair", disable=not progress)):
+    for i, frame in enumerate(tqdm(read_frames(bag, warnings=warnings, names=names), desc="offline", unit="pair", disable=not progress)):
         frames += 1
         try:  # the node's own check: a frame it would drop is not evaluated here either
             frame.camera.check_image_size(frame.left.shape[1], frame.left.shape[0])
@@ -276,7 +276,8 @@ def _changed(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, progress: bool = True,
-             params: dict[str, Any] | None = None, label_free: bool = False) -> dict[str, Any]:
+             params: dict[str, Any] | None = None, label_free: bool = False,
+             names: TopicNames | None = None) -> dict[str, Any]:
     """Publish the bag into a StereoNode over DDS and collect its disparity (and confidence) outputs."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
@@ -293,7 +294,7 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
 
     values = node_values(params)
     warnings: list[str] = []
-    frames = list(read_frames(bag, keep_raw=True, warnings=warnings))
+    frames = list(read_frames(bag, keep_raw=True, warnings=warnings, names=names))
     if not frames:
         raise BagError(no_frame_message(bag, warnings))
     context = rclpy.Context()
@@ -524,10 +525,11 @@ def _main(args: argparse.Namespace) -> int:
     bag = Path(args.bag)
     params = dict(args.param or [])
     if args.mode == "offline":
-        result = run_offline(bag, args.model, progress=not args.quiet, params=params, label_free=args.label_free)
+        result = run_offline(bag, args.model, progress=not args.quiet, params=params, label_free=args.label_free,
+                             names=TopicNames.from_args(args))
     else:
         result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet,
-                          params=params, label_free=args.label_free)
+                          params=params, label_free=args.label_free, names=TopicNames.from_args(args))
     claim.begin()
     result = write_report(result, Path(args.out))
     claim.finish()
@@ -570,8 +572,10 @@ def node_param(text: str) -> tuple[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="m2s-eval-bag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bag", required=True, help="bag directory (sqlite3 or MCAP) written by m2s-bag make or ros2 bag record")
+    p.add_argument("--bag", required=True, help="bag directory (sqlite3 or MCAP, split files too) written by m2s-bag make or "
+                                                 "ros2 bag record")
     p.add_argument("--model", required=True, help=".engine, .onnx or checkpoint directory")
+    add_topic_flags(p)
     p.add_argument("--out", required=True, help="report directory (report.json, report.md, PNG plots)")
     p.add_argument("--overwrite", action="store_true",
                    help="--out holds an earlier report of this command: replace the files it wrote, once the inputs "
