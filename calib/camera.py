@@ -7,6 +7,7 @@ evaluation, the ROS node) turns disparity into depth and points through :class:`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,11 +224,17 @@ class StereoCamera:
             raise CalibrationError(
                 f"left projection has P[0,3]={l.P[0, 3]:.6g}; the left camera must be the reference (P_L[0,3] = 0)"
             )
+        if r.P[0, 3] == 0:
+            raise CalibrationError(
+                "the right camera_info has P[0,3] = 0: it carries no baseline (ROS wants -fx B there; some drivers, "
+                "e.g. older RealSense and OAK-D versions, publish 0). Give the baseline: the node's 'baseline' "
+                "parameter, or --baseline B (metres) on the command line")
         if not r.P[0, 3] < 0:
             raise CalibrationError(
-                f"baseline must be positive, but P_R[0,3] = {r.P[0, 3]:.6g} gives "
-                f"B = {-r.P[0, 3] / r.P[0, 0]:.6g} m (are left and right swapped?)"
-            )
+                f"the right camera_info has P[0,3] = {r.P[0, 3]:.6g} > 0, the opposite of the ROS convention (-fx B, "
+                f"here B = {-r.P[0, 3] / r.P[0, 0]:.6g} m): left and right are swapped, or the driver publishes +fx B "
+                "(some OAK-D versions). If left and right are right, give the baseline: the node's 'baseline' "
+                "parameter, or --baseline B (metres) on the command line")
         check_baseline(float(-r.P[0, 3] / r.P[0, 0]))
 
     # -- derived geometry -------------------------------------------------------------------
@@ -358,9 +365,22 @@ class StereoCamera:
         self.right.to_yaml(directory / "right.yaml")
 
     @classmethod
-    def from_msgs(cls, left_msg: Any, right_msg: Any) -> StereoCamera:
-        """From two ``sensor_msgs/CameraInfo`` messages (or objects with the same fields)."""
-        return cls(CameraInfo.from_msg(left_msg), CameraInfo.from_msg(right_msg))
+    def from_msgs(cls, left_msg: Any, right_msg: Any, baseline_m: float | None = None) -> StereoCamera:
+        """From two ``sensor_msgs/CameraInfo`` messages (or objects with the same fields). ``baseline_m`` (> 0) is
+        the baseline of a driver whose right camera_info carries none (P[0,3] = 0) or the wrong sign: it sets
+        P_R[0,3] = -fx B. A camera_info that does carry one must agree with it (within 1 %)."""
+        left, right = CameraInfo.from_msg(left_msg), CameraInfo.from_msg(right_msg)
+        if baseline_m:
+            check_baseline(float(baseline_m))
+            fx, tx = float(right.P[0, 0]), float(right.P[0, 3])
+            if tx < 0 and abs(-tx / fx - baseline_m) > 0.01 * baseline_m:
+                raise CalibrationError(f"the right camera_info gives a baseline of {-tx / fx:.6g} m, the 'baseline' "
+                                       f"given is {baseline_m:.6g} m: drop the option (the camera_info is right) or "
+                                       "fix the calibration")
+            projection = right.P.copy()
+            projection[0, 3] = -fx * float(baseline_m)
+            right = dataclasses.replace(right, P=projection)
+        return cls(left, right)
 
     @classmethod
     def from_opencv(

@@ -84,16 +84,16 @@ def _size(text: str) -> tuple[int, int]:
 def _intrinsics(args: argparse.Namespace) -> int:
     numbers = {f: getattr(args, f) for f in ("fx", "fy", "cx", "cy", "baseline", "size")}
     if args.from_bag:
-        given = [f"--{k}" for k, v in numbers.items() if v is not None]
+        given = [f"--{k}" for k, v in numbers.items() if v is not None and k != "baseline"]
         if given:
             raise CalibrationError(f"--from-bag reads the camera from the bag's camera_info: give no {', '.join(given)} "
-                                   "with it")
+                                   "with it (only --baseline, for a driver whose right camera_info has no baseline)")
         from calib.rosbag_io import first_messages, stereo_camera_info_topics
 
         bag = Path(args.from_bag)
         topics = stereo_camera_info_topics(bag, args.left_info, args.right_info)
         msgs = first_messages(bag, topics)
-        camera = StereoCamera.from_msgs(msgs[topics[0]], msgs[topics[1]])
+        camera = StereoCamera.from_msgs(msgs[topics[0]], msgs[topics[1]], args.baseline)
         source = {"bag": str(bag), "camera_info_topics": list(topics)}
     else:
         missing = [f"--{k}" for k in ("fx", "cx", "cy", "baseline", "size") if numbers[k] is None]
@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fy", type=positive_float, help="vertical focal length, px (default: --fx)")
     p.add_argument("--cx", type=finite_float, help="principal point x, px")
     p.add_argument("--cy", type=finite_float, help="principal point y, px")
-    p.add_argument("--baseline", type=positive_float, help="distance between the optical centres, metres")
+    p.add_argument("--baseline", type=positive_float,
+                   help="distance between the optical centres, metres (with --from-bag: for a driver whose right "
+                        "camera_info has P[0,3] = 0 or > 0)")
     p.add_argument("--size", type=_size, help="image size WIDTHxHEIGHT, px (e.g. 640x480)")
     p.add_argument("--from-bag", metavar="BAG", help="read the first left/right camera_info of this rosbag2 instead")
     p.add_argument("--left-info", metavar="TOPIC", help="--from-bag: the left camera_info topic (default: found by name)")

@@ -112,8 +112,11 @@ class TestValidation:
         p = cam.right.P.copy()
         p[0, 3] = abs(p[0, 3])
         right = CameraInfo(640, 480, cam.right.K, cam.right.D, cam.right.R, p)
-        with pytest.raises(CalibrationError, match="baseline must be positive"):
+        with pytest.raises(CalibrationError, match=r"> 0, the opposite of the ROS convention .*swapped.*--baseline B"):
             StereoCamera(cam.left, right)
+        p[0, 3] = 0.0
+        with pytest.raises(CalibrationError, match=r"P\[0,3\] = 0: it carries no baseline"):
+            StereoCamera(cam.left, CameraInfo(640, 480, cam.right.K, cam.right.D, cam.right.R, p))
 
     def test_unrectified_pair_rejected(self):
         cam = _camera()

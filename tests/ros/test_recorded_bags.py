@@ -46,13 +46,20 @@ def _views(i: int) -> tuple[np.ndarray, np.ndarray]:
 
 def record(path: Path, names: tuple[str, str, str, str], frames: int = 3, *, encoding: str = "rgb8",
            compressed: str | None = None, right_offset_ns: int = 0, storage: str = "mcap", zstd: str | None = None,
-           extra_image_topics: tuple[str, ...] = ()) -> Path:
+           extra_image_topics: tuple[str, ...] = (), right_p03: float | None = None) -> Path:
     """A bag as a driver + `ros2 bag record` leave it: its own topic names, each message at its own stamp."""
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
 
     ts = typestore()
     camera = StereoCamera.ideal(W, H, focal_px=80.0, baseline_m=0.1)
+    right_info = camera.right
+    if right_p03 is not None:  # a driver's own convention for the right projection's baseline term
+        import dataclasses
+
+        projection = right_info.P.copy()
+        projection[0, 3] = right_p03
+        right_info = dataclasses.replace(right_info, P=projection)
     writer = Writer(path, version=8, storage_plugin=StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3)
     if zstd:
         writer.set_compression(CompressionMode[zstd], CompressionFormat.ZSTD)
@@ -67,7 +74,7 @@ def record(path: Path, names: tuple[str, str, str, str], frames: int = 3, *, enc
         for i in range(frames):
             stamp = 10**18 + i * 10**8
             left, right = _views(i)
-            for k, (view, info, t) in enumerate(((left, camera.left, stamp), (right, camera.right, stamp + right_offset_ns))):
+            for k, (view, info, t) in enumerate(((left, camera.left, stamp), (right, right_info, stamp + right_offset_ns))):
                 h = _header(ts, t, "cam")
                 if compressed:
                     ok, buf = cv2.imencode(f".{compressed}", cv2.cvtColor(view, cv2.COLOR_RGB2BGR),
@@ -203,3 +210,27 @@ def test_live_replay_of_a_compressed_namespaced_recording(tmp_path, stereo_onnx)
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["frames"] == 4 and report["answered"] + report["dropped"] == 4 and report["answered"] >= 3
+
+
+@pytest.mark.parametrize("p03", [0.0, 8.0])
+def test_a_drivers_baseline_convention_is_named_and_the_baseline_option_accepted(tmp_path, stereo_onnx, p03):
+    """P_R[0,3] = 0 (no baseline) or +fx B (the opposite sign): one error line naming it; --baseline reads it."""
+    bag = record(tmp_path / "oakd", NAMES["oak"], right_p03=p03)
+    argv = ("m2s_stereo.replay", "--bag", bag, "--model", stereo_onnx, "--mode", "offline", "--quiet")
+    res = _cli(*argv, "--out", tmp_path / "refused", cwd=tmp_path)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert ("P[0,3] = 0: it carries no baseline" if p03 == 0 else "P[0,3] = 8 > 0, the opposite of the ROS convention") \
+        in lines[0] and "--baseline B" in lines[0]
+    assert not (tmp_path / "refused").exists()
+    res = _cli(*argv, "--out", tmp_path / "rep", "--baseline", "0.1", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["answered"] == 3
+    frames = list(read_frames(bag, baseline_m=0.1))
+    assert frames[0].camera.baseline_m == pytest.approx(0.1)
+    wrong = list(read_frames(record(tmp_path / "good", NAMES["oak"]), baseline_m=0.2, warnings=(notes := [])))
+    assert not wrong and "gives a baseline of 0.1 m, the 'baseline' given is 0.2 m" in " ".join(notes)
+    intrinsics = _cli("calib.cli", "intrinsics", "--from-bag", bag, "--baseline", "0.1", "--out", tmp_path / "cam",
+                      cwd=tmp_path)
+    assert intrinsics.returncode == 0, intrinsics.stderr
+    assert StereoCamera.from_dir(tmp_path / "cam").baseline_m == pytest.approx(0.1)

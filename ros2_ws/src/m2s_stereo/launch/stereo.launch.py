@@ -85,6 +85,15 @@ def _overrides(get) -> dict:
         if backend not in P.BACKENDS:
             raise LaunchArgumentError(f"backend:={backend}: one of {', '.join(P.BACKENDS)}")
         out[P.BACKEND] = backend
+    baseline = get("baseline")
+    if baseline:
+        try:
+            value = float(baseline)
+        except ValueError:
+            value = -1.0
+        if problem := P.validate(P.BASELINE, value) if value >= 0 else f"{P.BASELINE} must be a number of metres":
+            raise LaunchArgumentError(f"baseline:={baseline}: {problem}")
+        out[P.BASELINE] = value
     sim = get("use_sim_time").lower()
     if sim:
         if sim not in TRUE + FALSE:
@@ -128,6 +137,9 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("backend", default_value="",
                               description=f"{' | '.join(P.BACKENDS)}; empty: the params file's (else auto)"),
         DeclareLaunchArgument("namespace", default_value="stereo", description="Namespace of the node and its topics"),
+        DeclareLaunchArgument("baseline", default_value="",
+                              description="Stereo baseline in metres, for a driver whose right camera_info has "
+                                          "P[0,3] = 0 or > 0 (empty: from the camera_info)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "stereo.yaml"),
                               description="YAML with the node's parameters"),
         DeclareLaunchArgument("use_sim_time", default_value="",

@@ -81,7 +81,7 @@ def _make(args: argparse.Namespace) -> int:
 def _labels(args: argparse.Namespace) -> int:
     extrinsic = extrinsic_from_yaml(args.extrinsic) if args.extrinsic else None
     summary = lidar_labels(args.bag, args.cloud, args.out, extrinsic, max_dt=args.max_dt, window=args.window,
-                           progress=not args.quiet, names=TopicNames.from_args(args))
+                           progress=not args.quiet, names=TopicNames.from_args(args), baseline_m=args.baseline)
     print(dumps_json({k: v for k, v in summary.items() if k != "per_frame"} | {"out": args.out}))
     return 0
 
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=positive_int, default=5,
                    help="z-buffer window for points hidden from the camera by the LiDAR-camera parallax, px (odd)")
     p.add_argument("--out", required=True, help="new dataset directory (left/, right/, disparity/ KITTI PNGs, labels.json)")
+    p.add_argument("--baseline", type=positive_float,
+                   help="stereo baseline, metres, for a driver whose right camera_info has P[0,3] = 0 or > 0")
     add_topic_flags(p)
     add_common_flags(p)
     p.set_defaults(handler=_labels)

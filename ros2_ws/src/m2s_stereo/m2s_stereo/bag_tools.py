@@ -150,14 +150,9 @@ def _to_array(msg: Any, where: str = "image", msgtype: str = "sensor_msgs/msg/Im
         raise BagError(f"{where}: {exc}") from None
 
 
-def _camera(left: Any, right: Any) -> StereoCamera:
-    from calib.camera import CameraInfo
-
-    def one(m: Any, name: str) -> CameraInfo:  # camera_info carries no camera name: use the side
-        return CameraInfo(m.width, m.height, np.reshape(m.k, (3, 3)), np.asarray(m.d), np.reshape(m.r, (3, 3)),
-                          np.reshape(m.p, (3, 4)), m.distortion_model or "plumb_bob", name)
-
-    return StereoCamera(one(left, "left"), one(right, "right"))
+def _camera(left: Any, right: Any, baseline_m: float | None = None) -> StereoCamera:
+    """The pair's camera from its camera_info messages (``baseline_m``: see :meth:`StereoCamera.from_msgs`)."""
+    return StereoCamera.from_msgs(left, right, baseline_m)
 
 
 @dataclass(frozen=True)
@@ -217,12 +212,14 @@ def _nearest(stamps: np.ndarray, t: int, slop_ns: int) -> int | None:
 
 
 def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: list[str] | None = None,
-                names: TopicNames | None = None, slop_s: float = PAIR_SLOP_S) -> Iterator[Frame]:
+                names: TopicNames | None = None, slop_s: float = PAIR_SLOP_S,
+                baseline_m: float | None = None) -> Iterator[Frame]:
     """Frames of a stereo bag in left-stamp order: each left image with the right image nearest in stamp
     (exact, or within ``slop_s`` as the node's approximate sync pairs them; each right used once) and the
     camera_info nearest to each; GT at the left stamp.
 
-    Topics are found by :func:`stereo_topics`. Notes go to ``warnings`` (when given): pairs matched
+    Topics are found by :func:`stereo_topics`; ``baseline_m`` stands in for a driver's missing or wrongly signed
+    P_R[0,3] (:meth:`calib.StereoCamera.from_msgs`). Notes go to ``warnings`` (when given): pairs matched
     approximately (with their stamp offsets), messages repeating a stamp (the first is kept), a truncated
     bag (its readable part is used), images without a partner (skipped). ``keep_raw`` keeps each message's
     CDR bytes by role for a replay over DDS; a CompressedImage is kept as the Image it decodes to.
@@ -285,7 +282,7 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
         try:
             arrays = {role: _to_array(parts[role][0], f"frame {stamp}: {role_topic[role]}", parts[role][2])
                       if role in parts else None for role in (LEFT, RIGHT, GT_DISP, GT_DEPTH)}
-            camera = _camera(parts[LEFT_INFO][0], parts[RIGHT_INFO][0])
+            camera = _camera(parts[LEFT_INFO][0], parts[RIGHT_INFO][0], baseline_m)
         except (BagError, CalibrationError) as exc:
             note(f"skipped {exc}" if isinstance(exc, BagError) else f"skipped frame {stamp}: {exc}")
             continue
@@ -719,7 +716,7 @@ def extrinsic_from_tf(transforms: list[Any], camera_frame: str, lidar_frame: str
 
 def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLike, extrinsic: np.ndarray | None = None,
                  max_dt: float = 0.05, window: int = 5, progress: bool = True,
-                 names: TopicNames | None = None) -> dict[str, Any]:
+                 names: TopicNames | None = None, baseline_m: float | None = None) -> dict[str, Any]:
     """Sparse disparity GT for the stereo pairs of ``bag`` from its LiDAR topic: a ``folder`` dataset
     (``left/``, ``right/``, ``disparity/`` KITTI 16-bit PNGs, value / 256 px, 0 = no label) that
     ``m2s-train finetune --dataset folder:OUT`` reads, with ``labels.json`` per frame.
@@ -762,7 +759,7 @@ def lidar_labels(bag: str | os.PathLike, cloud_topic: str, out: str | os.PathLik
     with staged_directory(out) as stage:
         for sub in ("left", "right", "disparity"):
             (stage / sub).mkdir(parents=True)
-        for k, frame in enumerate(tqdm(read_frames(bag, keep_raw=True, names=names), desc="labels", unit="pair", disable=not progress)):
+        for k, frame in enumerate(tqdm(read_frames(bag, keep_raw=True, names=names, baseline_m=baseline_m), desc="labels", unit="pair", disable=not progress)):
             i = int(np.argmin(np.abs(stamps - frame.stamp_ns)))
             if abs(int(stamps[i]) - frame.stamp_ns) > max_dt * 1e9:
                 skipped += 1

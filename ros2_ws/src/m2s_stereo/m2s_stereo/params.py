@@ -25,6 +25,7 @@ DIAGNOSTICS_PERIOD = "diagnostics_period"
 DIAGNOSTICS_WINDOW = "diagnostics_window"
 STALE_TIMEOUT = "stale_timeout"
 MONO16_MAX = "mono16_max"
+BASELINE = "baseline"
 ONNX_EXECUTION = "onnx_execution"
 PUBLISH_CONFIDENCE = "publish_confidence"
 CONFIDENCE_THRESHOLD = "confidence_threshold"
@@ -95,6 +96,9 @@ PARAMS: tuple[Param, ...] = (
           "before the pixel follows it (1: at once; a confident jump is always followed at once)", range=(1, 100)),
     Param(MONO16_MAX, 65535, "mono16/16UC1 input: the raw value shown as white, for both images and every frame "
           "(e.g. 4095 for 12-bit cameras)", range=(1, 65535)),
+    Param(BASELINE, 0.0, "Stereo baseline, metres, for a driver whose right camera_info has P[0,3] = 0 or > 0 (older "
+          "RealSense, some OAK-D versions); 0: from the camera_info (P_R[0,3] = -fx B), as ROS wants", True,
+          range=(0.0, 100.0)),
 )
 BY_NAME = {p.name: p for p in PARAMS}
 

@@ -226,6 +226,11 @@ def node_values(params: dict[str, Any] | None) -> dict[str, Any]:
     return values
 
 
+def _baseline(params: dict[str, Any] | None) -> float | None:
+    """The node's 'baseline' parameter (None: from the camera_info), which the bag's frames use too."""
+    return float((params or {}).get(P.BASELINE, 0.0)) or None
+
+
 def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, Any] | None = None,
                 label_free: bool = False, names: TopicNames | None = None) -> dict[str, Any]:
     """The runtime on every pair of ``bag`` through the node's post-processing (``params``: node parameters).
@@ -239,7 +244,7 @@ def run_offline(bag: Path, model: str, progress: bool = True, params: dict[str, 
     ev = Evaluation(label_free, runtime.meta.get("max_disp"))
     preds = []
     frames = 0
-    for i, frame in enumerate(tqdm(read_frames(bag, warnings=warnings, names=names), desc="offline", unit="pair", disable=not progress)):
+    for i, frame in enumerate(tqdm(read_frames(bag, warnings=warnings, names=names, baseline_m=_baseline(params)), desc="offline", unit="pair", disable=not progress)):
         frames += 1
         try:  # the node's own check: a frame it would drop is not evaluated here either
             frame.camera.check_image_size(frame.left.shape[1], frame.left.shape[0])
@@ -294,7 +299,7 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
 
     values = node_values(params)
     warnings: list[str] = []
-    frames = list(read_frames(bag, keep_raw=True, warnings=warnings, names=names))
+    frames = list(read_frames(bag, keep_raw=True, warnings=warnings, names=names, baseline_m=_baseline(params)))
     if not frames:
         raise BagError(no_frame_message(bag, warnings))
     context = rclpy.Context()
@@ -524,6 +529,8 @@ def _main(args: argparse.Namespace) -> int:
     claim = OwnedOutput(args.out, tool="m2s-eval-bag", overwrite=args.overwrite, inputs=(args.bag, args.model))
     bag = Path(args.bag)
     params = dict(args.param or [])
+    if args.baseline is not None:
+        params[P.BASELINE] = args.baseline
     if args.mode == "offline":
         result = run_offline(bag, args.model, progress=not args.quiet, params=params, label_free=args.label_free,
                              names=TopicNames.from_args(args))
@@ -576,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  "ros2 bag record")
     p.add_argument("--model", required=True, help=".engine, .onnx or checkpoint directory")
     add_topic_flags(p)
+    p.add_argument("--baseline", type=positive_float,
+                   help="stereo baseline, metres, for a driver whose right camera_info has P[0,3] = 0 or > 0 (the "
+                        "node's 'baseline' parameter)")
     p.add_argument("--out", required=True, help="report directory (report.json, report.md, PNG plots)")
     p.add_argument("--overwrite", action="store_true",
                    help="--out holds an earlier report of this command: replace the files it wrote, once the inputs "

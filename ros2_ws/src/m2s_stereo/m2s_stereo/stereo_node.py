@@ -316,7 +316,7 @@ class StereoNode(Node):
                left_info.roi.width, left_info.roi.height)
         if key != self._camera_key:
             try:
-                self._camera = StereoCamera.from_msgs(left_info, right_info)
+                self._camera = StereoCamera.from_msgs(left_info, right_info, float(self.values[P.BASELINE]) or None)
             except CalibrationError as exc:
                 self._camera_key = None
                 raise CalibrationError(f"camera_info on {self.topics['left/camera_info']} / "
