@@ -160,7 +160,7 @@ def main() -> int:
         model = load_model(latest_checkpoint(run_dir))
         evaluated = {name: evaluate(model, spec, sgbm=not sgbm, progress=False) for name, spec in tests.items()}
         results = {name: pixel(result, "model") for name, result in evaluated.items()}
-        # SGBM once, over the model's disparity range (the same search range for both)
+        # SGBM once (fair: its range the pair's GT maximum, the left band answered; calib.sgbm)
         sgbm = sgbm or {name: pixel(result, "sgbm") for name, result in evaluated.items()}
         runs.append({"seed": seed, "steps": config.steps, "train_s": seconds, "threads": threads, **results})
         took = f"{seconds / 60:.1f} min" if seconds else "time not known (resumed)"

@@ -121,7 +121,7 @@ def sgbm_wls_disparity(left: np.ndarray, right: np.ndarray, search: SearchRange 
         guide = cv2.cvtColor(guide, cv2.COLOR_RGB2BGR)
     filtered = wls.filter(left_matcher.compute(lg, rg), guide, disparity_map_right=right_matcher.compute(rg, lg))
     disp = filtered[:, num:].astype(np.float32) / 16.0
-    disp[disp <= 0] = np.nan  # WLS leaves nothing it could not reach
+    disp[(disp <= 0) | (disp > num)] = np.nan  # what WLS could not reach (0) or left saturated (2047.9 px)
     return disp
 
 

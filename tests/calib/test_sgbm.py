@@ -82,3 +82,16 @@ def test_fair_sgbm_on_real_aloe_matches_the_honest_baseline_figures(opencv_data)
     old = disparity_metrics(np.nan_to_num(sgbm_disparity_unpadded(left, right, search.px), nan=0.0), gt)
     assert search.px == 64 and fair["bad3"] < 0.11 and fair["epe"] < 1.5
     assert old["bad3"] > fair["bad3"] + 0.05  # the left band of zeros is most of the old figure's gap
+
+
+def test_sgbm_wls_is_dense_on_the_plane_or_names_the_package_it_needs():
+    from calib.sgbm import has_wls, sgbm_wls_disparity
+
+    left, right = _textured_pair()
+    if not has_wls():
+        with pytest.raises(DataError, match="opencv-contrib-python-headless"):
+            sgbm_wls_disparity(left, right, 48)
+        return
+    dense = sgbm_wls_disparity(left, right, 48)
+    assert np.isfinite(dense[10:-10, SHIFT:]).mean() > 0.95
+    assert np.nanmedian(np.abs(dense[10:-10, SHIFT + 3:] - SHIFT)) < 1.0
