@@ -42,7 +42,7 @@ import torch
 
 from calib.safe_files import OUTPUT_MANIFEST, OwnedOutput, record_output, write_json_atomic, write_text_atomic
 from m2s_train.errors import ConfigError
-from m2s_train.models.registry import create_model, save_model
+from m2s_train.models.registry import check_state_values, create_model, save_model
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,22 @@ def _refusal(path: Path, exc: BaseException) -> ConfigError:
                        "dict (torch.save(model.state_dict(), ...)) and import that")
 
 
+def checkpoint_format(path: Path) -> str:
+    """What a checkpoint file is, from its first bytes: ``zip`` (torch.save since 1.6), ``pickle`` (older
+    torch.save), ``tar`` (the oldest torch.save), ``safetensors``, or ``unknown``."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    if len(head) > 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return "unknown"
+
+
 def read_published(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The state dict of a published ``.pth`` file, read without running code from it.
 
@@ -280,8 +296,23 @@ def read_published(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ConfigError(f"checkpoint {path} not found" if not path.exists() else f"{path} is not a file")
     if path.stat().st_size == 0:
         raise ConfigError(f"{path} is empty (0 bytes): an interrupted download? fetch it again")
+    kind = checkpoint_format(path)
+    if kind == "safetensors":  # holds no code: read as it is, whatever its name
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            data = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {path}: a damaged safetensors file ({str(exc)[:160]})") from None
+        kind = "read"
+    if kind == "unknown":
+        with open(path, "rb") as f:
+            head = f.read(24)
+        raise ConfigError(f"{path} is not a PyTorch checkpoint (neither a zip archive, a pickle, a tar file nor "
+                          f"safetensors; it starts with {head!r}): the wrong file, or a download that saved an error page")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = data if kind == "read" else torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
             raise _refusal(path, exc) from None
@@ -477,6 +508,7 @@ def import_checkpoint(path: str | os.PathLike, arch_name: str, out: str | os.Pat
     model = create_model(arch.model, **arch.overrides)
     target = model.state_dict()
     mapped = map_state(arch, state, target, str(src))
+    check_state_values(model, mapped.state, str(src))  # before any cast: int32 weights are refused, not converted
     converted = {k: v.to(target[k].dtype) for k, v in mapped.state.items()}
     model.load_state_dict(converted, strict=True)
     model.eval()

@@ -184,6 +184,33 @@ def check_state_fits(model: nn.Module, state: dict[str, torch.Tensor], where: st
             f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
             f"{len(mismatched)} with other shapes (e.g. {mismatched[:2]}); was it saved from another model config?"
         )
+    check_state_values(model, state, where)
+
+
+def check_state_values(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`ConfigError` for weights that would give wrong disparities without any other error:
+    integer tensors where the model has floats (a lossy conversion), NaN or inf values, negative BatchNorm
+    running variances, or every weight zero."""
+    own = model.state_dict()
+    cast = [f"{k} ({state[k].dtype})" for k in state if k in own and own[k].is_floating_point()
+            and not state[k].is_floating_point()]
+    if cast:
+        raise ConfigError(f"{where}: {len(cast)} tensor(s) are integers where the model has floating-point weights "
+                          f"(e.g. {cast[0]}): a conversion that lost the values; use the original file")
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in floats.items()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise ConfigError(f"{where}: {sum(bad.values()):,} non-finite value(s) (NaN or inf) in {len(bad)} tensor(s) "
+                          f"(e.g. {first}: {bad[first]:,}): a diverged training run or a damaged file")
+    negative = [k for k, v in floats.items() if k.endswith("running_var") and bool((v < 0).any())]
+    if negative:
+        raise ConfigError(f"{where}: {len(negative)} BatchNorm running variance(s) are negative (e.g. {negative[0]}): "
+                          "not a trained network's statistics; a damaged or edited file")
+    weights = [v for k, v in floats.items() if not k.endswith(("running_mean", "running_var"))]
+    if weights and not any(bool(v.any()) for v in weights):
+        raise ConfigError(f"{where}: every weight is zero: not a trained network (an empty or wiped file)")
 
 
 _BUILTIN_LOADED = False
@@ -196,5 +223,5 @@ def _ensure_builtin() -> None:
         import m2s_train.models.igev  # noqa: F401  (registers igev, igev-rt, igev-tiny)
 
 
-__all__ = ["checkpoint_model_config", "create_model", "describe", "list_models", "load_model", "model_config",
+__all__ = ["check_state_fits", "check_state_values", "checkpoint_model_config", "create_model", "describe", "list_models", "load_model", "model_config",
            "register_model", "save_model"]

@@ -292,6 +292,67 @@ class TestBadInput:
         assert load_model(out).model_name == "igev"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
+    def test_a_text_file_and_a_safetensors_file_named_pth(self, published_files, tmp_path):
+        """A text file was a KeyError traceback; a safetensors file was refused as if it would run code."""
+        text = tmp_path / "t.pth"
+        text.write_text("hello\n")
+        assert "is not a PyTorch checkpoint" in self._refused(tmp_path, text) and "b'hello" in self._refused(tmp_path, text)
+        from safetensors.torch import save_file
+
+        _, files = published_files
+        state = torch.load(files["rt-igev"], weights_only=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "weights.pth"))
+        out = tmp_path / "imported"
+        assert _cli("import", tmp_path / "weights.pth", "--arch", "rt-igev", "--out", out).returncode == 0
+        assert load_model(out).model_name == "rt-igev"
+
+    @pytest.mark.parametrize("damage", ["one NaN weight", "one inf", "all NaN", "all zero", "negative running_var",
+                                        "int32 weights"])
+    def test_weights_that_would_give_wrong_disparities_are_refused(self, published_files, tmp_path, damage):
+        """Each imported with exit 0 before, and a NaN import then evaluated to 'EPE null, D1 1.0'."""
+        from m2s_train.models.published import import_checkpoint
+
+        _, files = published_files
+        state = torch.load(files["rt-igev"], weights_only=True)
+        floats = [k for k, v in state.items() if v.is_floating_point() and not k.endswith(("running_mean", "running_var"))]
+        first = floats[0]
+        if damage == "one NaN weight":
+            state[first].view(-1)[0] = float("nan")
+        elif damage == "one inf":
+            state[first].view(-1)[3] = float("inf")
+        elif damage == "all NaN":
+            state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+        elif damage == "all zero":
+            state = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in state.items()}
+        elif damage == "negative running_var":
+            key = next(k for k in state if k.endswith("running_var"))
+            state[key] = -state[key].abs() - 1
+        else:
+            state = {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state.items()}
+        path = tmp_path / "damaged.pth"
+        torch.save(state, path)
+        expected = {"one NaN weight": "non-finite value", "one inf": "non-finite value", "all NaN": "non-finite value",
+                    "all zero": "every weight is zero", "negative running_var": "running variance",
+                    "int32 weights": "are integers where the model has floating-point weights"}[damage]
+        with pytest.raises(ConfigError, match=expected):
+            import_checkpoint(path, "rt-igev", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+        if damage == "one NaN weight":  # the CLI: one error line; and a checkpoint edited after import is refused too
+            assert expected in self._refused(tmp_path, path, arch="rt-igev")
+            good = tmp_path / "good"
+            import_checkpoint(files["rt-igev"], "rt-igev", good)
+            from safetensors.torch import load_file, save_file
+
+            weights = load_file(str(good / "model.safetensors"))
+            weights[next(k for k, v in weights.items() if v.is_floating_point())].view(-1)[0] = float("nan")
+            from safetensors import safe_open
+
+            with safe_open(str(good / "model.safetensors"), framework="pt") as f:
+                meta = f.metadata()
+            save_file(weights, str(good / "model.safetensors"), metadata=meta)
+            with pytest.raises(ConfigError, match="non-finite value"):
+                load_model(good)
+
     def test_not_a_file_and_empty_file(self, tmp_path):
         assert "not found" in self._refused(tmp_path, tmp_path / "nope.pth")
         empty = tmp_path / "empty.pth"
