@@ -154,3 +154,22 @@ def test_time_going_back_starts_pairing_over_on_both_paths(stereo_onnx, sync_env
         assert g.listener.wait(lambda: any("went back by" in m.msg for m in g.listener.logs), 10)
     finally:
         g.close()
+
+
+def test_a_recording_shorter_than_a_second_played_in_a_loop_is_published_on_every_pass(stereo_onnx, sync_env):
+    """`ros2 bag play --loop` of a 0.3 s bag (4 pairs): the stamps go back by 0.3 s on every pass, less than the
+    1 s a jump back needed; 4 outputs came on the first pass and none after. A stamp already seen restarts
+    pairing whatever the size of the jump."""
+    path, env = sync_env
+    g = Graph(stereo_onnx, env)
+    try:
+        base = time.time_ns() - 60 * 10**9
+        loop = [(t, t) for t in (0, 100, 200, 300)]
+        for k in range(3):
+            g.send(base, loop)
+            assert g.listener.wait(lambda k=k: len(g.listener.outputs["disparity"]) >= 4 * (k + 1), 20), \
+                (path, k, [s - base for s in g.stamps()])
+        values = g.counters(time.monotonic())
+        assert values["time_resets"] >= 2, values
+    finally:
+        g.close()

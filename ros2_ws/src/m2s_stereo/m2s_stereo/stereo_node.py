@@ -46,7 +46,7 @@ from m2s_stereo.health import ERROR, OK, STALE, WARN, PipelineHealth, Status
 from m2s_stereo.image_codec import BufferPool
 from m2s_stereo.outputs import float_image, frame_messages, warm_up
 from m2s_stereo.postprocess import FramePostprocess, disparity_scale
-from m2s_stereo.sync import JUMP_BACK_NS, PairOrder, PairSynchronizer, mf_slop, stamp_ns
+from m2s_stereo.sync import PairOrder, PairSynchronizer, StampHistory, mf_slop, stamp_ns
 
 MSGS = SimpleNamespace(Image=Image, DisparityImage=DisparityImage, PointCloud2=PointCloud2, PointField=PointField)
 THROTTLE_S = 2.0
@@ -132,6 +132,7 @@ class StereoNode(Node):
                        ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")}
         self._last_stamp = {"left": None, "right": None}
         self._newest = {"left": None, "right": None}  # the newest stamp seen per side (time going back: a reset)
+        self._seen = {"left": StampHistory(), "right": StampHistory()}  # stamps each side had: time that loops
         self.order = PairOrder()  # pairs leave in stamp order on both synchronisation paths
         self.time_resets = 0  # times the input stamps went back (bag loop, driver restart, sim-time reset)
         self._reset_filter = threading.Event()  # the worker resets the temporal filter before its next frame
@@ -266,12 +267,14 @@ class StereoNode(Node):
     def _on_image(self, side: str, msg: Image) -> None:
         """Every image, paired or not: counted, and its stamp offset to the other side's last one kept
         (what tells two free-running cameras apart from a pairing that works). A stamp older than this
-        side's newest by more than JUMP_BACK_NS means time was reset: pairing starts over."""
+        side's newest by more than JUMP_BACK_NS, or one this side already had (a short recording played in a
+        loop), means time was reset: pairing starts over."""
         self.health.add(side)
         t = stamp_ns(msg)
         newest = self._newest[side]
-        if newest is not None and newest - t > JUMP_BACK_NS:
+        if newest is not None and t <= newest and self._seen[side].went_back(t, newest):
             self._time_went_back(side, (newest - t) / 1e9)
+        self._seen[side].add(t)
         self._newest[side] = t if self._newest[side] is None else max(t, self._newest[side])
         self._last_stamp[side] = t
         other = self._last_stamp["right" if side == "left" else "left"]
@@ -283,6 +286,8 @@ class StereoNode(Node):
         pairing state, the order of pairs, the stamp offsets and the temporal filter, warn, carry on."""
         self._newest = {"left": None, "right": None}
         self._last_stamp = {"left": None, "right": None}
+        for seen in self._seen.values():
+            seen.clear()
         self.time_resets += 1
         if self.sync is not None:
             self.sync.reset()

@@ -9,9 +9,10 @@ its ``ApproximateTimeSynchronizer`` pairs only stamps *strictly* closer than ``s
 never pairs), and its ``TimeSynchronizer`` keeps older unmatched messages, so it can emit an older
 pair after a newer one. Pairs leave the node in stamp order on both paths: an older pair is dropped
 and counted. Time may also go backwards (a bag played in a loop, a driver restart, a sim-time reset):
-a stamp older than the newest seen by more than :data:`JUMP_BACK_NS` is a reset of time, after which
-pairing starts over (as tf2 clears its buffer on a jump back), instead of every later pair being
-rejected as out of order. Single-threaded use (ROS callbacks of one node).
+a stamp older than the newest seen by more than :data:`JUMP_BACK_NS`, or one a pair already had (a
+recording shorter than that played in a loop), is a reset of time, after which pairing starts over (as
+tf2 clears its buffer on a jump back), instead of every later pair being rejected as out of order.
+Single-threaded use (ROS callbacks of one node).
 """
 
 from __future__ import annotations
@@ -22,6 +23,33 @@ from typing import Any
 
 
 JUMP_BACK_NS = 1_000_000_000  # older than the newest stamp by more than this: time was reset, not reordered
+HISTORY = 1000  # pair stamps remembered to recognise time that loops back to a stamp it had
+
+
+class StampHistory:
+    """The stamps of the last :data:`HISTORY` pairs: a stamp older than the newest that one of them had is
+    time looping (a bag played with --loop), not a late message."""
+
+    def __init__(self) -> None:
+        self.order: deque[int] = deque()
+        self.seen: set[int] = set()
+
+    def add(self, t: int) -> None:
+        if t in self.seen:
+            return
+        self.order.append(t)
+        self.seen.add(t)
+        if len(self.order) > HISTORY:
+            self.seen.discard(self.order.popleft())
+
+    def clear(self) -> None:
+        self.order.clear()
+        self.seen.clear()
+
+    def went_back(self, t: int, newest: int) -> bool:
+        """Whether ``t`` (<= ``newest``) is time going back: by more than :data:`JUMP_BACK_NS`, or to a stamp
+        an earlier pair had (other than the newest itself: that is a repeated message)."""
+        return newest - t > JUMP_BACK_NS or (t < newest and t in self.seen)
 
 
 def stamp_ns(msg: Any) -> int:
@@ -44,19 +72,24 @@ class PairOrder:
     def __init__(self) -> None:
         self.last: int | None = None
         self.resets = 0
+        self.history = StampHistory()
 
     def check(self, t: int) -> str:
         if self.last is not None and t <= self.last:
-            if self.last - t <= JUMP_BACK_NS:
+            if not self.history.went_back(t, self.last):
                 return "old"
             self.resets += 1
+            self.history.clear()
+            self.history.add(t)
             self.last = t
             return "reset"
         self.last = t
+        self.history.add(t)
         return "ok"
 
     def reset(self) -> None:
         self.last = None
+        self.history.clear()
 
 
 class PairSynchronizer:
@@ -71,6 +104,7 @@ class PairSynchronizer:
         self.last_emitted = -1
         self.out_of_order = 0
         self.pairs = 0
+        self.history = StampHistory()
 
     def add_left(self, msg: Any) -> None:
         self._add(0, msg)
@@ -83,11 +117,12 @@ class PairSynchronizer:
         for q in self.queues:
             q.clear()
         self.last_emitted = -1
+        self.history.clear()
 
     def _add(self, side: int, msg: Any) -> None:
         t = stamp_ns(msg)
         if t <= self.last_emitted:
-            if self.last_emitted - t > JUMP_BACK_NS:  # time was reset: start over
+            if self.history.went_back(t, self.last_emitted):  # time was reset or loops: start over
                 self.reset()
             else:
                 self.out_of_order += 1
@@ -110,5 +145,6 @@ class PairSynchronizer:
             q.clear()
             q.extend(keep)
         self.last_emitted = newest
+        self.history.add(newest)
         self.pairs += 1
         self.callback(*pair)
