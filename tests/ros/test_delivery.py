@@ -78,3 +78,41 @@ def test_dead_segments_are_told_from_live_ones_by_their_lock(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_files_another_user_left_in_a_shared_shm_are_skipped_and_named():
+    """/dev/shm in a container, where a driver ran as root: the node (an unprivileged user) exited 1 with an
+    uncaught PermissionError on the root-owned dead port file. It skips what it may not remove and says so; a
+    name Fast DDS never writes (a non-hex id) is not taken for a segment. Runs as 'nobody' in a throwaway
+    sticky folder like /dev/shm."""
+    import os
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root to create another user's files and setpriv to drop to 'nobody'")
+    shm = Path(tempfile.mkdtemp(prefix="m2s_shm_", dir="/tmp"))
+    try:
+        os.chmod(shm, 0o1777)  # sticky and world-writable, as /dev/shm
+        for name in ("fastdds_port4242", "fastdds_port4242_el", "fastdds_00000000000000cc",
+                     "fastdds_00000000000000cc_el"):
+            (shm / name).write_bytes(b"\0" * 64)  # root's, and their owners are dead (no lock held)
+        (shm / "fastdds_myuserdata123456").write_bytes(b"a user's data")
+        (shm / "fastdds_myuserdata123456_el").write_bytes(b"")
+        os.chmod(shm / "fastdds_myuserdata123456", 0o666)
+        code = ("import sys; from pathlib import Path; from m2s_stereo.dds import clean_zombie_segments; "
+                "refused = []; n = clean_zombie_segments(Path(sys.argv[1]), refused); print(n, len(refused))")
+        res = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c",
+                              code, str(shm)], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "HOME": str(shm)})
+        assert res.returncode == 0, res.stderr
+        removed, refused = map(int, res.stdout.split())
+        assert removed == 0 and refused >= 2  # root's files: named, not removed, no traceback
+        assert (shm / "fastdds_port4242").exists() and (shm / "fastdds_myuserdata123456").exists()
+        from m2s_stereo.dds import clean_zombie_segments as clean
+
+        names = []
+        assert clean(shm, names) == 1 and not names  # as root: the segment goes, the user's file stays
+        assert (shm / "fastdds_myuserdata123456").read_bytes() == b"a user's data"
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)

@@ -104,7 +104,7 @@ def use_large_image_profile(environ: MutableMapping[str, str] = os.environ) -> s
 # told otherwise, and segments of processes that were killed stay until someone removes them.
 SHM_DIR = Path("/dev/shm")
 SEGMENT_BYTES = 17_564_192  # the profile's 16 MiB segment as Fast DDS allocates it (measured), per process
-_SEGMENT_LOCK = re.compile(r"^fast(?:dds|rtps)_[0-9a-z]{16}_el$")  # fastrtps_: Fast DDS 2 (Humble, Jazzy)
+_SEGMENT_LOCK = re.compile(r"^fast(?:dds|rtps)_[0-9a-f]{16}_el$")  # fastrtps_: Fast DDS 2 (Humble, Jazzy); hex ids
 _PORT_LOCK = re.compile(r"^fast(?:dds|rtps)_port\d{1,5}_(?:el|sl)$")
 
 
@@ -175,43 +175,55 @@ def shm_problem(report: ShmReport | None, segments: int = 1) -> str | None:
             "(a container: docker run --shm-size 256m), or export the profile only for the camera driver and the node")
 
 
-def clean_zombie_segments(shm_dir: Path = SHM_DIR) -> int:
+def clean_zombie_segments(shm_dir: Path = SHM_DIR, refused: list[str] | None = None) -> int:
     """Remove the shared-memory segments and ports of Fast DDS processes that died (their lock files are not
-    held): what ``fastdds shm clean`` does, without the datasharing segments. Returns the segments removed."""
+    held): what ``fastdds shm clean`` does, without the datasharing segments. Returns the segments removed.
+    A file this process may not remove (another user's, in a shared /dev/shm) is left and named in ``refused``."""
     removed = 0
     try:
         names = os.listdir(shm_dir)
     except OSError:
         return 0
+
+    def unlink(path: Path) -> bool:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # PermissionError: a driver run as root left it; not ours to remove
+            if refused is not None:
+                refused.append(f"{path} ({exc.strerror or type(exc).__name__})")
+            return False
+        return True
+
     for name in names:
         lock = shm_dir / name
         if _SEGMENT_LOCK.match(name) and not _locked(lock):
-            for path in (lock, shm_dir / name[:-3]):
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
-            removed += 1
+            done = [unlink(path) for path in (shm_dir / name[:-3], lock)]
+            removed += all(done)
         elif _PORT_LOCK.match(name) and not _locked(lock):
             base = shm_dir / name[:-3]
             for path in (base, shm_dir / f"{base.name}_el", shm_dir / f"{base.name}_sl"):
-                try:
-                    path.unlink()
-                except FileNotFoundError:
-                    pass
+                unlink(path)
     return removed
 
 
 def make_room_for_shm(shm_dir: Path = SHM_DIR) -> tuple[str | None, int]:
     """Before the first participant of a process that uses the profile: when ``shm_dir`` lacks room for its
     segment and one more, remove the segments of dead processes (they are nobody's), then say what is still
-    wrong. Returns (problem or None, segments removed)."""
+    wrong (files of dead processes it may not remove included). Returns (problem or None, segments removed)."""
     report = shm_report(shm_dir)
     removed = 0
+    refused: list[str] = []
     if shm_problem(report, 2) is not None and report is not None and report.zombie_segments:
-        removed = clean_zombie_segments(shm_dir)
+        removed = clean_zombie_segments(shm_dir, refused)
         report = shm_report(shm_dir)
-    return shm_problem(report, 2), removed
+    problem = shm_problem(report, 2)
+    if refused:
+        skipped = (f"left {len(refused)} file(s) of dead Fast DDS processes that this user may not remove (e.g. "
+                   f"{refused[0]}): another user's (a driver run as root?); 'sudo fastdds shm clean' removes them")
+        problem = f"{problem}; {skipped}" if problem else skipped
+    return problem, removed
 
 
 __all__ = ["OPT_OUT", "PROFILE", "PROFILE_VARIABLES", "SEGMENT_BYTES", "ShmReport", "clean_zombie_segments",
