@@ -46,7 +46,7 @@ def _views(i: int) -> tuple[np.ndarray, np.ndarray]:
 
 def record(path: Path, names: tuple[str, str, str, str], frames: int = 3, *, encoding: str = "rgb8",
            compressed: str | None = None, right_offset_ns: int = 0, storage: str = "mcap", zstd: str | None = None,
-           extra_image_topics: tuple[str, ...] = (), right_p03: float | None = None) -> Path:
+           extra_image_topics: tuple[str, ...] = (), right_p03: float | None = None, repeat: int | None = None) -> Path:
     """A bag as a driver + `ros2 bag record` leave it: its own topic names, each message at its own stamp."""
     from rosbags.rosbag2 import Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
@@ -71,7 +71,7 @@ def record(path: Path, names: tuple[str, str, str, str], frames: int = 3, *, enc
                 conns[topic] = writer.add_connection(topic, msg.__msgtype__, typestore=ts)
             writer.write(conns[topic], t, ts.serialize_cdr(msg, msg.__msgtype__))
 
-        for i in range(frames):
+        for i in [*range(frames), *([repeat] if repeat is not None else [])]:  # a frame sent twice: one stamp repeated
             stamp = 10**18 + i * 10**8
             left, right = _views(i)
             for k, (view, info, t) in enumerate(((left, camera.left, stamp), (right, right_info, stamp + right_offset_ns))):
@@ -234,3 +234,16 @@ def test_a_drivers_baseline_convention_is_named_and_the_baseline_option_accepted
                       cwd=tmp_path)
     assert intrinsics.returncode == 0, intrinsics.stderr
     assert StereoCamera.from_dir(tmp_path / "cam").baseline_m == pytest.approx(0.1)
+
+
+def test_repeated_stamps_are_counted_and_reported_by_the_replay(tmp_path, stereo_onnx):
+    """A frame recorded twice (a driver bug, a bag merged twice): 3 of 4 pairs were evaluated, 'dropped 0',
+    no warning. The replay keeps the first and says how many repeated."""
+    bag = record(tmp_path / "twice", NAMES["plain"], frames=4, repeat=1)
+    res = _cli("m2s_stereo.replay", "--bag", bag, "--model", stereo_onnx, "--out", tmp_path / "rep", "--mode",
+               "offline", "--quiet", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["frames"] == 4
+    assert any("repeating a stamp already seen" in w and "1 on /left/image_rect" in w for w in report["warnings"])
+    assert "repeating a stamp" in (tmp_path / "rep" / "report.md").read_text()
