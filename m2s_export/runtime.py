@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from m2s_export.errors import RuntimeBackendError
-from m2s_export.metadata import from_onnx_props, read_sidecar
+from m2s_export.metadata import checked_sidecar, from_onnx_props, read_sidecar
 
 
 def check_pair(left: np.ndarray, right: np.ndarray) -> None:
@@ -217,6 +217,7 @@ class OnnxRuntime(StereoRuntime):
         path = Path(path)
         if not path.is_file():
             raise RuntimeBackendError(f"ONNX model {path} not found")
+        checked_sidecar(path)  # a model changed after its export (one byte of a weight) is refused, not run
         wanted = providers or onnx_providers(path, ort.get_available_providers(), execution, trt_fp16)
         options = ort.SessionOptions()
         if threads:

@@ -247,3 +247,26 @@ def test_repeated_stamps_are_counted_and_reported_by_the_replay(tmp_path, stereo
     assert report["frames"] == 4
     assert any("repeating a stamp already seen" in w and "1 on /left/image_rect" in w for w in report["warnings"])
     assert "repeating a stamp" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_tampered_model_and_a_run_that_publishes_nothing_are_errors_not_scores(tmp_path, stereo_onnx):
+    """One byte of a weight changed after the export made every disparity non-finite, and m2s-eval-bag still
+    exited 0 with 'answered 3, published_share 0.0'. The sidecar's sha256 refuses the file; and a run whose
+    published pixels are none on every frame is an error, never a score."""
+    sidecar = Path(str(stereo_onnx) + ".json")
+    bag = record(tmp_path / "b", NAMES["plain"])
+    argv = ("m2s_stereo.replay", "--bag", bag, "--mode", "offline", "--quiet")
+    if not sidecar.is_file():
+        pytest.skip("the hand-built ONNX of the torch-free legs has no sidecar and no confidence output")
+    model = tmp_path / "m.onnx"
+    data = bytearray(stereo_onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, inside the weights
+    model.write_bytes(bytes(data))
+    shutil.copy(sidecar, tmp_path / "m.onnx.json")
+    res = _cli(*argv, "--model", model, "--out", tmp_path / "t", cwd=tmp_path)
+    assert res.returncode == 2 and "does not belong to" in res.stderr and not (tmp_path / "t").exists(), res.stderr
+    res = _cli(*argv, "--model", stereo_onnx, "--out", tmp_path / "none", "--param", "confidence_threshold=1.0",
+               cwd=tmp_path)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and lines[-1].startswith("error: the model published no valid disparity on any of the 3")
+    assert not (tmp_path / "none").exists()

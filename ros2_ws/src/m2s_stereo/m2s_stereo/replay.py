@@ -136,6 +136,7 @@ class Evaluation:
             gt = frame.camera.depth_to_disparity(frame.gt_depth)
         with np.errstate(invalid="ignore"):
             predicted = np.isfinite(disp) & (disp > 0)
+        row["published_pixels"] = int(predicted.sum())
         if gt is not None:
             row.update(self.disp.add(disp, gt, mask=predicted))
             with np.errstate(invalid="ignore"):
@@ -537,6 +538,11 @@ def _main(args: argparse.Namespace) -> int:
     else:
         result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet,
                           params=params, label_free=args.label_free, names=TopicNames.from_args(args))
+    answered = [r for r in result.get("per_frame", []) if "published_pixels" in r]
+    if answered and not any(r["published_pixels"] for r in answered):
+        raise BagError(f"the model published no valid disparity on any of the {len(answered)} frame(s) it answered "
+                       f"(every value NaN, inf or <= 0): a damaged or tampered model ({args.model}), or a "
+                       "confidence_threshold that rejects every pixel; no score is reported from nothing")
     claim.begin()
     result = write_report(result, Path(args.out))
     claim.finish()
