@@ -348,23 +348,30 @@ LABEL_FREE_FIGURES = ("photometric", "lr_consistency", "at_range_limit")  # the 
 
 TEXTURE_GRADIENT = 4.0 / 255.0  # a grey-level step that block matching (and SSIM) can lock onto
 MIN_TEXTURED_FRACTION = 0.01  # fewer textured pixels than this: nothing to score a disparity by
-IDENTICAL_VIEWS = 0.5 / 255.0  # mean |left - right| below half a grey level: one image on both topics
+IDENTICAL_VIEWS = 1.5 / 255.0  # mean |left - right| of the smoothed views below this: one scene on both topics
+NOISE_SMOOTHING = 5  # px: the box both tests look through, so that sensor noise is not taken for texture
 
 
 def unscorable_pair(left_grey: np.ndarray, right_grey: np.ndarray) -> str | None:
     """Why a pair (grey, [0, 1]) cannot score a disparity without ground truth, or None: texture-less
     views (an all-black or covered lens: any disparity reconstructs them) or identical views (a
-    driver publishing the left image on both topics: disparity 0 everywhere reconstructs them)."""
-    for name, grey in (("left", left_grey), ("right", right_grey)):
+    driver publishing the left image on both topics: disparity 0 everywhere reconstructs them). Both are
+    judged on the views smoothed over :data:`NOISE_SMOOTHING` px, so that a dead camera's sensor noise
+    (a black frame with noise of 3 grey levels) is neither texture nor a difference between the views."""
+    size = (NOISE_SMOOTHING, NOISE_SMOOTHING)
+    smooth = {name: cv2.blur(np.asarray(grey, np.float32), size) for name, grey in (("left", left_grey),
+                                                                                      ("right", right_grey))}
+    for name, grey in smooth.items():
         gx = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=1))
         textured = float((gx > TEXTURE_GRADIENT).mean())
         if textured < MIN_TEXTURED_FRACTION:
-            return (f"the {name} image has no texture ({100 * textured:.2f} % of its pixels show a horizontal step "
-                    f"of {255 * TEXTURE_GRADIENT:.0f} grey levels): black, saturated or a covered lens")
-    diff = float(np.abs(left_grey - right_grey).mean())
+            return (f"the {name} image has no texture beyond noise ({100 * textured:.2f} % of its pixels show a "
+                    f"horizontal step of {255 * TEXTURE_GRADIENT:.0f} grey levels once smoothed over "
+                    f"{NOISE_SMOOTHING} px): black, saturated or a covered lens")
+    diff = float(np.abs(smooth["left"] - smooth["right"]).mean())
     if diff < IDENTICAL_VIEWS:
-        return (f"the left and right images are identical (mean difference {255 * diff:.2f} grey levels): the same "
-                "image on both topics?")
+        return (f"the left and right images are identical but for noise (mean difference {255 * diff:.2f} grey levels "
+                f"once smoothed over {NOISE_SMOOTHING} px): the same image on both topics?")
     return None
 
 
