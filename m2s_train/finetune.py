@@ -12,7 +12,12 @@ from m2s_train.checkpoints import check_run_dir
 from m2s_train.config import to_dict
 from m2s_train.data.stereo_datasets import build_dataset, check_labels
 from m2s_train.errors import ConfigError
+from calib.safe_files import read_json, write_json_atomic
 from m2s_train.s2dkd import (
+    TEACHER_MISSING,
+    TEACHER_OK,
+    TEACHER_REJECTED,
+    TEACHER_RESIZED,
     AlignConfig,
     DistillationDataset,
     S2DKDConfig,
@@ -69,6 +74,38 @@ def run_finetune(config: FinetuneConfig, out: str | os.PathLike, *, resume: bool
     def loss_fn(output, batch, model_cfg):
         return s2dkd_loss(output, batch, model_cfg, config.s2dkd)
 
+    teachers = check_teachers(dataset, progress) if config.s2dkd.enabled else None
     extra = {k: v for k, v in to_dict(config).items() if k != "train"}
-    return train(tc, Path(out), resume=resume, overwrite=overwrite, device=device, progress=progress, loss_fn=loss_fn,
-                 dataset=dataset, stop_after=stop_after, extra_config=extra)
+    summary = train(tc, Path(out), resume=resume, overwrite=overwrite, device=device, progress=progress,
+                    loss_fn=loss_fn, dataset=dataset, stop_after=stop_after, extra_config=extra)
+    if teachers is not None:  # beside the run's own summary, where a reader of the run looks
+        summary["teachers"] = teachers
+        path = Path(out) / "train_summary.json"
+        if path.is_file():
+            write_json_atomic(path, {**read_json(path, "training summary"), "teachers": teachers})
+    return summary
+
+
+def check_teachers(dataset: DistillationDataset, progress: bool = True) -> dict[str, Any]:
+    """How many training images have a usable teacher (aligned to their labels); S2DKD with none is refused,
+    and images without one (rejected by the alignment, or missing) are named with their share: they train on
+    the sparse labels alone."""
+    from tqdm import tqdm
+
+    status_names = {TEACHER_OK: "ok", TEACHER_RESIZED: "ok", TEACHER_MISSING: "missing", TEACHER_REJECTED: "rejected"}
+    counts = {"ok": 0, "missing": 0, "rejected": 0}
+    for i in tqdm(range(len(dataset)), desc="teachers", unit="img", disable=not progress):
+        left, _, disp, _ = dataset.base.load(i)
+        counts[status_names[dataset.teacher_for(left, disp)[1]]] += 1
+    n = len(dataset)
+    without = counts["missing"] + counts["rejected"]
+    if n and without == n:
+        raise ConfigError(f"S2DKD was asked for, but none of the {n} training images has a usable teacher "
+                          f"({counts['rejected']} rejected by the alignment to the labels: too few labels or a residual "
+                          f"above align.max_residual; {counts['missing']} missing from the cache): fix the teacher "
+                          "(--depth-model) or train on the sparse labels alone (--no-s2dkd)")
+    if without:
+        log.warning("%d of %d training images (%.0f %%) have no usable teacher (%d rejected by the alignment, %d "
+                    "missing) and train on their sparse labels alone", without, n, 100 * without / n,
+                    counts["rejected"], counts["missing"])
+    return {**counts, "images": n, "without_teacher_share": without / n if n else 0.0}

@@ -177,16 +177,35 @@ class TeacherCache:
         if not path.is_file():
             return None
         try:
-            return load_npy(path, "teacher cache entry", ConfigError)
+            entry = load_npy(path, "teacher cache entry", ConfigError)
         except ConfigError as exc:
             log.warning("%s: recomputing", exc)
             return None
+        if (problem := unusable_teacher(entry)) is not None:
+            log.warning("teacher cache entry %s is unusable (%s): recomputing", path, problem)
+            return None
+        return entry
 
     def put(self, image: np.ndarray, inv_depth: np.ndarray) -> None:
         path = self.path(image)
         buf = io.BytesIO()
         np.save(buf, np.asarray(inv_depth, np.float32), allow_pickle=False)
         write_bytes_atomic(path, buf.getvalue())
+
+
+TEACHER_LIMIT = 1e6  # |relative inverse depth| beyond this is a broken value (3e38: an overflow), not a scene
+
+
+def unusable_teacher(entry: np.ndarray) -> str | None:
+    """Why a cached teacher map cannot teach anything (then it is recomputed), or None."""
+    if entry.ndim != 2 or min(entry.shape) < 1:
+        return f"shape {entry.shape}, not an HxW map"
+    finite = np.isfinite(entry)
+    if not finite.any():
+        return "every value is NaN or inf"
+    if float(np.abs(entry[finite]).max()) > TEACHER_LIMIT:
+        return f"{int((np.abs(entry[finite]) > TEACHER_LIMIT).sum())} value(s) beyond {TEACHER_LIMIT:g}"
+    return None
 
 
 def fill_teacher_cache(dataset: Any, cache: TeacherCache, estimator: Any, progress: bool = True) -> dict[str, int]:

@@ -205,3 +205,39 @@ def test_finetune_end_to_end_with_precomputed_teacher(tmp_path, folder_dataset):
     assert rc == 0
     saved = json.loads((tmp_path / "ft_sparse" / "train_summary.json").read_text())["config"]
     assert saved["extra"]["s2dkd"]["enabled"] is False
+
+
+def test_unusable_teachers_are_recomputed_named_or_refused(tmp_path, folder_dataset, caplog):
+    """An all-NaN cache entry was never recomputed, 0.5 % of pixels at 3e38 rejected the whole teacher, and
+    fine-tuning with every teacher rejected carried on as plain sparse training with a count only."""
+    import logging
+
+    from m2s_train.errors import ConfigError as TrainConfigError
+    from m2s_train.finetune import FinetuneConfig, run_finetune
+    from m2s_train.s2dkd import unusable_teacher
+
+    root, teachers = folder_dataset(4, 96, (30, 60))
+    save_model(create_model("igev-tiny"), tmp_path / "init")
+    base = {"train.model": "igev-tiny", "train.init": str(tmp_path / "init"), "train.datasets": [f"folder:{root}"],
+            "train.crop": [64, 96], "train.batch_size": 2, "train.steps": 2, "train.num_workers": 0,
+            "train.checkpoint_every": 2, "depth.backend": "precomputed", "depth.precomputed_dir": str(teachers),
+            "teacher_cache": str(tmp_path / "cache"), "sparsify": "lidar-like"}
+    run_finetune(load_config(FinetuneConfig, None, base), tmp_path / "ft", progress=False)
+    entries = sorted((tmp_path / "cache").rglob("*.npy"))
+    good = np.load(entries[0])
+    np.save(entries[0], np.full_like(good, np.nan))
+    broken = good.copy()
+    broken.reshape(-1)[: max(1, broken.size // 200)] = 3e38
+    np.save(entries[1], broken)
+    assert unusable_teacher(np.load(entries[0])) and "beyond" in unusable_teacher(np.load(entries[1]))
+    with caplog.at_level(logging.WARNING):
+        summary = run_finetune(load_config(FinetuneConfig, None, base), tmp_path / "ft2", progress=False)
+    assert sum("unusable" in r.message and "recomputing" in r.message for r in caplog.records) == 2
+    assert unusable_teacher(np.load(entries[0])) is None and unusable_teacher(np.load(entries[1])) is None
+    assert summary["teachers"]["ok"] == 4
+    assert json.loads((tmp_path / "ft2" / "train_summary.json").read_text())["teachers"]["images"] == 4
+    # teachers that no alignment accepts: refused before any step, with the way out
+    strict = {**base, "align.min_labels": 10**7}  # more labels than any image has: every alignment rejected
+    with pytest.raises(TrainConfigError, match=r"none of the 4 training images has a usable teacher \(4 rejected"):
+        run_finetune(load_config(FinetuneConfig, None, strict), tmp_path / "ft3", progress=False)
+    assert not (tmp_path / "ft3" / "checkpoints").exists()
