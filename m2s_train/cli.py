@@ -318,7 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name (igev, igev-rt, rt-igev, igev-tiny)")
     p.add_argument("--init", help="checkpoint directory to initialise the weights from")
     p.add_argument("--dataset", action="append",
-                   help="kind:path[:half] (synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder); repeatable")
+                   help="kind:path[:half] (synth, sceneflow, kitti2012, kitti2015, middlebury, eth3d, folder), or a "
+                        "built-in real pair with GT: aloe[:half|:quarter] (opencv-doc), motorcycle[:half] "
+                        "(scikit-image); repeatable")
     p.add_argument("--train-iters", type=positive_int, help="GRU iterations during training (default: the model's)")
     p.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")

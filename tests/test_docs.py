@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,49 @@ def test_site_builds_strict(tmp_path):
     assert "StereoCamera" in api and "disparity_to_depth" in api  # rendered from the docstrings
     measured = (site / "measured" / "index.html").read_text(encoding="utf-8")
     assert "bench_node_delivery.py" in measured and "--8&lt;--" not in measured  # the snippets were included
+    import re
+
+    assert not re.search(r":(class|func|meth|mod|data|attr|exc):", re.sub(r"<[^>]+>", "", api))  # no raw Sphinx roles
+
+
+def markdown_problems(text: str, name: str = "page") -> list[str]:
+    """Source lines that Markdown renders otherwise than they read: a sentence cut by a blank line (the rest
+    becomes a new paragraph, or a list's bullet collapses into the one before), and a number at the start of a
+    line inside a paragraph ("... exits\n2. For ...": an ordered list starts there)."""
+    problems, fence = [], False
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        if fence or i == 0:
+            continue
+        before = lines[i - 1]
+        if line.strip() == "" and i + 1 < len(lines):
+            after = lines[i + 1].strip()
+            prose = before.strip() and not before.lstrip().startswith(("|", "#", "<", "```", "!", "-->", "--8<--"))
+            if prose and not re.search(r"[.:;!?)`*>]$|^\s*[-*] |\d\.$", before.strip()) and \
+                    (after[:1].islower() or after.startswith("|") or re.match(r"\d+\. ", after)) \
+                    and not after.startswith(("| ", "|-")):
+                problems.append(f"{name}:{i}: a sentence cut by a blank line: '...{before.strip()[-40:]}' / '{after[:40]}...'")
+        if re.match(r"^\d+\. ", line) and before.strip() and not before.startswith((" ", "\t")) \
+                and not re.match(r"^(\d+\.|[-*]) ", before) and not before.startswith(("|", "#", "<")):
+            problems.append(f"{name}:{i + 1}: '{line[:30]}' starts an ordered list inside the paragraph above it")
+    return problems
+
+
+def test_markdown_renders_as_written():
+    import re  # noqa: F401  (markdown_problems uses the module's import)
+
+    pages = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+    problems = [p for page in pages for p in markdown_problems(page.read_text(encoding="utf-8"), page.name)]
+    assert problems == []
+
+
+def test_the_markdown_check_catches_what_broke_the_pages():
+    assert markdown_problems("- item one\n  goes on and the mean\n\n|Δconfidence| 1e-3. More\n")
+    assert markdown_problems("the command exits\n\n2. For the model\n")  # "exits" + a list item "2."
+    assert markdown_problems("the command exits\n2. For the model\n")
+    assert markdown_problems("the command exits with\nstatus 2.\n\nFor the model's confidence\n") == []
 
 
 def test_docs_name_only_real_commands_flags_and_parameters():
