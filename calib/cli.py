@@ -177,15 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write left.yaml and right.yaml (ROS camera_info of a rectified pair: K = P[:, :3], R = I, no "
                     "distortion, P_R[0,3] = -fx * baseline) from the numbers a factory-calibrated stereo camera "
                     "reports for its rectified images, or copy them from a bag's camera_info topics.",
-        epilog="\n".join([
-            "Where the numbers come from (the rectified ones, at the resolution you stream):",
-            "  RealSense:  rs-enumerate-devices -c   (Infrared 1 intrinsics; baseline = |translation| of the",
-            "              Infrared 2 extrinsics, in metres)",
-            "  OAK-D:      depthai CalibrationHandler.getCameraIntrinsics(LEFT/RIGHT, W, H) and",
-            "              getBaselineDistance() (centimetres: divide by 100)",
-            "  ZED:        the SN<serial>.conf calibration file (fx, fy, cx, cy per resolution; Baseline in mm:",
-            "              divide by 1000)",
-            "  any ROS 2 driver publishing camera_info: record a few seconds and use --from-bag"]))
+        epilog="Where a RealSense, ZED, OAK-D or a USB pair shows these numbers, and the topics to record for "
+               "--from-bag: docs/cameras.md. Any ROS 2 driver publishing camera_info: record a few seconds, use "
+               "--from-bag.")
     p.add_argument("--fx", type=positive_float, help="focal length, px (rectified)")
     p.add_argument("--fy", type=positive_float, help="vertical focal length, px (default: --fx)")
     p.add_argument("--cx", type=finite_float, help="principal point x, px")

@@ -34,7 +34,7 @@ def test_site_builds_strict(tmp_path):
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "WARNING" not in done.stderr, done.stderr[-3000:]
-    for page in ("getting-started", "calibrate", "synthesize", "pretrain", "finetune", "evaluate", "model-zoo",
+    for page in ("getting-started", "cameras", "calibrate", "synthesize", "pretrain", "finetune", "evaluate", "model-zoo",
                  "export", "node", "replay", "troubleshooting", "measured", "design", "api"):
         assert (site / page / "index.html").is_file(), page
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
