@@ -25,6 +25,7 @@ from m2s_train.s2dkd import (
     fill_teacher_cache,
     s2dkd_loss,
 )
+from m2s_train.synth.depth import SegmentPlaneDepthPrior
 from m2s_train.synth.pipeline import DepthConfig, depth_estimator_from_config
 from m2s_train.train import TrainConfig, train, training_model
 
@@ -44,6 +45,10 @@ class FinetuneConfig:
 def teacher_cache(config: FinetuneConfig, base: Any, progress: bool = True) -> tuple[TeacherCache, dict[str, int]]:
     """The teacher cache of ``config``, filled for every left image of ``base`` (safe to interrupt and rerun)."""
     estimator = depth_estimator_from_config(config.depth)
+    if isinstance(estimator, SegmentPlaneDepthPrior):
+        log.warning("the S2DKD teacher is the offline segment-plane depth prior (procedural depth, not monocular depth): "
+                    "no Depth Anything weights were given. Pass --depth-model DIR (docs/finetune.md says where the "
+                    "weights come from), --depth-dir with precomputed maps, or --no-s2dkd")
     cache = TeacherCache(config.teacher_cache, estimator.model_id)
     counts = fill_teacher_cache(base, cache, estimator, progress=progress)
     log.info("teacher cache %s: %d cached, %d computed", cache.dir, counts["cached"], counts["computed"])
@@ -108,4 +113,6 @@ def check_teachers(dataset: DistillationDataset, progress: bool = True) -> dict[
         log.warning("%d of %d training images (%.0f %%) have no usable teacher (%d rejected by the alignment, %d "
                     "missing) and train on their sparse labels alone", without, n, 100 * without / n,
                     counts["rejected"], counts["missing"])
-    return {**counts, "images": n, "without_teacher_share": without / n if n else 0.0}
+    model_id = dataset.cache.model_id if dataset.cache is not None else None
+    return {**counts, "images": n, "without_teacher_share": without / n if n else 0.0, "teacher_model": model_id,
+            "procedural_prior": model_id == SegmentPlaneDepthPrior.model_id}

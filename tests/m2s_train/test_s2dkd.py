@@ -234,10 +234,30 @@ def test_unusable_teachers_are_recomputed_named_or_refused(tmp_path, folder_data
         summary = run_finetune(load_config(FinetuneConfig, None, base), tmp_path / "ft2", progress=False)
     assert sum("unusable" in r.message and "recomputing" in r.message for r in caplog.records) == 2
     assert unusable_teacher(np.load(entries[0])) is None and unusable_teacher(np.load(entries[1])) is None
-    assert summary["teachers"]["ok"] == 4
+    assert summary["teachers"]["ok"] == 4 and summary["teachers"]["procedural_prior"] is False
     assert json.loads((tmp_path / "ft2" / "train_summary.json").read_text())["teachers"]["images"] == 4
     # teachers that no alignment accepts: refused before any step, with the way out
     strict = {**base, "align.min_labels": 10**7}  # more labels than any image has: every alignment rejected
     with pytest.raises(TrainConfigError, match=r"none of the 4 training images has a usable teacher \(4 rejected"):
         run_finetune(load_config(FinetuneConfig, None, strict), tmp_path / "ft3", progress=False)
     assert not (tmp_path / "ft3" / "checkpoints").exists()
+
+
+def test_the_procedural_teacher_fallback_is_named_in_the_output_and_the_summary(tmp_path, folder_dataset, caplog):
+    """The documented finetune command without --depth-model fell back to the segment-plane prior silently."""
+    import logging
+
+    from m2s_train.finetune import FinetuneConfig, run_finetune
+
+    root, _ = folder_dataset(2, 96, (30, 60))
+    save_model(create_model("igev-tiny"), tmp_path / "init")
+    cfg = load_config(FinetuneConfig, None, {
+        "train.model": "igev-tiny", "train.init": str(tmp_path / "init"), "train.datasets": [f"folder:{root}"],
+        "train.crop": [64, 96], "train.batch_size": 2, "train.steps": 1, "train.num_workers": 0,
+        "train.checkpoint_every": 1, "teacher_cache": str(tmp_path / "cache"), "sparsify": "lidar-like"})
+    with caplog.at_level(logging.WARNING):
+        summary = run_finetune(cfg, tmp_path / "ft", progress=False)
+    assert any("S2DKD teacher is the offline segment-plane depth prior" in r.message for r in caplog.records)
+    saved = json.loads((tmp_path / "ft" / "train_summary.json").read_text())["teachers"]
+    assert saved["procedural_prior"] is True and saved["teacher_model"] == "segment-plane-prior-v1"
+    assert summary["teachers"] == saved
