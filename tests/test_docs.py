@@ -65,6 +65,21 @@ def markdown_problems(text: str, name: str = "page") -> list[str]:
                     (after[:1].islower() or after.startswith("|") or re.match(r"\d+\. ", after)) \
                     and not after.startswith(("| ", "|-")):
                 problems.append(f"{name}:{i}: a sentence cut by a blank line: '...{before.strip()[-40:]}' / '{after[:40]}...'")
+        previous = next((p for p in reversed(lines[:i]) if p.strip()), "")  # the line this one continues
+        in_list = bool(re.match(r"^\s*(\d+\.|[-*]) ", previous)) or previous.startswith((" ", "\t"))
+        if in_list and (re.match(r"^ {1,3}(\d+\.|[-*]) ", line) or (
+                re.match(r"^ {1,3}\S", line) and before.strip() == "" and not line.lstrip().startswith(("|", "<", "```")))):
+            problems.append(f"{name}:{i + 1}: '{line.strip()[:30]}' is indented {len(line) - len(line.lstrip())} spaces: "
+                            "a nested list or a paragraph inside a list item needs 4 (Python-Markdown), else it "
+                            "leaves the list")
+        if re.match(r"^([-*]|\d+\.) ", line) and before.strip():  # a list item right after a paragraph line
+            k = i - 1
+            while k > 0 and lines[k - 1].strip():
+                k -= 1
+            first = lines[k]
+            if not re.match(r"^\s*([-*]|\d+\.) ", first) and not first.lstrip().startswith(("|", "<", "```", "#", "!")):
+                problems.append(f"{name}:{i + 1}: '{line[:30]}' follows a paragraph without a blank line: "
+                                "Python-Markdown reads it as more of that paragraph, not as a list item")
         if re.match(r"^\d+\. ", line) and before.strip() and not before.startswith((" ", "\t")) \
                 and not re.match(r"^(\d+\.|[-*]) ", before) and not before.startswith(("|", "#", "<")):
             problems.append(f"{name}:{i + 1}: '{line[:30]}' starts an ordered list inside the paragraph above it")
@@ -80,6 +95,8 @@ def test_markdown_renders_as_written():
 
 
 def test_the_markdown_check_catches_what_broke_the_pages():
+    assert markdown_problems("- **FP16** the union of\n  1. regions;\n  2. range.\n\n  The ranges come from\n")
+    assert markdown_problems("- a\n    1. b\n\n    The ranges come from\n    this run.\n- **The check**\n")
     assert markdown_problems("- item one\n  goes on and the mean\n\n|Δconfidence| 1e-3. More\n")
     assert markdown_problems("the command exits\n\n2. For the model\n")  # "exits" + a list item "2."
     assert markdown_problems("the command exits\n2. For the model\n")
