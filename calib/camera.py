@@ -366,10 +366,15 @@ class StereoCamera:
 
     @classmethod
     def from_msgs(cls, left_msg: Any, right_msg: Any, baseline_m: float | None = None) -> StereoCamera:
-        """From two ``sensor_msgs/CameraInfo`` messages (or objects with the same fields). ``baseline_m`` (> 0) is
-        the baseline of a driver whose right camera_info carries none (P[0,3] = 0) or the wrong sign: it sets
-        P_R[0,3] = -fx B. A camera_info that does carry one must agree with it (within 1 %)."""
-        left, right = CameraInfo.from_msg(left_msg), CameraInfo.from_msg(right_msg)
+        """From two ``sensor_msgs/CameraInfo`` messages (or objects with the same fields); ``baseline_m``: see
+        :meth:`with_baseline`."""
+        return cls.with_baseline(CameraInfo.from_msg(left_msg), CameraInfo.from_msg(right_msg), baseline_m)
+
+    @classmethod
+    def with_baseline(cls, left: CameraInfo, right: CameraInfo, baseline_m: float | None = None) -> StereoCamera:
+        """The pair, with ``baseline_m`` (> 0; None or 0: as the camera_info says) the baseline of a driver whose
+        right camera_info carries none (P[0,3] = 0) or the wrong sign: it sets P_R[0,3] = -fx B. A camera_info
+        that does carry one must agree with it (within 1 %)."""
         if baseline_m:
             check_baseline(float(baseline_m))
             fx, tx = float(right.P[0, 0]), float(right.P[0, 3])

@@ -61,15 +61,21 @@ def test_the_model_on_a_camera_without_ground_truth_is_shown_and_compared_with_s
     report = json.loads((root / "rep" / "report.json").read_text())
     lf = report["accuracy"]["label_free"]
     assert lf["frames"] == 3 and 0 < lf["published_share"] < 1  # the LR check publishes a share, and says which
-    for prefix, suffix in (("", ""), ("", "_all"), ("sgbm_", "")):  # published pixels, all pixels, the baseline
+    for prefix, suffix in (("", ""), ("", "_all"), ("sgbm_", ""), ("sgbm_", "_all")):  # published, all, the baseline
         assert 0 < lf[f"{prefix}photometric{suffix}"] < 1 and 0 <= lf[f"{prefix}lr_consistency{suffix}"] <= 1
         assert 0 <= lf[f"{prefix}at_range_limit{suffix}"] <= 1
     assert 0.3 < lf["sgbm_share"] <= 1
     text = (root / "rep" / "report.md").read_text()
     assert "on the published pixels (" in text and "on all the model's pixels" in text and "OpenCV SGBM (" in text
     # pictures of what the model does: left image, disparity, depth, confidence
+    assert "OpenCV SGBM (fair: search range 128 px, the model's range on this camera, left band answered" in text
+    assert "on all pixels (its holes filled along the row)" in text
+    # pictures of what the model does on every frame: left image, disparity, depth, confidence
     pictures = sorted((root / "rep").glob("result_*.png"))
-    assert len(pictures) == 2 and all(cv2.imread(str(p)).shape[1] > 600 for p in pictures)
+    assert len(pictures) == 3 and all(cv2.imread(str(p)).shape[1] > 600 for p in pictures)
+    _run("m2s_stereo.replay", "--bag", "bag", "--model", "model.onnx", "--out", "rep1", "--mode", "offline",
+         "--examples", "1", "--param", "confidence_threshold=0", "--quiet", cwd=root)
+    assert len(list((root / "rep1").glob("result_*.png"))) == 1
 
 
 def test_range_limit_share_is_in_the_cameras_pixels():

@@ -206,7 +206,7 @@ def test_live_replay_of_a_compressed_namespaced_recording(tmp_path, stereo_onnx)
     pytest.importorskip("rclpy", reason="the live replay needs rclpy (ROS 2 wheels)")
     bag = record(tmp_path / "oak", NAMES["oak"], frames=4, compressed="jpg", right_offset_ns=3_000_000)
     res = _cli("m2s_stereo.replay", "--bag", bag, "--model", stereo_onnx, "--out", tmp_path / "rep", "--mode", "live",
-               "--rate", "0", "--quiet", cwd=tmp_path)
+               "--rate", "0", "--param", "confidence_threshold=0", "--quiet", cwd=tmp_path)  # an untrained model
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert report["frames"] == 4 and report["answered"] + report["dropped"] == 4 and report["answered"] >= 3
@@ -265,8 +265,15 @@ def test_a_tampered_model_and_a_run_that_publishes_nothing_are_errors_not_scores
     shutil.copy(sidecar, tmp_path / "m.onnx.json")
     res = _cli(*argv, "--model", model, "--out", tmp_path / "t", cwd=tmp_path)
     assert res.returncode == 2 and "does not belong to" in res.stderr and not (tmp_path / "t").exists(), res.stderr
-    res = _cli(*argv, "--model", stereo_onnx, "--out", tmp_path / "none", "--param", "confidence_threshold=1.0",
+    # offline the model's own output counts (a threshold that rejects every pixel still leaves figures on all the
+    # model's pixels); live, only what the node publishes reaches the replay
+    res = _cli(*argv, "--model", stereo_onnx, "--out", tmp_path / "some", "--param", "confidence_threshold=1.0",
                cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    pytest.importorskip("rclpy", reason="the live replay needs rclpy (ROS 2 wheels)")
+    live = [a if a != "offline" else "live" for a in argv]
+    res = _cli(*live, "--rate", "0", "--model", stereo_onnx, "--out", tmp_path / "none", "--param",
+               "confidence_threshold=1.0", cwd=tmp_path)
     lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert res.returncode == 2 and lines[-1].startswith("error: the model published no valid disparity on any of the 3")
-    assert not (tmp_path / "none").exists()
+    assert res.returncode == 2 and lines[-1].startswith("error: the model gave no valid disparity on any of the 3")
+    assert "confidence_threshold" in lines[-1] and not (tmp_path / "none").exists()

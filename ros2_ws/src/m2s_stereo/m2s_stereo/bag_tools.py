@@ -35,7 +35,7 @@ from calib.rosbag_io import (  # BagError re-exported: the stereo bag tools rais
     stereo_info_topics,
     typestore,
 )
-from calib.safe_files import load_npy, staged_directory
+from calib.safe_files import load_npy, read_json, staged_directory, write_json_atomic
 
 LEFT, RIGHT = "left/image_rect", "right/image_rect"
 LEFT_INFO, RIGHT_INFO = "left/camera_info", "right/camera_info"
@@ -58,6 +58,7 @@ class Frame:
     gt_depth: np.ndarray | None = None
     raw: dict[str, bytes] = field(default_factory=dict)  # serialized messages (for replay over DDS)
     encoding: str = "rgb8"  # of left/right as written: rgb8 (HxWx3 uint8), mono8 (HxW uint8), mono16 (HxW uint16)
+    name: str | None = None  # where the pair came from (a folder's file name), for reports; None: the stamp says it
 
 
 def _header(ts: Any, stamp_ns: int, frame_id: str) -> Any:
@@ -100,39 +101,54 @@ def write_bag(path: str | os.PathLike, frames: list[Frame] | Iterator[Frame], st
         raise BagError(f"{path} exists: choose a new bag directory (bags are never overwritten)")
     ts = typestore()
     plugin = StoragePlugin.SQLITE3 if storage == "sqlite3" else StoragePlugin.MCAP
+    names: dict[str, str] = {}
+    with staged_directory(path) as stage:
+        with Writer(stage, version=8, storage_plugin=plugin) as writer:
+            n = _write_frames(writer, ts, frames, frame_id, extra, names)
+        if names:  # the source of each pair, for the replay's report (rosbag2 tools ignore the extra file)
+            write_json_atomic(stage / SOURCE_NAMES, names)
+    return n
+
+
+SOURCE_NAMES = "source_names.json"  # in a bag folder made by m2s-bag make: {stamp_ns: the pair's file name}
+
+
+def _write_frames(writer: Any, ts: Any, frames: list[Frame] | Iterator[Frame], frame_id: str,
+                  extra: list[tuple[str, int, Any]] | None, names: dict[str, str]) -> int:
     n = 0
-    with staged_directory(path) as stage, Writer(stage, version=8, storage_plugin=plugin) as writer:
-        conns: dict[str, Any] = {}
+    conns: dict[str, Any] = {}
 
-        def conn(topic: str, msgtype: str) -> Any:
-            if topic not in conns:
-                conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
-            return conns[topic]
+    def conn(topic: str, msgtype: str) -> Any:
+        if topic not in conns:
+            conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
+        return conns[topic]
 
-        last = -1
-        for frame in frames:
-            if frame.stamp_ns <= last:
-                raise BagError(f"frame stamps must increase: {frame.stamp_ns} after {last}")
-            last = frame.stamp_ns
-            if frame.left.shape != frame.right.shape:
-                raise BagError(f"frame {n}: left {frame.left.shape[1]}x{frame.left.shape[0]} and right "
-                               f"{frame.right.shape[1]}x{frame.right.shape[0]} differ in size")
-            try:
-                frame.camera.check_image_size(frame.left.shape[1], frame.left.shape[0])
-            except CalibrationError as exc:
-                raise BagError(f"frame {n}: {exc}") from None
-            h = _header(ts, frame.stamp_ns, frame_id)
-            items = [(LEFT, _image(ts, h, frame.left, frame.encoding)), (RIGHT, _image(ts, h, frame.right, frame.encoding)),
-                     (LEFT_INFO, _info(ts, h, frame.camera.left)), (RIGHT_INFO, _info(ts, h, frame.camera.right))]
-            if frame.gt_disparity is not None:
-                items.append((GT_DISP, _image(ts, h, frame.gt_disparity.astype(np.float32), "32FC1")))
-            if frame.gt_depth is not None:
-                items.append((GT_DEPTH, _image(ts, h, frame.gt_depth.astype(np.float32), "32FC1")))
-            for topic, msg in items:
-                writer.write(conn(topic, msg.__msgtype__), frame.stamp_ns, ts.serialize_cdr(msg, msg.__msgtype__))
-            n += 1
-        for topic, t, msg in extra or []:
-            writer.write(conn(topic, msg.__msgtype__), t, ts.serialize_cdr(msg, msg.__msgtype__))
+    last = -1
+    for frame in frames:
+        if frame.stamp_ns <= last:
+            raise BagError(f"frame stamps must increase: {frame.stamp_ns} after {last}")
+        last = frame.stamp_ns
+        if frame.left.shape != frame.right.shape:
+            raise BagError(f"frame {n}: left {frame.left.shape[1]}x{frame.left.shape[0]} and right "
+                           f"{frame.right.shape[1]}x{frame.right.shape[0]} differ in size")
+        try:
+            frame.camera.check_image_size(frame.left.shape[1], frame.left.shape[0])
+        except CalibrationError as exc:
+            raise BagError(f"frame {n}: {exc}") from None
+        h = _header(ts, frame.stamp_ns, frame_id)
+        items = [(LEFT, _image(ts, h, frame.left, frame.encoding)), (RIGHT, _image(ts, h, frame.right, frame.encoding)),
+                 (LEFT_INFO, _info(ts, h, frame.camera.left)), (RIGHT_INFO, _info(ts, h, frame.camera.right))]
+        if frame.gt_disparity is not None:
+            items.append((GT_DISP, _image(ts, h, frame.gt_disparity.astype(np.float32), "32FC1")))
+        if frame.gt_depth is not None:
+            items.append((GT_DEPTH, _image(ts, h, frame.gt_depth.astype(np.float32), "32FC1")))
+        for topic, msg in items:
+            writer.write(conn(topic, msg.__msgtype__), frame.stamp_ns, ts.serialize_cdr(msg, msg.__msgtype__))
+        if frame.name:
+            names[str(frame.stamp_ns)] = frame.name
+        n += 1
+    for topic, t, msg in extra or []:
+        writer.write(conn(topic, msg.__msgtype__), t, ts.serialize_cdr(msg, msg.__msgtype__))
     return n
 
 
@@ -151,8 +167,14 @@ def _to_array(msg: Any, where: str = "image", msgtype: str = "sensor_msgs/msg/Im
 
 
 def _camera(left: Any, right: Any, baseline_m: float | None = None) -> StereoCamera:
-    """The pair's camera from its camera_info messages (``baseline_m``: see :meth:`StereoCamera.from_msgs`)."""
-    return StereoCamera.from_msgs(left, right, baseline_m)
+    """The pair's camera from its camera_info messages (``baseline_m``: see :meth:`StereoCamera.with_baseline`)."""
+    from calib.camera import CameraInfo
+
+    def one(m: Any, name: str) -> CameraInfo:  # camera_info carries no camera name: use the side
+        return CameraInfo(m.width, m.height, np.reshape(m.k, (3, 3)), np.asarray(m.d), np.reshape(m.r, (3, 3)),
+                          np.reshape(m.p, (3, 4)), m.distortion_model or "plumb_bob", name)
+
+    return StereoCamera.with_baseline(one(left, "left"), one(right, "right"), baseline_m)
 
 
 @dataclass(frozen=True)
@@ -202,6 +224,18 @@ def stereo_topics(path: str | os.PathLike, names: TopicNames | None = None,
     return mapping
 
 
+def _source_names(path: Path) -> dict[str, str]:
+    """{stamp_ns: file name} that m2s-bag make recorded beside a bag made from a folder ({} for any other bag)."""
+    file = path / SOURCE_NAMES if path.is_dir() else None
+    if file is None or not file.is_file():
+        return {}
+    try:
+        names = read_json(file, "source names", BagError)
+    except BagError:
+        return {}
+    return {str(k): str(v) for k, v in names.items()} if isinstance(names, dict) else {}
+
+
 def _nearest(stamps: np.ndarray, t: int, slop_ns: int) -> int | None:
     """Index of the stamp in sorted ``stamps`` nearest to ``t`` within ``slop_ns`` (ties: the earlier), or None."""
     if not stamps.size:
@@ -227,6 +261,7 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
     path = Path(path)
     ts = typestore()
     mapping = stereo_topics(path, names, bag_topics(path))
+    source_names = _source_names(path)
     _, stream = raw_messages(path, warnings)
     by_role: dict[str, dict[int, tuple[Any, bytes, str]]] = defaultdict(dict)
     undecodable: dict[str, int] = {}
@@ -292,7 +327,8 @@ def read_frames(path: str | os.PathLike, *, keep_raw: bool = False, warnings: li
                 if msgtype.endswith("CompressedImage"):  # the node subscribes to Image: replay what it decodes to
                     data = bytes(ts.serialize_cdr(_image(ts, msg.header, arrays[role], "rgb8"), "sensor_msgs/msg/Image"))
                 raw[role] = data
-        yield Frame(stamp, arrays[LEFT], arrays[RIGHT], camera, arrays[GT_DISP], arrays[GT_DEPTH], raw)
+        yield Frame(stamp, arrays[LEFT], arrays[RIGHT], camera, arrays[GT_DISP], arrays[GT_DEPTH], raw,
+                    name=source_names.get(str(stamp)))
     unpaired_right = len(by_role[RIGHT]) - len(used)
     if lacking:
         note(f"{sum(lacking.values())} incomplete frame(s) skipped (no message within {1e3 * slop_s:g} ms of the "
@@ -475,7 +511,7 @@ def frames_from_folder(root: Path, camera: StereoCamera | None, rate_hz: float, 
         gt = None
         if dp is not None:
             gt = load_npy(dp, "disparity", BagError).astype(np.float32) if dp.suffix == ".npy" else _read_disp_file(dp)
-        yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt, encoding=chosen)
+        yield Frame(start_ns + int(i * 1e9 / rate_hz), left, right, cam, gt, encoding=chosen, name=lp.name)
 
 
 def _read_disp_file(path: Path) -> np.ndarray:

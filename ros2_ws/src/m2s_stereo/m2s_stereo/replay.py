@@ -37,6 +37,7 @@ from calib.console import (
     CliParser,
     add_common_flags,
     non_negative_float,
+    non_negative_int,
     positive_float,
     run_command,
 )
@@ -52,7 +53,7 @@ from calib.metrics import (
     sparsification_plot,
 )
 from calib.safe_files import OwnedOutput, dumps_json, write_json_atomic, write_text_atomic
-from calib.sgbm import SearchRange, sgbm_disparity, sgbm_right_view
+from calib.sgbm import SearchRange, fill_invalid, sgbm_disparity, sgbm_right_view
 from m2s_stereo import params as P
 from m2s_stereo.bag_tools import BagError, Frame, TopicNames, add_topic_flags, read_frames
 from m2s_stereo.postprocess import FramePostprocess, defaults, disparity_scale
@@ -118,8 +119,11 @@ class Evaluation:
         search = SearchRange.covering(limit, "the model's range in the camera's pixels") if limit else \
             SearchRange(192, "the default 192 px (no model range)")
         sgbm = sgbm_disparity(frame.left, frame.right, search)
-        base = label_free_metrics(frame.left, frame.right, sgbm, sgbm_right_view(frame.left, frame.right, search), limit)
+        sgbm_right = sgbm_right_view(frame.left, frame.right, search)
+        base = label_free_metrics(frame.left, frame.right, sgbm, sgbm_right, limit)
         figures.update({f"sgbm_{k}": base[k] for k in LABEL_FREE_FIGURES if k in base})
+        dense = label_free_metrics(frame.left, frame.right, fill_invalid(sgbm), fill_invalid(sgbm_right), limit)
+        figures.update({f"sgbm_{k}_all": dense[k] for k in LABEL_FREE_FIGURES if k in dense})  # on all pixels
         figures["sgbm_share"] = float(np.isfinite(sgbm).mean())
         figures["sgbm_search_px"] = search.px
         if "unscorable" in lf:
@@ -137,6 +141,9 @@ class Evaluation:
         with np.errstate(invalid="ignore"):
             predicted = np.isfinite(disp) & (disp > 0)
         row["published_pixels"] = int(predicted.sum())
+        if raw is not None:  # the model's own output, before the node's masks (offline)
+            with np.errstate(invalid="ignore"):
+                row["model_pixels"] = int((np.isfinite(raw) & (raw > 0)).sum())
         if gt is not None:
             row.update(self.disp.add(disp, gt, mask=predicted))
             with np.errstate(invalid="ignore"):
@@ -390,9 +397,20 @@ def run_live(bag: Path, model: str, rate: float = 1.0, timeout_s: float = 30.0, 
             "_preds": preds}
 
 
-def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[str, Any]:
+def frame_title(frame: Frame, k: int, first_stamp_ns: int) -> str:
+    """How a report names a frame: its source's name where the bag records one (a folder's file name), else
+    its time in the recording and its stamp."""
+    if frame.name:
+        return f"frame {k} ({frame.name})"
+    return f"frame {k} (t = {(frame.stamp_ns - first_stamp_ns) / 1e9:.2f} s, stamp {frame.stamp_ns})"
+
+
+def write_report(result: dict[str, Any], out: Path, examples: int | None = None) -> dict[str, Any]:
+    """``report.json``, ``report.md`` and pictures into ``out``: ``examples`` frames of each kind (None: every
+    frame), titled by :func:`frame_title`, on one disparity scale and one depth scale per report."""
     out.mkdir(parents=True, exist_ok=True)
     preds = result.pop("_preds", [])
+    first = preds[0][0].stamp_ns if preds else 0
     lat = [v for _, v in result.get("latency_ms", [])]
     if lat:
         result["latency_summary_ms"] = {"median": float(np.median(lat)), "p95": float(np.percentile(lat, 95)),
@@ -408,18 +426,21 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
         with np.errstate(invalid="ignore"):
             finite = np.concatenate([d[np.isfinite(d) & (d > 0)] for _, d, _ in no_gt[:examples]] + [np.zeros(0)])
         vmax_free = float(np.percentile(finite, 99)) if finite.size else None
-        for k, (frame, disp, confidence) in enumerate(no_gt[:examples]):
+        depths = []
+        for frame, disp, _ in no_gt[:examples]:
             with np.errstate(invalid="ignore", divide="ignore"):
                 depth = frame.camera.disparity_to_depth(np.where(np.isfinite(disp) & (disp > 0), disp, np.nan))
-            depth = np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float32)
-            far = float(np.nanpercentile(depth, 95)) if np.isfinite(depth).any() else 1.0
+            depths.append(np.where(np.isfinite(depth) & (depth > 0), depth, np.nan).astype(np.float32))
+        seen = np.concatenate([d[np.isfinite(d)] for d in depths] + [np.zeros(0, np.float32)])
+        far = float(np.percentile(seen, 95)) if seen.size else 1.0  # one depth scale for the whole report
+        for k, ((frame, disp, confidence), depth) in enumerate(zip(no_gt[:examples], depths)):
             panels = [image_panel(frame.left, "left image"), disparity_panel(disp, "disparity (published)", vmax_free),
                       Panel(depth, "depth (published)", "depth", 0.0, far, "depth (m)")]
             if confidence is not None:
                 panels.append(confidence_panel(confidence))
             published = float(np.mean(np.isfinite(disp) & (disp > 0)))
-            panel_figure(out / f"result_{k}.png", f"frame {k}, no ground truth: {100 * published:.0f} % published",
-                         panels, columns=2)
+            panel_figure(out / f"result_{k}.png", f"{frame_title(frame, k, first)}, no ground truth: "
+                         f"{100 * published:.0f} % published", panels, columns=2)
     with np.errstate(invalid="ignore"):  # one disparity scale for every example of the sequence
         values = [g[np.isfinite(g) & (g > 0)] for *_, g in shown]
     vmax = float(np.percentile(np.concatenate(values), 99)) if values and sum(v.size for v in values) else None
@@ -428,7 +449,8 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
         m = disparity_metrics(np.nan_to_num(disp), gt, mask=published)
         with np.errstate(invalid="ignore"):
             share = float(np.mean(published[np.isfinite(gt) & (gt > 0)])) if np.any(np.isfinite(gt) & (gt > 0)) else 0.0
-        stereo_result_figure(out / f"error_map_{k}.png", f"node replay, frame {k} of {result.get('frames', '?')}: "
+        stereo_result_figure(out / f"error_map_{k}.png", f"node replay, {frame_title(frame, k, first)} of "
+                             f"{result.get('frames', '?')}: "
                              f"EPE {m['epe']:.2f} px, bad-3 {100 * m['bad3']:.1f} % on the {100 * share:.0f} % of the "
                              "ground truth it published", frame.left, disp, gt, confidence, vmax=vmax)
     if result["accuracy"].get("confidence"):
@@ -514,7 +536,9 @@ def write_report(result: dict[str, Any], out: Path, examples: int = 2) -> dict[s
         if "sgbm_photometric" in lf:
             parts.append(f"OpenCV SGBM (fair: search range {lf.get('sgbm_search_px', float('nan')):.0f} px, the model's "
                          f"range on this camera, left band answered; {100 * lf['sgbm_share']:.1f} % of the pixels "
-                         "answered): " + figures("sgbm_"))
+                         "answered): " + figures("sgbm_") + ("; on all pixels (its holes filled along the row): "
+                                                             + figures("sgbm_", "_all") if "sgbm_photometric_all" in lf
+                                                             else ""))
         parts.append("photometric = 0.85 (1 - SSIM) / 2 + 0.15 L1 of the right view warped to the left, on the pixels "
                      "the disparity says are visible; range limit in the camera's pixels")
         if lf.get("unscorable_frames"):
@@ -539,12 +563,14 @@ def _main(args: argparse.Namespace) -> int:
         result = run_live(bag, args.model, rate=args.rate, timeout_s=args.timeout, progress=not args.quiet,
                           params=params, label_free=args.label_free, names=TopicNames.from_args(args))
     answered = [r for r in result.get("per_frame", []) if "published_pixels" in r]
-    if answered and not any(r["published_pixels"] for r in answered):
-        raise BagError(f"the model published no valid disparity on any of the {len(answered)} frame(s) it answered "
-                       f"(every value NaN, inf or <= 0): a damaged or tampered model ({args.model}), or a "
-                       "confidence_threshold that rejects every pixel; no score is reported from nothing")
+    if answered and not any(r["published_pixels"] or r.get("model_pixels") for r in answered):
+        raise BagError(f"the model gave no valid disparity on any of the {len(answered)} frame(s) it answered "
+                       f"(every value NaN, inf or <= 0): a damaged or tampered model ({args.model})"
+                       + ("" if any("model_pixels" in r for r in answered) else
+                          ", or a confidence_threshold that rejects every pixel")
+                       + "; no score is reported from nothing")
     claim.begin()
-    result = write_report(result, Path(args.out))
+    result = write_report(result, Path(args.out), examples=args.examples)
     claim.finish()
     print(dumps_json({k: result[k] for k in ("mode", "frames", "answered", "dropped", "accuracy")}
                      | {"report": str(Path(args.out) / "report.md")}))
@@ -589,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
                                                  "ros2 bag record")
     p.add_argument("--model", required=True, help=".engine, .onnx or checkpoint directory")
     add_topic_flags(p)
+    p.add_argument("--examples", type=non_negative_int, metavar="N",
+                   help="pictures of the first N frames of each kind (with GT: error maps; without: results); "
+                        "default every frame")
     p.add_argument("--baseline", type=positive_float,
                    help="stereo baseline, metres, for a driver whose right camera_info has P[0,3] = 0 or > 0 (the "
                         "node's 'baseline' parameter)")
