@@ -45,6 +45,20 @@ def _synth_frames(args: argparse.Namespace, written: list[Path]) -> tuple[list[P
     return found["frames"], found["root"], info
 
 
+def _warn_wide_range(camera, depth_range: tuple[float, float], width: float) -> None:
+    """Name a --depth-range whose near end gives disparities beyond half the synthesized image's width (no
+    stereo network of this project searches that far; 170 px on a 256-px image went by without a word)."""
+    import logging
+
+    near = float(camera.focal_px) * float(camera.baseline_m) / depth_range[0] * width / camera.left.width
+    if near > width / 2:
+        logging.getLogger("m2s-train").warning(
+            "--depth-range from %g m gives disparities up to %.0f px on these %.0f-px wide images, more than half "
+            "the width: the models search 64-192 px (see their max_disp); nearer than %.2f m is beyond them. "
+            "Raise MIN, or synthesize larger images (--max-side)", depth_range[0], near, width,
+            float(camera.focal_px) * float(camera.baseline_m) * width / camera.left.width / (width / 2))
+
+
 def _camera_range(args: argparse.Namespace) -> tuple[dict, object | None]:
     """``camera.*`` overrides from --camera / --depth-range (or the bag's camera_info), and the camera."""
     if args.depth_range is None:
@@ -101,6 +115,7 @@ def _synth(args: argparse.Namespace) -> int:
             if abs(cam_h * w / cam_w - h) > 1:
                 raise ConfigError(f"the camera_info is {cam_w}x{cam_h} but the images are {w}x{h}: not the camera "
                                   "that took them (or not the same crop); give the right --camera")
+            _warn_wide_range(camera, args.depth_range, min(w, config.max_side if w >= h else w * config.max_side / h))
     except BaseException:  # an error or Ctrl-C before any sample: leave --out as it was
         from m2s_train.synth.sources import remove_written
 
@@ -108,14 +123,23 @@ def _synth(args: argparse.Namespace) -> int:
         if not out_existed and Path(args.out).is_dir() and not any(Path(args.out).iterdir()):
             Path(args.out).rmdir()
         raise
-    summary = run_synthesis(images, args.out, config, shard=shard_from_env(args.shard), resume=args.resume,
-                            previews=args.preview, progress=not args.quiet, limit=args.limit, root=root)
-    if summary["assigned"] and not (summary["written"] or summary["already_done"]):  # a dataset of nothing
-        from m2s_train.errors import DatasetError
+    try:
+        summary = run_synthesis(images, args.out, config, shard=shard_from_env(args.shard), resume=args.resume,
+                                previews=args.preview, progress=not args.quiet, limit=args.limit, root=root)
+        if summary["assigned"] and not (summary["written"] or summary["already_done"]):  # a dataset of nothing
+            from m2s_train.errors import DatasetError
 
-        first = summary["skipped"][0] if summary["skipped"] else {"file": "?", "reason": "?"}
-        raise DatasetError(f"no sample was written: all {summary['assigned']} image(s) of this shard were skipped "
-                           f"(the first, {first['file']}: {first['reason']}); see the warnings above")
+            first = summary["skipped"][0] if summary["skipped"] else {"file": "?", "reason": "?"}
+            raise DatasetError(f"no sample was written: all {summary['assigned']} image(s) of this shard were skipped "
+                               f"(the first, {first['file']}: {first['reason']}); see the warnings above")
+    except BaseException:  # a run that made --out and wrote nothing usable leaves nothing (one process only:
+        # under torchrun another rank may be writing into the same new folder)
+        if not out_existed and int(os.environ.get("WORLD_SIZE", "1")) == 1 and Path(args.out).is_dir() and \
+                not any(Path(args.out).glob("samples/*.npz")):
+            import shutil
+
+            shutil.rmtree(args.out)  # it did not exist before this command: everything in it is this run's
+        raise
     print(dumps_json({k: (len(v) if k == "skipped" else v) for k, v in summary.items()} | ({"frames": frames} if frames else {})))
     return 0
 

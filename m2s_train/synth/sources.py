@@ -181,6 +181,8 @@ def extract_video_frames(video: str | Path, out: str | Path, selection: FrameSel
     """Write the selected frames of a video file (OpenCV) under ``out/frames/<video>/<index>.png``;
     ``written`` collects the files this call made (see :func:`remove_written`)."""
     video = Path(video)
+    if video.is_dir():
+        raise DataError(f"--video {video} is a folder, not a video file (for a folder of images use --images)")
     if not video.is_file():
         raise DataError(f"video {video} not found")
     capture = cv2.VideoCapture(str(video))

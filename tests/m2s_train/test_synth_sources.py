@@ -176,3 +176,32 @@ def test_a_damaged_bag_is_read_as_far_as_it_goes(recording, tmp_path):
                  cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "is damaged" in res.stderr and 1 <= json.loads(res.stdout)["written"] < 5
+
+
+def test_video_runs_that_fail_leave_nothing_and_ranges_too_wide_are_named(tmp_path):
+    """#39 kind 10: a --video run that wrote no sample left dataset.json, frames/ and samples/ behind; --video DIR
+    said 'not found' for a folder that exists; --depth-range 0.15 10 on 256-px images wrote 170 px disparities
+    without a word."""
+    from calib import StereoCamera
+
+    tiny = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(tiny), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        writer.write(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    writer.release()
+    res = _synth("--video", tiny, "--out", "ds", cwd=tmp_path)  # every frame below min_side: nothing written
+    assert res.returncode == 2 and "no sample was written" in res.stderr
+    assert not (tmp_path / "ds").exists()
+    res = _synth("--video", tmp_path, "--out", "ds2", cwd=tmp_path)
+    assert res.returncode == 2 and "is a folder, not a video file" in res.stderr and not (tmp_path / "ds2").exists()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        scene = cv2.resize(rng.uniform(0, 255, (6, 8, 3)).astype(np.float32), (256, 192)).astype(np.uint8)
+        cv2.imwrite(str(photos / f"p{i}.png"), scene)
+    StereoCamera.ideal(256, 192, focal_px=256.0, baseline_m=0.1).to_dir(tmp_path / "cam")
+    res = _synth("--images", photos, "--camera", tmp_path / "cam", "--depth-range", "0.15", "10", "--out", "ds3",
+                 cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "--depth-range from 0.15 m gives disparities up to 171 px on these 256-px wide images" in res.stderr
