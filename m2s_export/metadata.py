@@ -55,6 +55,12 @@ def own_hash_key(model_path: str | os.PathLike) -> str:
     return "onnx_sha256" if Path(model_path).suffix == ".onnx" else "engine_sha256"
 
 
+def first_upper(text: str) -> str:
+    """``text`` with its first letter capitalised and nothing else touched (``str.capitalize`` lower-cased the
+    paths in the rebuild hints: /home/Jetson/IGEV.onnx came out as /home/jetson/igev.onnx)."""
+    return text[:1].upper() + text[1:]
+
+
 def rebuild_hint(model_path: str | os.PathLike, sidecar: dict[str, Any] | None = None) -> str:
     p = Path(model_path)
     if p.suffix == ".onnx":
@@ -76,7 +82,7 @@ def checked_sidecar(model_path: str | os.PathLike, error: type[Exception] = Runt
         raise error(f"{sidecar_path(model_path)} does not belong to {model_path}: it describes a file with sha256 "
                     f"{str(recorded)[:12]}..., this one is {sha256_file(model_path)[:12]}... (the file was replaced after "
                     f"its sidecar was written, so its fp32 set, input size and checks are someone else's). "
-                    f"{rebuild_hint(model_path, meta).capitalize()}, or delete the stale sidecar")
+                    f"{first_upper(rebuild_hint(model_path, meta))}, or delete the stale sidecar")
     return meta
 
 

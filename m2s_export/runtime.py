@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from m2s_export.errors import RuntimeBackendError
-from m2s_export.metadata import checked_sidecar, from_onnx_props, read_sidecar
+from m2s_export.metadata import checked_sidecar, from_onnx_props, read_sidecar, sha256_file
 
 
 def check_pair(left: np.ndarray, right: np.ndarray) -> None:
@@ -179,13 +179,23 @@ EXECUTIONS = ("auto", "tensorrt", "cuda", "cpu")
 _EP = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
 
+def trt_cache_dir(model: Path) -> Path:
+    """Where onnxruntime's TensorRT provider keeps the engines of ``model``:
+    ``<model>.ort-trt-cache/<sha256 of the file, 16 hex>/``. onnxruntime keys its cache on the file name,
+    the graph's input and node names and versions, not the weights: two exports of one model from
+    different checkpoints got the same key, and after ``m2s-export --overwrite`` of a retrained model
+    the node kept serving the old engine. A folder per content makes the new weights build a new engine.
+    (The timing cache, per-layer timings, stays shared in ``<model>.ort-trt-cache/``.)"""
+    return model.with_name(model.name + ".ort-trt-cache") / sha256_file(model)[:16]
+
+
 def onnx_providers(model: Path, available: list[str], execution: str = "auto",
                    trt_fp16: bool = False) -> list[Any]:
     """onnxruntime providers for ``execution`` (auto: TensorRT, else CUDA, else CPU; CPU is always the
     fallback). The TensorRT execution provider gets an engine and timing cache beside the model
-    (``<model>.ort-trt-cache/``), so it builds its engine once, not at every start (minutes on an
-    Orin), and FP16 only when asked: it does not apply the export's fp32 set, so an FP16 engine is
-    better built with ``m2s-export --trt``."""
+    (:func:`trt_cache_dir`: one folder per content of the file), so it builds its engine once, not at every
+    start (minutes on an Orin), and FP16 only when asked: it does not apply the export's fp32 set, so an FP16
+    engine is better built with ``m2s-export --trt``."""
     if execution not in EXECUTIONS:
         raise RuntimeBackendError(f"execution must be one of {', '.join(EXECUTIONS)}, got '{execution}'")
     wanted = [k for k in ("tensorrt", "cuda", "cpu") if _EP[k] in available] if execution == "auto" else [execution, "cpu"]
@@ -196,9 +206,9 @@ def onnx_providers(model: Path, available: list[str], execution: str = "auto",
     out: list[Any] = []
     for kind in dict.fromkeys(wanted):
         if kind == "tensorrt":
-            cache = model.with_name(model.name + ".ort-trt-cache")
-            out.append((_EP[kind], {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+            engines = trt_cache_dir(model)
+            out.append((_EP[kind], {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engines),
+                                    "trt_timing_cache_enable": True, "trt_timing_cache_path": str(engines.parent),
                                     "trt_fp16_enable": bool(trt_fp16)}))
         else:
             out.append(_EP[kind])
@@ -277,4 +287,4 @@ def load_runtime(path: str | Path, backend: str = "auto", **kwargs: Any) -> Ster
 
 
 __all__ = ["BACKENDS", "Inference", "OnnxRuntime", "StereoRuntime", "TorchRuntime", "check_pair", "load_runtime", "read_sidecar",
-           "runtime_backend"]
+           "runtime_backend", "trt_cache_dir"]

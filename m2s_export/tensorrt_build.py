@@ -118,13 +118,26 @@ def trtexec_command(onnx_path: str, engine_path: str, options: EngineOptions, tr
     return shlex.join(parts)
 
 
+def source_onnx(sidecar: dict[str, Any], engine_path: str | os.PathLike) -> Path | None:
+    """The ONNX an engine was built from, found from the engine's own folder (the sidecar records it relative to
+    the engine, and as typed), never from the working directory of whoever loads the engine; None when absent."""
+    engine_dir = Path(engine_path).resolve().parent
+    candidates = []
+    if sidecar.get("onnx_relative"):
+        candidates.append(engine_dir / sidecar["onnx_relative"])
+    if sidecar.get("onnx"):
+        typed = Path(sidecar["onnx"])
+        candidates.append(typed if typed.is_absolute() else engine_dir / typed.name)
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def check_engine_compat(sidecar: dict[str, Any] | None, installed_trt: str, engine_path: str,
                         compute_capability: str | None = None) -> None:
     """Refuse an engine that cannot be right here: built by another TensorRT version or for a GPU of
     another compute capability (it does not deserialize, or misbehaves), or from an ONNX that has since
     been replaced (the file its sidecar names exists with another sha256: a re-export not rebuilt).
     The sidecar itself is checked against the engine by :func:`m2s_export.metadata.checked_sidecar`."""
-    from m2s_export.metadata import rebuild_hint
+    from m2s_export.metadata import first_upper, rebuild_hint
 
     if sidecar is None:
         log.warning("%s has no sidecar: cannot check its TensorRT version, GPU, source ONNX or input size", engine_path)
@@ -134,16 +147,16 @@ def check_engine_compat(sidecar: dict[str, Any] | None, installed_trt: str, engi
     if built and built != installed_trt:
         raise ExportError(
             f"{engine_path} was built with TensorRT {built} on {sidecar.get('gpu', 'an unknown GPU')}, but TensorRT "
-            f"{installed_trt} is installed: engines are tied to the TensorRT version and GPU. {hint.capitalize()} here")
+            f"{installed_trt} is installed: engines are tied to the TensorRT version and GPU. {first_upper(hint)} here")
     made_for = sidecar.get("compute_capability")
     if made_for and compute_capability and str(made_for) != str(compute_capability):
         raise ExportError(
             f"{engine_path} was built for compute capability {made_for} ({sidecar.get('gpu', 'another GPU')}), this GPU "
-            f"is {compute_capability}: engines do not move between GPU generations. {hint.capitalize()} here")
-    source, recorded = sidecar.get("onnx"), sidecar.get("onnx_sha256")
-    if source and recorded and Path(source).is_file() and sha256_file(source) != recorded:
+            f"is {compute_capability}: engines do not move between GPU generations. {first_upper(hint)} here")
+    source, recorded = source_onnx(sidecar, engine_path), sidecar.get("onnx_sha256")
+    if source is not None and recorded and sha256_file(source) != recorded:
         raise ExportError(f"{engine_path} was built from an earlier {source}: that ONNX has been re-exported since "
-                          f"(sha256 {recorded[:12]}... then, {sha256_file(source)[:12]}... now). {hint.capitalize()}")
+                          f"(sha256 {recorded[:12]}... then, {sha256_file(source)[:12]}... now). {first_upper(hint)}")
 
 
 def gpu_identity(cudart: Any = None) -> dict[str, str | None]:
@@ -345,6 +358,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, o
     meta.update({"built_by": f"mono2stereo {package_version()}", "tensorrt_version": version, **gpu_identity(), "precision": "fp16" if options.fp16 else "fp32",
                  "strongly_typed": typed, "fp32_layers": [p.name for p in kept] if not typed else fp32_nodes,
                  "onnx": str(onnx_path), "onnx_sha256": sha256_file(onnx_path), "engine_sha256": sha256_file(engine_path),
+                 "onnx_relative": os.path.relpath(Path(onnx_path).resolve(), Path(engine_path).resolve().parent),
                  "trtexec": trtexec_command(str(source), str(engine_path), options, version, kept, dynamic)})
     write_sidecar(engine_path, meta)
     return meta

@@ -4,6 +4,7 @@ test_export_runtime.py."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -635,14 +636,71 @@ class TestStaleFiles:
 
 
 class TestOnnxRuntimeProviders:
-    def test_tensorrt_provider_gets_an_engine_cache_beside_the_model(self):
+    def test_the_engine_cache_follows_the_weights_not_the_file_name(self, tmp_path):
+        """#36 item 1: onnxruntime keys its TensorRT cache on names and versions, not weights: after
+        m2s-export --overwrite of a retrained model to the same path the node kept the old engine. Two exports
+        of one architecture from different weights to one path get different engine folders."""
+        torch = pytest.importorskip("torch")
+        from m2s_export.onnx_export import export_onnx
+        from m2s_export.runtime import trt_cache_dir
+        from m2s_train.models import create_model, save_model
+
+        onnx_path = tmp_path / "model.onnx"
+        dirs = []
+        for seed in (0, 1):  # "retrained": other weights, exported over the same file
+            torch.manual_seed(seed)
+            save_model(create_model("igev-tiny"), tmp_path / f"ck{seed}")
+            onnx_path.unlink(missing_ok=True)
+            export_onnx(tmp_path / f"ck{seed}", onnx_path, 64, 96, verify=False, fp16=False)
+            available = ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+            dirs.append(onnx_providers(onnx_path, available)[0][1]["trt_engine_cache_path"])
+            assert dirs[-1] == str(trt_cache_dir(onnx_path))
+        assert dirs[0] != dirs[1] and Path(dirs[0]).parent == Path(dirs[1]).parent  # the old engine is not reused
+
+    def test_tensorrt_provider_gets_an_engine_cache_beside_the_model(self, tmp_path):
         available = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-        auto = onnx_providers(Path("/m/model.onnx"), available)
+        model = tmp_path / "model.onnx"
+        model.write_bytes(b"an exported graph")
+        auto = onnx_providers(model, available)
         name, opts = auto[0]
         assert name == "TensorrtExecutionProvider" and opts["trt_engine_cache_enable"] is True
-        assert opts["trt_engine_cache_path"] == "/m/model.onnx.ort-trt-cache" and opts["trt_fp16_enable"] is False
+        import hashlib
+
+        digest = hashlib.sha256(b"an exported graph").hexdigest()[:16]
+        assert opts["trt_engine_cache_path"] == str(tmp_path / "model.onnx.ort-trt-cache" / digest)
+        assert opts["trt_timing_cache_path"] == str(tmp_path / "model.onnx.ort-trt-cache")
+        assert opts["trt_fp16_enable"] is False
         assert auto[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
         assert onnx_providers(Path("m.onnx"), available, "cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
         assert onnx_providers(Path("m.onnx"), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
         with pytest.raises(RuntimeBackendError, match="no TensorrtExecutionProvider"):
             onnx_providers(Path("m.onnx"), ["CPUExecutionProvider"], "tensorrt")
+
+
+def test_a_stale_engine_is_refused_from_any_working_directory_and_after_a_copy(tmp_path, monkeypatch):
+    """#36 items 2 and 7: the sidecar's "onnx" was resolved against the loading process's working directory, so
+    a stale engine loaded from elsewhere, or copied with its files, passed; the rebuild hint lower-cased paths."""
+    from m2s_export.metadata import sha256_file, write_sidecar
+    from m2s_export.tensorrt_build import check_engine_compat
+
+    models = tmp_path / "Models"  # capitals, as a user's paths have them
+    models.mkdir()
+    onnx_path, engine = models / "IGEV_RT.onnx", models / "IGEV_RT.engine"
+    onnx_path.write_bytes(b"onnx v1")
+    engine.write_bytes(b"engine")
+    monkeypatch.chdir(tmp_path)  # built from here: the ONNX typed relative to this folder
+    write_sidecar(engine, {"tensorrt_version": "10.3.0", "onnx": "Models/IGEV_RT.onnx", "onnx_relative": "IGEV_RT.onnx",
+                           "onnx_sha256": sha256_file(onnx_path), "engine_sha256": sha256_file(engine)})
+    onnx_path.write_bytes(b"onnx v2")  # re-exported, the engine not rebuilt
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the node started from another folder
+    with pytest.raises(ExportError, match=r"built from an earlier .*Models/IGEV_RT\.onnx.*Rebuild it \(m2s-export --trt "
+                                          r"--onnx Models/IGEV_RT\.onnx"):
+        check_engine_compat(json.loads((models / "IGEV_RT.engine.json").read_text()), "10.3.0", str(engine))
+    import shutil
+
+    copy = tmp_path / "robot"
+    shutil.copytree(models, copy)  # the three files copied to the robot together
+    with pytest.raises(ExportError, match="re-exported since"):
+        check_engine_compat(json.loads((copy / "IGEV_RT.engine.json").read_text()), "10.3.0", str(copy / "IGEV_RT.engine"))
