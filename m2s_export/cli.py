@@ -157,6 +157,9 @@ def _run(args: argparse.Namespace) -> int:
         except ImportError:
             tensorrt = None
             version = args.assume_trt_version
+        from m2s_export.tensorrt_build import check_supported_trt
+
+        check_supported_trt(version)
         if args.dry_run:
             result["trtexec"] = dry_run_trtexec(args.onnx, args.engine, options, version, plan)
             print(f"trtexec command for TensorRT {version} (on JetPack: {JETPACK_TRTEXEC}):\n  {result['trtexec']}",

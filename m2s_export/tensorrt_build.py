@@ -66,6 +66,18 @@ def trt_major(version: str) -> int:
     return trt_version(version)[0]
 
 
+MIN_TENSORRT = (10, 3)  # JetPack 6.1 / 6.2 (CUDA 12.6); JetPack 6.0 ships 8.6, which this project does not support
+
+
+def check_supported_trt(version: str, error: type[Exception] = ExportError) -> None:
+    """Refuse a TensorRT this project does not build or run engines with: older than 10.3 (JetPack 6.0 ships 8.6:
+    no strongly typed networks, no ILayer.metadata, other flags), with the way forward."""
+    if trt_version(version) < MIN_TENSORRT:
+        raise error(f"TensorRT {version} is not supported: engines are built and run with TensorRT 10.3 or newer "
+                    "(JetPack 6.1 / 6.2; JetPack 6.0 has TensorRT 8.6). Upgrade to JetPack 6.1 or later, or run the "
+                    "ONNX with onnxruntime (m2s-stereo-node backend:=onnxruntime, its CUDA execution provider)")
+
+
 def strongly_typed(version: str) -> bool:
     """True from TensorRT 10.12 on: FP16 goes through the fp16 ONNX and a strongly typed network
     (10.12 deprecates ``BuilderFlag.FP16`` / ``OBEY_PRECISION_CONSTRAINTS``, 11 removes them)."""
@@ -308,6 +320,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, o
     fp32_nodes = list((fp32 or {}).get("fp32_nodes", []))
     fp32_tensors = set((fp32 or {}).get("fp32_tensors", []))
     version = trt.__version__
+    check_supported_trt(version)
     major = trt_major(version)
     typed = strongly_typed(version)
     source = onnx_path

@@ -20,7 +20,7 @@ import numpy as np
 from m2s_export.errors import ExportError, RuntimeBackendError
 from m2s_export.metadata import checked_sidecar, read_sidecar
 from m2s_export.runtime import StereoRuntime, check_input_shape
-from m2s_export.tensorrt_build import check_engine_compat
+from m2s_export.tensorrt_build import check_engine_compat, check_supported_trt
 
 INPUTS = ("left", "right")
 OUTPUTS = ("disparity",)
@@ -36,6 +36,12 @@ def _cudart() -> Any:
             from cuda import cudart  # older cuda-python
         except ImportError:
             raise RuntimeBackendError("the TensorRT runtime needs cuda-python: pip install cuda-python") from None
+    try:  # cuda-python loads the driver on the first call: without one it raises a bare RuntimeError there
+        cuda_check(cudart, cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
+    except RuntimeError as exc:
+        raise RuntimeBackendError(f"CUDA is not usable here: {exc} (no NVIDIA driver: on a Jetson it comes with "
+                                  "JetPack; elsewhere install the NVIDIA driver, or run the model with onnxruntime on "
+                                  "the CPU)") from None
     return cudart
 
 
@@ -111,6 +117,7 @@ class TensorRTRuntime(StereoRuntime):
         if not path.is_file():
             raise RuntimeBackendError(f"engine {path} not found")
         sidecar = checked_sidecar(path)  # the sidecar describes this engine, not an earlier one
+        check_supported_trt(trt.__version__, RuntimeBackendError)
         self.trt = trt
         self.cudart = cudart = _cudart()
         device = cuda_check(cudart, cudart.cudaGetDevice(), "cudaGetDevice")

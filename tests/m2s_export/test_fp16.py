@@ -5,6 +5,8 @@ test_export_runtime.py."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -704,3 +706,45 @@ def test_a_stale_engine_is_refused_from_any_working_directory_and_after_a_copy(t
     shutil.copytree(models, copy)  # the three files copied to the robot together
     with pytest.raises(ExportError, match="re-exported since"):
         check_engine_compat(json.loads((copy / "IGEV_RT.engine.json").read_text()), "10.3.0", str(copy / "IGEV_RT.engine"))
+
+
+def test_no_cuda_driver_is_a_named_error(monkeypatch):
+    """#36 item 7: without a driver cuda-python 12.6 raises RuntimeError('Failed to dlopen libcuda.so.1') on its
+    first call, which went past the named error of the CUDA check."""
+    import sys
+    import types
+
+    from m2s_export.tensorrt_runtime import _cudart
+
+    runtime = types.ModuleType("cuda.bindings.runtime")
+
+    def no_driver():
+        raise RuntimeError("Failed to dlopen libcuda.so.1")
+
+    runtime.cudaGetDeviceCount = no_driver
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = runtime
+    cuda = types.ModuleType("cuda")
+    cuda.bindings = bindings
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    with pytest.raises(RuntimeBackendError, match="CUDA is not usable here: Failed to dlopen libcuda.so.1 .no NVIDIA driver"):
+        _cudart()
+
+
+def test_jetpack_6_0s_tensorrt_is_refused_with_the_way_forward(tmp_path):
+    """#36 item 9: the docs said JetPack 6.x is TensorRT 10.3, false for 6.0 (8.6); an unsupported TensorRT is refused."""
+    from m2s_export.tensorrt_build import check_supported_trt
+
+    check_supported_trt("10.3.0")
+    check_supported_trt("10.12.0.36")
+    with pytest.raises(ExportError, match=r"TensorRT 8\.6\.2 is not supported: .*JetPack 6\.1 / 6\.2; JetPack 6\.0 has "
+                                          r"TensorRT 8\.6.*onnxruntime"):
+        check_supported_trt("8.6.2")
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(b"not read before the version check")
+    res = subprocess.run([sys.executable, "-m", "m2s_export.cli", "--trt", "--onnx", str(onnx_path), "--engine",
+                          str(tmp_path / "m.engine"), "--dry-run", "--no-fp16", "--assume-trt-version", "8.6.2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("error: TensorRT 8.6.2 is not supported"), res.stderr
