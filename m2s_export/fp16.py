@@ -254,7 +254,9 @@ def fp16_emulation(model: Any, fp32_nodes: list[str]) -> Any:
     m = onnx.ModelProto()
     m.CopyFrom(src)
     g = m.graph
-    pinned = set(fp32_nodes)
+    # ops with no float16 in ONNX (Range: int32/int64/float/double; onnx-tensorrt's importer takes int32/int64/fp32
+    # only) stay fp32 whatever the fp32 set says: a dynamic-batch export computes positions with Range
+    pinned = set(fp32_nodes) | {n.name for n in g.node if n.op_type in FP32_ONLY_OPS}
     floats = set(_float_tensors(m)) | {i.name for i in g.initializer if i.data_type == _FLOAT}
     rounded_inits: dict[str, str] = {}
     casts: dict[str, str] = {}
@@ -334,6 +336,9 @@ def _topological_sort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
+FP32_ONLY_OPS = frozenset({"Range"})  # ONNX ops without a float16 type constraint
+
+
 def to_fp16_onnx(model: Any, fp32_nodes: list[str]) -> Any:
     """The mixed-precision model for TensorRT >= 11 (strongly typed): every node computes in fp16
     except ``fp32_nodes``, inputs and outputs stay fp32, Casts sit exactly at the precision borders.
@@ -352,7 +357,9 @@ def to_fp16_onnx(model: Any, fp32_nodes: list[str]) -> Any:
     m = onnx.ModelProto()
     m.CopyFrom(src)
     g = m.graph
-    pinned = set(fp32_nodes)
+    # ops with no float16 in ONNX (Range: int32/int64/float/double; onnx-tensorrt's importer takes int32/int64/fp32
+    # only) stay fp32 whatever the fp32 set says: a dynamic-batch export computes positions with Range
+    pinned = set(fp32_nodes) | {n.name for n in g.node if n.op_type in FP32_ONLY_OPS}
     floats = set(_float_tensors(m)) | {i.name for i in g.initializer if i.data_type == _FLOAT}
     inits = {i.name: i for i in g.initializer}
     low = {n.name for n in g.node if n.name not in pinned}

@@ -748,3 +748,36 @@ def test_jetpack_6_0s_tensorrt_is_refused_with_the_way_forward(tmp_path):
                           str(tmp_path / "m.engine"), "--dry-run", "--no-fp16", "--assume-trt-version", "8.6.2"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: TensorRT 8.6.2 is not supported"), res.stderr
+
+
+def test_a_dynamic_batch_export_goes_through_the_strongly_typed_fp16_path(tmp_path):
+    """#36 item 3: the 10.12 dry run of a --dynamic-batch export failed with 'fp16 ONNX is invalid ... (op_type:
+    Range)': ONNX Range has no float16. Range stays fp32; the fp16 ONNX passes onnx.checker and runs."""
+    torch = pytest.importorskip("torch")
+    import onnx
+    import onnxruntime as ort
+
+    from m2s_train.models import create_model, save_model
+
+    torch.manual_seed(0)
+    save_model(create_model("igev-tiny"), tmp_path / "ck")
+    onnx_path, engine = tmp_path / "tinydyn.onnx", tmp_path / "x.engine"
+    base = [sys.executable, "-m", "m2s_export.cli"]
+    res = subprocess.run([*base, "--checkpoint", str(tmp_path / "ck"), "--onnx", str(onnx_path), "--height", "64",
+                          "--width", "96", "--iters", "1", "--dynamic-batch", "--no-verify", "--quiet"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert any(n.op_type == "Range" for n in onnx.load(str(onnx_path)).graph.node)
+    res = subprocess.run([*base, "--trt", "--onnx", str(onnx_path), "--engine", str(engine), "--dry-run",
+                          "--assume-trt-version", "10.12"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    fp16 = engine.with_suffix(".fp16.onnx")
+    model = onnx.load(str(fp16))
+    onnx.checker.check_model(model, full_check=True)
+    ranges = [n for n in model.graph.node if n.op_type == "Range"]
+    assert ranges and "--stronglyTyped" in json.loads(res.stdout)["trtexec"]
+    session = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.random((2, 3, 64, 96), dtype=np.float32) for i in session.get_inputs()}
+    out = session.run(None, feeds)[0]
+    assert out.shape[0] == 2 and np.isfinite(out).all()
