@@ -56,9 +56,11 @@ class BenchmarkResult:
     skipped: str | None = None  # why it could not run here
     ms: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> median / p90 / max
     peak_rss_mb: float | None = None
-    gpu_peak_mb: float | None = None
+    gpu_peak_mb: float | None = None  # device memory the backend took (CUDA backends; None on the CPU)
+    cold_start_ms: dict[str, float] | None = None  # load (deserialise / session / engine build), first call
     drift: dict[str, float] | None = None
     runs: int = 0
+    camera_size: list[int] | None = None  # [width, height] of the pairs fed in (None: the model's input size)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -94,13 +96,88 @@ def summarise(values_s: list[float]) -> dict[str, float]:
     return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)), "max": float(arr.max())}
 
 
+def gpu_used_mb() -> float | None:
+    """Device memory in use now (MiB), from cuda-python where it is installed, else nvidia-smi; None without a
+    GPU. On a Jetson the GPU shares the RAM: this is the memory CUDA has taken from it."""
+    try:
+        from m2s_export.tensorrt_runtime import _cudart, cuda_check
+
+        cudart = _cudart()
+        free, total = cuda_check(cudart, cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+        return (int(total) - int(free)) / 2**20
+    except Exception:  # noqa: BLE001  (no cuda-python, no driver: try the tool, else nothing to report)
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=False)
+        return float(out.stdout.split()[0]) if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def platform_state() -> dict[str, Any]:
+    """What decides a figure besides the model, as far as this machine lets it be read: load average, CPU and
+    GPU clocks, the Jetson power mode (nvpmodel) and thermal zone temperatures; absent items are left out."""
+    state: dict[str, Any] = {"load_average": list(os.getloadavg()), "cpus": os.cpu_count()}
+    freqs = [int(v) / 1000 for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq"))
+             if (v := _read(f)) and v.isdigit()]
+    if freqs:
+        state["cpu_mhz"] = {"min": min(freqs), "max": max(freqs)}
+    gpu = [(f.parent.name, int(v) / 1e6) for f in sorted(Path("/sys/class/devfreq").glob("*/cur_freq"))
+           if "gpu" in f.parent.name.lower() or "gv11b" in f.parent.name or "ga10b" in f.parent.name
+           if (v := _read(f)) and v.isdigit()]
+    if gpu:
+        state["gpu_mhz"] = dict(gpu)
+    zones = {}
+    for zone in sorted(Path("/sys/class/thermal").glob("thermal_zone*")):
+        kind, temp = _read(zone / "type"), _read(zone / "temp")
+        if kind and temp and temp.lstrip("-").isdigit():
+            zones[kind] = int(temp) / 1000
+    if zones:
+        state["thermal_c"] = zones
+    try:
+        mode = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=10, check=False)
+        if mode.returncode == 0 and mode.stdout.strip():
+            state["nvpmodel"] = " ".join(mode.stdout.split())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return state
+
+
+def busy_warning(before: dict[str, Any], after: dict[str, Any]) -> str | None:
+    """A warning when the machine was busy around the run (1-minute load above half its CPUs): its figures are
+    not the idle figures of this machine."""
+    cpus = before.get("cpus") or 1
+    load = max(before["load_average"][0], after["load_average"][0])
+    if load > 0.5 * cpus:
+        return (f"the machine was busy: load average {load:.1f} on {cpus} CPUs around the run; these figures are not "
+                "idle figures (stop other work, and on a Jetson set nvpmodel / jetson_clocks, then measure again)")
+    return None
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One backend, in this (fresh) process: load, warm up, time; the outputs on the pairs go to ``spec['out']``."""
+    """One backend, in this (fresh) process: load, warm up, time; the outputs on the pairs go to ``spec['out']``.
+    ``spec['camera_size']`` ([w, h]): the pairs come at the camera's size, so pre- and post-processing include
+    the resize to and from the model's input size that a camera of another size costs."""
+    import time
+
+    import cv2
+
     from m2s_export.calibration import verification_pairs
 
     kind, how = BACKENDS[spec["backend"]]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     gpu_peak = None
+    on_gpu = spec["backend"] not in ("torch-cpu", "onnxruntime-cpu")
+    gpu_before = gpu_used_mb() if on_gpu else None
+    t_load = time.perf_counter()
     if kind == "checkpoint":
         import torch
 
@@ -116,9 +193,17 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         from m2s_export.tensorrt_runtime import TensorRTRuntime
 
         runtime = TensorRTRuntime(spec["path"])
+    load_ms = (time.perf_counter() - t_load) * 1e3
     h, w = runtime.input_size
     pairs = verification_pairs(h, w)
-    outputs = [runtime.infer(left, right) for _, left, right in pairs]  # also the first warm-up calls
+    if spec.get("camera_size"):
+        cw, ch = spec["camera_size"]
+        pairs = [(name, cv2.resize(left, (cw, ch), interpolation=cv2.INTER_LINEAR),
+                  cv2.resize(right, (cw, ch), interpolation=cv2.INTER_LINEAR)) for name, left, right in pairs]
+    t_first = time.perf_counter()
+    outputs = [runtime.infer(pairs[0][1], pairs[0][2])]
+    first_ms = (time.perf_counter() - t_first) * 1e3
+    outputs += [runtime.infer(left, right) for _, left, right in pairs[1:]]  # also the first warm-up calls
     for i in range(spec["warmup"]):
         runtime.infer(*pairs[i % len(pairs)][1:])
     for q in runtime.timings.values():
@@ -130,9 +215,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20
+    elif on_gpu and gpu_before is not None and (gpu_after := gpu_used_mb()) is not None:
+        gpu_peak = max(gpu_after - gpu_before, 0.0)  # what loading and running the model took on the device
     np.savez(spec["out"], *outputs)
     return {"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_before_mb": rss_before, "gpu_peak_mb": gpu_peak, "size": [h, w]}
+            "rss_before_mb": rss_before, "gpu_peak_mb": gpu_peak, "size": [h, w],
+            "cold_start_ms": {"load": load_ms, "first_call": first_ms}}
 
 
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -144,10 +232,11 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def benchmark(models: dict[str, str], backends: list[str] | None = None, runs: int = 20, warmup: int = 3,
-              threads: int = 2, size: tuple[int, int] | None = None) -> list[BenchmarkResult]:
+              threads: int = 2, size: tuple[int, int] | None = None,
+              camera_size: tuple[int, int] | None = None) -> list[BenchmarkResult]:
     """Time ``models`` (``{"checkpoint": dir, "onnx": file, "engine": file}``, any of them) with every
     backend that runs its kind (or ``backends``). ``size``: the checkpoint's input size (default: the
-    ONNX's, else 480 x 640)."""
+    ONNX's, else 480 x 640). ``camera_size`` (width, height): feed pairs of that size (see :func:`worker`)."""
     from m2s_export.fp16 import disparity_drift
 
     if runs < 1 or warmup < 0:
@@ -178,14 +267,16 @@ def benchmark(models: dict[str, str], backends: list[str] | None = None, runs: i
                 results.append(BenchmarkResult(backend, str(models[kind]), skipped=reason))
                 continue
             spec = {"backend": backend, "path": str(models[kind]), "runs": runs, "warmup": warmup, "threads": threads,
-                    "size": list(size), "out": str(Path(tmp) / f"{backend}.npz")}
+                    "size": list(size), "out": str(Path(tmp) / f"{backend}.npz"),
+                    "camera_size": list(camera_size) if camera_size else None}
             log.info("benchmarking %s on %s (%d runs after %d warm-up)", backend, models[kind], runs, warmup)
             raw = _run_worker(spec)
             with np.load(spec["out"]) as data:
                 outputs[backend] = [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
             results.append(BenchmarkResult(
                 backend, str(models[kind]), ms={s: summarise(raw["times"][s]) for s in STAGES},
-                peak_rss_mb=raw["peak_rss_mb"], gpu_peak_mb=raw["gpu_peak_mb"], runs=runs))
+                peak_rss_mb=raw["peak_rss_mb"], gpu_peak_mb=raw["gpu_peak_mb"], runs=runs,
+                cold_start_ms=raw["cold_start_ms"], camera_size=spec["camera_size"]))
     reference = next((b for b in ("onnxruntime-cpu", "torch-cpu") if b in outputs), None)
     for r in results:
         if r.backend in outputs and reference is not None:
@@ -215,7 +306,8 @@ def table(results: list[BenchmarkResult], extra: list[dict[str, Any]] = ()) -> s
     return "\n".join(lines)
 
 
-__all__ = ["BACKENDS", "BenchmarkResult", "benchmark", "table", "unavailable"]
+__all__ = ["BACKENDS", "BenchmarkResult", "benchmark", "busy_warning", "gpu_used_mb", "platform_state", "table",
+           "unavailable"]
 
 
 def main() -> int:  # the worker process: python -m m2s_export.benchmark SPEC_JSON

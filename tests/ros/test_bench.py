@@ -59,3 +59,27 @@ def test_bad_input_is_one_error_line(tmp_path):
         res = _bench(*args)
         lines = [line for line in res.stderr.splitlines() if line.strip()]
         assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+
+
+def test_camera_size_platform_state_cold_start_and_a_busy_machine(stereo_onnx, tmp_path):
+    """#36 item 8: pairs came at the model's size, so pre/post never included the resize a camera of another size
+    needs; platform state, cold start and load were not recorded."""
+    from m2s_export.benchmark import busy_warning
+
+    out = tmp_path / "bench.json"
+    res = _bench("--onnx", stereo_onnx, "--backends", "onnxruntime-cpu", "--runs", 3, "--warmup", 1,
+                 "--camera-size", "1280x720", "--json", out)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(out.read_text())
+    cpu = report["results"][0]
+    assert report["camera_size"] == [1280, 720] and cpu["camera_size"] == [1280, 720]
+    assert cpu["ms"]["pre"]["median"] > 0 and cpu["ms"]["post"]["median"] >= 0
+    assert cpu["cold_start_ms"]["load"] > 0 and cpu["cold_start_ms"]["first_call"] > 0 and "cold start" in res.stderr
+    for when in ("before", "after"):
+        state = report["platform"][when]
+        assert len(state["load_average"]) == 3 and state["cpus"] >= 1
+    busy = {"load_average": [7.5, 3.0, 1.0], "cpus": 2}
+    idle = {"load_average": [0.1, 0.1, 0.1], "cpus": 2}
+    assert "the machine was busy: load average 7.5 on 2 CPUs" in busy_warning(idle, busy)
+    assert busy_warning(idle, idle) is None
+    assert _bench("--onnx", stereo_onnx, "--camera-size", "1280by720").returncode == 2

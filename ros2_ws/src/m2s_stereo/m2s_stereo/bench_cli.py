@@ -2,6 +2,7 @@
 
     m2s-bench --checkpoint CKPT --onnx MODEL.onnx [--engine MODEL.engine] [--runs 20] [--warmup 3] [--json OUT]
     m2s-bench --onnx MODEL.onnx --node          # + the node's receive -> publish latency, over DDS
+    m2s-bench --onnx MODEL.onnx --camera-size 1280x720   # pre/post with the camera's resize
 
 Each backend runs in a fresh process, after warm-up, synchronised with the device, a fixed number of
 runs over real pairs, split into pre-processing / inference / post-processing with median / p90 /
@@ -9,7 +10,9 @@ max, the process's peak memory and the backend's disparity drift against the fp3
 of an fp16 engine). Backends that cannot run here are listed with the reason. ``--node``: the same
 model in the ROS 2 node, fed pairs over DDS one at a time (each after the previous answer): the node's
 own receive -> publish time and the end-to-end time from publishing the pair to receiving its
-disparity. Prints a markdown table; ``--json`` writes every figure (see :mod:`m2s_export.benchmark`).
+disparity. Prints a markdown table and each backend's cold start; ``--json`` writes every figure, with the
+platform state before and after (load, clocks, nvpmodel, temperatures) and a warning when the machine was
+busy (see :mod:`m2s_export.benchmark`).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def node_latency(model: str, size: tuple[int, int], frames: int) -> dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    from m2s_export.benchmark import benchmark, table
+    from m2s_export.benchmark import benchmark, busy_warning, platform_state, table
     from m2s_export.errors import ExportError
 
     models = {k: v for k, v in (("checkpoint", args.checkpoint), ("onnx", args.onnx), ("engine", args.engine)) if v}
@@ -57,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.height is None) != (args.width is None):
         raise ExportError("--height and --width go together")
     size = (args.height, args.width) if args.height else None
-    results = benchmark(models, args.backends, args.runs, args.warmup, args.threads, size)
+    before = platform_state()
+    results = benchmark(models, args.backends, args.runs, args.warmup, args.threads, size, args.camera_size)
+    after = platform_state()
     extra, node = [], None
     if args.node:
         model = models.get("engine") or models.get("onnx") or models["checkpoint"]
@@ -70,11 +75,30 @@ def run(args: argparse.Namespace) -> int:
         extra.append({"backend": f"node ({kind}, over DDS)",
                       "cells": ["", f"{node['node_inference_ms']:.1f} (median)", "", total, "", ""]})
     print(table(results, extra))
-    summary = {"results": [r.to_dict() for r in results], **({"node": node} if node else {})}
+    for r in results:
+        if r.cold_start_ms:
+            print(f"{r.backend}: cold start {r.cold_start_ms['load']:.0f} ms to load (deserialise / session / engine "
+                  f"build), first call {r.cold_start_ms['first_call']:.0f} ms", file=sys.stderr)
+    warnings = [w for w in (busy_warning(before, after),) if w]
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    summary = {"results": [r.to_dict() for r in results], **({"node": node} if node else {}),
+               "camera_size": list(args.camera_size) if args.camera_size else None,
+               "platform": {"before": before, "after": after}, "warnings": warnings}
     if args.json:
         write_json_atomic(args.json, summary)
         print(f"-> {args.json}", file=sys.stderr)
     return 0
+
+
+def _camera_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 1280x720, got '{text}'") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise argparse.ArgumentTypeError(f"{w}x{h} is not a camera size (16..8192 px each side)")
+    return w, h
 
 
 def _model_size(model: str) -> tuple[int, int]:
@@ -103,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=2, help="CPU threads of the CPU backends (default 2)")
     p.add_argument("--height", type=bounded(int, ge=32, le=4096), help="input height for --checkpoint, px (default: the ONNX's)")
     p.add_argument("--width", type=bounded(int, ge=32, le=4096), help="input width for --checkpoint, px")
+    p.add_argument("--camera-size", type=_camera_size, metavar="WxH",
+                   help="feed pairs of the camera's size (e.g. 1280x720): pre- and post-processing then include the "
+                        "resize to and from the model's input size that such a camera costs (default: the model's size)")
     p.add_argument("--node", action="store_true",
                    help="also run the model in the ROS 2 node over DDS: its receive -> publish latency (needs rclpy)")
     p.add_argument("--node-frames", type=bounded(int, ge=2, le=1000), default=10,
