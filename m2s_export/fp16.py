@@ -254,8 +254,7 @@ def fp16_emulation(model: Any, fp32_nodes: list[str]) -> Any:
     m = onnx.ModelProto()
     m.CopyFrom(src)
     g = m.graph
-    # ops with no float16 in ONNX (Range: int32/int64/float/double; onnx-tensorrt's importer takes int32/int64/fp32
-    # only) stay fp32 whatever the fp32 set says: a dynamic-batch export computes positions with Range
+    # FP32_ONLY_OPS stay fp32 whatever the fp32 set says (a dynamic-batch export computes positions with Range)
     pinned = set(fp32_nodes) | {n.name for n in g.node if n.op_type in FP32_ONLY_OPS}
     floats = set(_float_tensors(m)) | {i.name for i in g.initializer if i.data_type == _FLOAT}
     rounded_inits: dict[str, str] = {}
@@ -336,7 +335,10 @@ def _topological_sort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
-FP32_ONLY_OPS = frozenset({"Range"})  # ONNX ops without a float16 type constraint
+# Range: ONNX has no float16 Range (and onnx-tensorrt takes int32/int64/fp32 only). InstanceNormalization: a
+# strongly typed network computes a normalisation in its input type, the weakly typed default (and the fp16 check's
+# emulation) in fp32; kept fp32 here, the engine computes what the check measured.
+FP32_ONLY_OPS = frozenset({"Range", "InstanceNormalization"})
 
 
 def to_fp16_onnx(model: Any, fp32_nodes: list[str]) -> Any:
@@ -357,8 +359,7 @@ def to_fp16_onnx(model: Any, fp32_nodes: list[str]) -> Any:
     m = onnx.ModelProto()
     m.CopyFrom(src)
     g = m.graph
-    # ops with no float16 in ONNX (Range: int32/int64/float/double; onnx-tensorrt's importer takes int32/int64/fp32
-    # only) stay fp32 whatever the fp32 set says: a dynamic-batch export computes positions with Range
+    # FP32_ONLY_OPS stay fp32 whatever the fp32 set says (a dynamic-batch export computes positions with Range)
     pinned = set(fp32_nodes) | {n.name for n in g.node if n.op_type in FP32_ONLY_OPS}
     floats = set(_float_tensors(m)) | {i.name for i in g.initializer if i.data_type == _FLOAT}
     inits = {i.name: i for i in g.initializer}

@@ -6,11 +6,12 @@ from 10.12 on, FP16 is written into an fp16 ONNX first (:func:`m2s_export.fp16.t
 built as a strongly typed network, so one path serves every current TensorRT. Both paths keep the
 same fp32 set, decided at export time on the workstation and read from the ONNX sidecar
 (:func:`m2s_export.onnx_export.fp16_decision`). With precision constraints, every layer the parser
-made for a pinned ONNX node is pinned: onnx-tensorrt tags each layer with its node
+made for a pinned ONNX node and tagged with it is pinned: onnx-tensorrt tags a node's layers
 (``ILayer.metadata``, ``[ONNX Layer: <node> | ...]``), while layer *names* are uniquified with a
-global counter (``<node>_<n>`` for a node's second layer); layers without metadata are matched by
-their output tensor names (matching layer names by prefix pinned 55 unrelated layers of igev-rt for
-one ``/model/Sub``). Layers with no float input or output are never pinned (trtexec's own rule;
+global counter (``<node>_<n>`` for a node's second layer); its helper layers made without a node
+(broadcast shuffles, casts, constants: no metadata) are pinned by their output tensor where they feed
+a pinned layer (:func:`pin_fp32_layers` says what is and is not pinned; matching layer names by prefix
+pinned 55 unrelated layers of igev-rt for one ``/model/Sub``). Layers with no float input or output are never pinned (trtexec's own rule;
 under OBEY a precision on an int64/bool layer warns or fails). Both paths report every ONNX parser
 error, reuse a timing cache (a mismatching one is replaced, not fatal), add an optimisation profile
 when the batch is dynamic (min = opt = 1, the runtime's batch; max = ``--max-batch``), and record in
@@ -213,19 +214,41 @@ def layer_node(layer: Any) -> str | None:
 
 
 def pin_fp32_layers(network: Any, trt: Any, fp32_tensors: set[str], fp32_nodes: set[str]) -> list[PinnedLayer]:
-    """Keep in fp32 every layer the parser made for one of ``fp32_nodes`` (by its metadata, so helper
-    layers of the node too), every layer that writes one of ``fp32_tensors`` (ONNX tensor names) and
-    every layer named exactly like a node; returns the layers pinned. Layers without a float input
-    or output are skipped (a precision means nothing there, and OBEY warns or fails on it). Float
-    outputs are typed fp32, so consumers read fp32; int64/bool outputs keep their type."""
+    """Keep in fp32, and return:
+
+    - every layer the parser made for one of ``fp32_nodes``, found by its ``ILayer.metadata`` (so the node's
+      helper layers that carry it too), or named exactly like the node;
+    - every layer that writes one of ``fp32_tensors`` (ONNX tensor names);
+    - every layer **without metadata** (onnx-tensorrt makes broadcast shuffles, cast helpers and constants
+      with ``node=nullptr``) whose output feeds a layer pinned here, found by that output tensor, repeated
+      until no more are found: such a helper would otherwise hand the pinned layer an fp16 value.
+
+    Not pinned: helpers without metadata that feed only fp16 layers, and layers without a float input or
+    output (a precision means nothing there, and OBEY warns or fails on it). Float outputs are typed fp32, so
+    consumers read fp32; int64/bool outputs keep their type."""
     floats = (trt.float32, trt.float16)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+
+    def inputs_of(layer: Any) -> list[Any]:
+        return [t for t in (layer.get_input(j) for j in range(getattr(layer, "num_inputs", 0))) if t is not None]
+
+    def outputs_of(layer: Any) -> list[Any]:
+        return [layer.get_output(j) for j in range(layer.num_outputs)]
+
+    chosen = [k for k, layer in enumerate(layers)
+              if layer_node(layer) in fp32_nodes or {o.name for o in outputs_of(layer)} & fp32_tensors
+              or layer.name in fp32_nodes]
+    grown = True
+    while grown:  # helpers without metadata that feed what is pinned: by their output tensor
+        fed = {t.name for k in chosen for t in inputs_of(layers[k])}
+        extra = [k for k, layer in enumerate(layers) if k not in chosen and layer_node(layer) is None
+                 and {o.name for o in outputs_of(layer)} & fed]
+        chosen += extra
+        grown = bool(extra)
     kept = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        inputs = [t for t in (layer.get_input(j) for j in range(getattr(layer, "num_inputs", 0))) if t is not None]
-        if not (layer_node(layer) in fp32_nodes or {o.name for o in outputs} & fp32_tensors or layer.name in fp32_nodes):
-            continue
+    for k in sorted(chosen):
+        layer = layers[k]
+        outputs, inputs = outputs_of(layer), inputs_of(layer)
         float_out = [j for j, o in enumerate(outputs) if o.dtype in floats]
         if not float_out and not any(t.dtype in floats for t in inputs):
             continue

@@ -255,6 +255,19 @@ class TestTensorRTBuildLogic:
         assert [k.name for k in kept] == ["/model/upsample_combine/ReduceSum_17", node]  # before: the helper was fp16
         assert layers[2].precision is None
 
+    def test_helpers_without_metadata_are_pinned_by_the_tensor_they_feed(self):
+        """#36 item 5: onnx-tensorrt makes broadcast shuffles, cast helpers and constants with node=nullptr (no
+        metadata); one feeding a pinned layer stayed fp16 and handed it an fp16 value."""
+        node = "/model/candidate_softmax/Softmax"
+        layers = [FakeLayer("(Unnamed Layer* 12) [Constant]", ["c12"]),  # a constant, through a shuffle, into the node
+                  FakeLayer("(Unnamed Layer* 13) [Shuffle]", ["s13"], inputs=["c12"]),
+                  FakeLayer(node, ["p"], inputs=["logits", "s13"], metadata=f"[ONNX Layer: {node}]"),
+                  FakeLayer("(Unnamed Layer* 20) [Shuffle]", ["s20"], inputs=["h"]),  # feeds an fp16 layer only
+                  FakeLayer("/model/head/Conv", ["y"], inputs=["s20"], metadata="[ONNX Layer: /model/head/Conv]")]
+        kept = pin_fp32_layers(FakeNetwork(layers), FAKE_TRT_TYPES, set(), {node})
+        assert [k.name for k in kept] == ["(Unnamed Layer* 12) [Constant]", "(Unnamed Layer* 13) [Shuffle]", node]
+        assert layers[1].output_types == {0: "float"} and layers[3].precision is None and layers[4].precision is None
+
     def test_timing_cache_mismatch_and_missing_cache(self, tmp_path, caplog):
         calls = []
 
@@ -781,3 +794,25 @@ def test_a_dynamic_batch_export_goes_through_the_strongly_typed_fp16_path(tmp_pa
     feeds = {i.name: rng.random((2, 3, 64, 96), dtype=np.float32) for i in session.get_inputs()}
     out = session.run(None, feeds)[0]
     assert out.shape[0] == 2 and np.isfinite(out).all()
+
+
+def test_instance_normalization_stays_fp32_in_the_strongly_typed_onnx():
+    """#36 item 4: a strongly typed network computes a normalisation in its input type (fp16), while the fp16 check
+    emulates it in fp32: the check and the engine disagreed exactly where overflow hurts."""
+    from m2s_export.fp16 import to_fp16_onnx
+
+    model = _model([h.make_node("Mul", ["x", "s"], ["a"], name="scale"),
+                    h.make_node("InstanceNormalization", ["a", "g", "b"], ["n"], name="norm", epsilon=1e-5),
+                    h.make_node("Relu", ["n"], ["y"], name="act")],
+                   [_const("s", np.full((1, 2, 4), 2.0)), _const("g", [1.0, 1.0]), _const("b", [0.0, 0.0])],
+                   shape=(1, 2, 4))
+    model.graph.input[0].CopyFrom(h.make_tensor_value_info("x", F, [1, 2, 4]))
+    converted = to_fp16_onnx(model, [])
+    onnx.checker.check_model(converted, full_check=True)
+    norm = next(n for n in converted.graph.node if n.op_type == "InstanceNormalization")
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in converted.graph.value_info}
+    feeds = [types.get(i) for i in norm.input if i in types]
+    assert all(t == onnx.TensorProto.FLOAT for t in feeds), feeds  # read in fp32 (a Cast from the fp16 Mul)
+    assert any(n.op_type == "Cast" and n.output[0] in norm.input for n in converted.graph.node)
+    x = np.random.default_rng(0).random((1, 2, 4), dtype=np.float32)
+    np.testing.assert_allclose(_run(converted, x), _run(model, x), atol=5e-3)
