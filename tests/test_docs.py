@@ -152,3 +152,14 @@ def test_parameter_table_matches_the_node(tmp_path):
     assert any("declares 'temporal_confirm'" in p for p in problems)
     assert any("'slop' the default 0.02, the node 0.01" in p for p in problems)
     assert any("lists 'fps_limit'" in p for p in problems)
+
+
+def test_no_page_installs_two_onnxruntimes_into_one_environment():
+    """#36 item 6: the export page installed '.[export]' (CPU onnxruntime) and then onnxruntime-gpu into the same
+    venv; both ship the onnxruntime module and the GPU providers came and went with the install order."""
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if re.search(r"pip install .*onnxruntime-gpu", line):  # commented-out commands are instructions too
+                before = "\n".join(lines[max(0, i - 3):i])
+                assert "pip uninstall -y onnxruntime" in before, f"{page.name}:{i + 1} adds onnxruntime-gpu beside onnxruntime"
