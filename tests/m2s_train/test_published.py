@@ -180,7 +180,11 @@ def test_import_cli_writes_a_checkpoint_with_a_card(name, published_files, refer
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["source_tensors"] == len(references[name].state_dict())
-    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "model.json", "model.safetensors", "model_card.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".m2s-output.json", "MODEL_CARD.md", "model.json", "model.safetensors",
+                                                     "model_card.json"]
+    manifest = json.loads((out / ".m2s-output.json").read_text())  # what a later --overwrite may replace: these only
+    assert manifest["tool"] == "m2s-train import" and manifest["complete"] is True
+    assert sorted(manifest["written"]) == ["MODEL_CARD.md", "model.json", "model.safetensors", "model_card.json"]
     card = json.loads((out / "model_card.json").read_text())
     import hashlib
 
