@@ -142,9 +142,11 @@ def test_bad_inputs_are_named_and_good_frames_still_served(onnx_model, aloe):
         small = StereoCamera.ideal(w // 2, h // 2, focal_px=450.0, baseline_m=0.16)
         hx.publish(left, right, small, t + 2)  # camera_info size != image size
         assert hx.wait(lambda: "camera_info is" in _errors(hx), 15), _errors(hx)
-        hx.publish(left, right, camera, t + 3, encoding="rgb8")
+        hx.publish(left, right, camera, t + 10, encoding="rgb8")
         assert hx.wait(lambda: hx.received["depth"], 30)
-        hx.publish(left, right, camera, t + 2)  # older than the last pair: out of order
+        # older than the last pair and never seen: out of order (a stamp an earlier pair had, t + 2, would be time
+        # looping back, which restarts pairing instead)
+        hx.publish(left, right, camera, t + 5)
         assert hx.wait(lambda: hx.node.stats().get("out_of_order", 0) >= 1, 10) or hx.node.sync is None
         bad = camera.right.P.copy()
         bad[0, 3] = 0.0  # zero baseline
@@ -153,12 +155,12 @@ def test_bad_inputs_are_named_and_good_frames_still_served(onnx_model, aloe):
         zero = StereoCamera.__new__(StereoCamera)
         object.__setattr__(zero, "left", camera.left)
         object.__setattr__(zero, "right", CalibInfo(w, h, camera.right.K, camera.right.D, camera.right.R, bad))
-        hx.publish(left, right, zero, t + 4)
+        hx.publish(left, right, zero, t + 11)
         assert hx.wait(lambda: "baseline" in _errors(hx), 15), _errors(hx)
-        hx.publish(left, right, camera, t + 6, encoding="yuv422")  # unsupported encoding
+        hx.publish(left, right, camera, t + 12, encoding="yuv422")  # unsupported encoding
         assert hx.wait(lambda: "yuv422" in _errors(hx), 15), _errors(hx)
         n = len(hx.received["depth"])
-        hx.publish(left, right, camera, t + 7)  # a good frame after all that
+        hx.publish(left, right, camera, t + 13)  # a good frame after all that
         assert hx.wait(lambda: len(hx.received["depth"]) > n, 30)
         assert hx.node.stats()["bad_frames"] >= 5
     finally:
