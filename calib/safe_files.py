@@ -338,7 +338,8 @@ class OwnedOutput:
 def record_output(folder: str | os.PathLike, tool: str, kept: list[str] | tuple[str, ...] = ()) -> None:
     """Write ``folder``'s manifest: every file in it but ``kept`` was written by ``tool`` (a complete output)."""
     folder = Path(folder)
-    written = [n for n in _files_under(folder) if n not in set(kept)]
+    keep = set(kept)
+    written = [n for n in _files_under(folder) if n not in keep]
     write_json_atomic(folder / OUTPUT_MANIFEST, {"tool": tool, "complete": True, "written": written})
 
 
